@@ -1,0 +1,82 @@
+"""Click options generated from config models, and shared CLI helpers."""
+
+from __future__ import annotations
+
+import functools
+import typing
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from .. import config as C
+
+
+def _click_type(ann: Any) -> Any:
+    origin = typing.get_origin(ann)
+    if origin is typing.Literal:
+        return click.Choice([str(a) for a in typing.get_args(ann)])
+    if ann is bool:
+        return bool
+    if ann is int:
+        return int
+    if ann is float:
+        return float
+    return str
+
+
+def config_options(stage: str, aliases: dict[str, str] | None = None, skip: tuple[str, ...] = ()) -> Callable:
+    """Decorator adding ``--profile``, ``--config FILE`` and one flag per setting of ``stage``'s config.
+
+    The wrapped command receives ``cfg`` (the resolved, validated config model) instead of the raw flags.
+    ``aliases`` renames flags (``{"total_steps": "steps"}`` gives ``--steps``); dotted keys of nested models
+    become flags of their last part (``env.sticky_actions`` -> ``--sticky-actions``).
+    """
+    aliases = aliases or {}
+    rows = [r for r in C.flag_fields(C.STAGES[stage]) if r[0] not in skip]
+
+    def decorate(fn: Callable) -> Callable:
+        params: dict[str, str] = {}  # python identifier -> dotted config key
+        for key, ann, desc in reversed(rows):
+            flag = aliases.get(key, key.split(".")[-1]).replace("_", "-")
+            ident = "cfg__" + key.replace(".", "__")
+            params[ident] = key
+            if ann is bool:
+                fn = click.option(f"--{flag}/--no-{flag}", ident, default=None, help=desc)(fn)
+            else:
+                fn = click.option(f"--{flag}", ident, type=_click_type(ann), default=None, help=desc)(fn)
+        fn = click.option(
+            "--config", "config_file", type=click.Path(dir_okay=False), default=None,
+            help=f"YAML file of {stage} settings (overrides the profile; flags override it).",
+        )(fn)
+        fn = click.option(
+            "--profile", type=click.Choice(C.PROFILES), default="cpu", show_default=True,
+            help="Preset sizes: smoke (minutes), cpu (a laptop), paper (the seed protocol).",
+        )(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            overrides = {params[k]: kwargs.pop(k) for k in list(kwargs) if k in params}
+            profile = kwargs.pop("profile")
+            try:
+                cfg = C.resolve(stage, profile, kwargs.pop("config_file"), overrides)
+            except C.ConfigError as e:
+                raise click.UsageError(str(e)) from None
+            return fn(*args, cfg=cfg, profile=profile, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def fail(message: str) -> typing.NoReturn:
+    """Exit with a one-line error (no traceback) and status 2."""
+    raise click.ClickException(message)
+
+
+def run_guarded(fn: Callable[[], Any], errors: tuple[type[BaseException], ...]) -> Any:
+    """Run ``fn``; known errors become clean CLI errors naming the problem."""
+    try:
+        return fn()
+    except errors as e:
+        fail(str(e))

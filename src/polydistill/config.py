@@ -1,0 +1,374 @@
+"""Typed, validated configuration for every stage, and the profiles.
+
+This module is the one source of truth for hyperparameters. The CLI derives its flags from these models
+(:func:`flag_fields`), the KFP components receive resolved stage configs as plain dicts, and the pipeline's
+parameters are declared in :data:`PIPELINE_PARAMETERS` with defaults taken from here.
+
+Resolution order (later wins): model defaults (the published values) -> profile overrides -> YAML file ->
+explicit overrides (CLI flags, pipeline parameters). Unknown keys are errors that name the key.
+
+Units: "steps" are agent steps (one action chosen by the agent = ``frame_skip`` emulator frames) unless a
+name says ``frames``; learning rates are per optimizer step; sizes are in transitions unless they say bytes.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+PROFILES = ("smoke", "cpu", "paper")
+Profile = Literal["smoke", "cpu", "paper"]
+
+
+class ConfigError(ValueError):
+    """A configuration value, file or profile is invalid; the message names it and how to fix it."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class EnvConfig(_Model):
+    """Atari environment and preprocessing (Mnih et al. 2015; Machado et al. 2018 for sticky actions)."""
+
+    frame_skip: int = Field(4, ge=1, description="Emulator frames per agent step (max-pooled over the last 2).")
+    noop_max: int = Field(30, ge=0, description="Up to this many no-op actions after reset.")
+    frame_stack: int = Field(4, ge=1, description="Frames stacked into one state.")
+    sticky_actions: float = Field(
+        0.0, ge=0.0, le=1.0, description="Probability of repeating the previous action (ALE v5 uses 0.25)."
+    )
+    full_action_space: bool = Field(False, description="Use all 18 ALE actions instead of the minimal set.")
+    max_episode_frames: int = Field(108_000, ge=1, description="Episode cap in emulator frames (30 min).")
+    episodic_life: bool = Field(True, description="Training only: a lost life ends the episode.")
+    clip_rewards: bool = Field(True, description="Training only: rewards clipped to their sign.")
+
+
+class TeacherConfig(_Model):
+    """Dueling Double DQN teacher (Wang et al. 2016; van Hasselt et al. 2016).
+
+    Defaults follow CleanRL's ``dqn_atari.py`` (Adam, Huber loss, hard target updates) with the Dueling
+    paper's gradient clipping at 10.
+    """
+
+    total_steps: int = Field(10_000_000, ge=1, description="Agent steps of training, summed over envs.")
+    num_envs: int = Field(1, ge=1, description="Parallel environments (AtariVectorEnv threads).")
+    buffer_size: int = Field(1_000_000, ge=1, description="Replay memory capacity in transitions.")
+    learning_rate: float = Field(1e-4, gt=0, description="Adam learning rate.")
+    adam_eps: float = Field(1.5e-4, gt=0, description="Adam epsilon (Dopamine/Rainbow value).")
+    gamma: float = Field(0.99, gt=0, le=1, description="Discount factor.")
+    batch_size: int = Field(32, ge=1, description="Transitions per learner update.")
+    learning_starts: int = Field(80_000, ge=0, description="Agent steps of random play before learning.")
+    train_frequency: int = Field(4, ge=1, description="Agent steps between learner updates.")
+    target_network_frequency: int = Field(1_000, ge=1, description="Agent steps between target-net copies.")
+    start_e: float = Field(1.0, ge=0, le=1, description="Initial exploration epsilon.")
+    end_e: float = Field(0.01, ge=0, le=1, description="Final exploration epsilon.")
+    exploration_fraction: float = Field(
+        0.10, gt=0, le=1, description="Fraction of total_steps over which epsilon anneals linearly."
+    )
+    max_grad_norm: float = Field(10.0, gt=0, description="Gradient norm clip (Dueling paper).")
+    record_steps: int = Field(
+        1_000_000, ge=1, description="The last N agent steps of training recorded as the experience dataset."
+    )
+    checkpoint_every: int = Field(100_000, ge=1, description="Agent steps between resumable checkpoints.")
+    seed: int = Field(1, description="Seed for environments, networks and sampling.")
+    device: str = Field("auto", description="torch device: auto, cpu, cuda, cuda:N.")
+    env: EnvConfig = Field(default_factory=EnvConfig)
+
+    @field_validator("end_e")
+    @classmethod
+    def _end_below_start(cls, v: float, info: Any) -> float:
+        start = info.data.get("start_e", 1.0)
+        if v > start:
+            raise ValueError(f"end_e={v} must not exceed start_e={start}")
+        return v
+
+
+class ExportConfig(_Model):
+    """Experience dataset encoding and upload."""
+
+    codec: Literal["zstd", "raw"] = Field("zstd", description="Frame codec for shards.")
+    zstd_level: int = Field(3, ge=1, le=22, description="zstd compression level.")
+    shard_steps: int = Field(10_000, ge=1, description="Steps per shard.")
+    q_dtype: Literal["float16", "float32", "none"] = Field(
+        "float16", description="Store teacher Q-values per step at this precision, or none."
+    )
+    upload_workers: int = Field(4, ge=1, description="Parallel shard uploads.")
+
+
+class AutoencoderConfig(_Model):
+    """Per-game convolutional autoencoder over 4x84x84 states (seed paper: 64 float32 codes)."""
+
+    latent_dim: int = Field(64, ge=1, description="Size of the latent code.")
+    epochs: int = Field(10, ge=1, description="Passes over the training states.")
+    batch_size: int = Field(64, ge=1, description="States per optimizer step.")
+    learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate.")
+    loss: Literal["mse", "weighted"] = Field(
+        "weighted", description="Plain MSE, or MSE with extra weight on pixels that change between frames."
+    )
+    changed_weight: float = Field(
+        20.0, ge=1.0, description="Weight of changed pixels in the weighted loss (1 = plain MSE)."
+    )
+    code_dtype: Literal["float32", "float16", "int8"] = Field("float16", description="Stored code precision.")
+    holdout_fraction: float = Field(0.05, gt=0, lt=0.5, description="States held out for metrics.")
+    max_train_states: int = Field(0, ge=0, description="Cap on training states per epoch (0 = all).")
+    seed: int = Field(1, description="Seed.")
+    device: str = Field("auto", description="torch device.")
+
+
+class DistillConfig(_Model):
+    """Multi-task policy distillation (Rusu et al. 2015; Parisotto et al. 2015; the seed paper)."""
+
+    loss: Literal["kl", "nll", "mse", "actor_mimic"] = Field("kl", description="Distillation loss.")
+    tau: float = Field(0.01, gt=0, description="Teacher softmax temperature for kl (and actor_mimic).")
+    beta: float = Field(0.01, ge=0, description="Actor-Mimic feature-regression weight.")
+    actions: Literal["shared", "per-game", "union"] = Field("per-game", description="Output head layout.")
+    schedule: Literal["sum", "round_robin"] = Field(
+        "sum", description="Gradient from the sum of per-game losses (seed) or one game per step (PD)."
+    )
+    width: float = Field(1.0, gt=0, le=4, description="Student width multiplier vs the teacher network.")
+    init: str = Field("random", description="random, or teacher:GAME to start from a copy of that teacher.")
+    source: Literal["full", "subset", "latent"] = Field("subset", description="Training states.")
+    subset_fraction: float = Field(0.5, gt=0, le=1, description="Fraction of each buffer used for subset.")
+    steps: int = Field(50_000, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(32, ge=1, description="States per game per step.")
+    learning_rate: float = Field(1e-4, gt=0, description="Adam learning rate.")
+    holdout_fraction: float = Field(0.05, gt=0, lt=0.5, description="States per game held out for validation.")
+    eval_every: int = Field(1_000, ge=1, description="Optimizer steps between validation passes.")
+    checkpoint_every: int = Field(5_000, ge=1, description="Optimizer steps between resumable checkpoints.")
+    cache_shards: int = Field(8, ge=1, description="Decoded shards kept in memory per game.")
+    seed: int = Field(1, description="Seed.")
+    device: str = Field("auto", description="torch device.")
+
+
+class EvalConfig(_Model):
+    """Scoring an agent in the real game (no reward clipping, no life-loss resets)."""
+
+    protocol: Literal["cycles", "episodes"] = Field("episodes", description="Scoring protocol.")
+    cycles: int = Field(10, ge=1, description="cycles protocol: number of cycles (seed: 10).")
+    cycle_steps: int = Field(12_500, ge=1, description="cycles protocol: agent steps per cycle (seed: 12,500).")
+    episodes: int = Field(30, ge=1, description="episodes protocol: episodes to play.")
+    epsilon: float = Field(0.05, ge=0, le=1, description="Evaluation epsilon-greedy.")
+    num_envs: int = Field(8, ge=1, description="Parallel environments.")
+    seed: int = Field(12345, description="Evaluation seed; the same seed gives the same scores.")
+    device: str = Field("auto", description="torch device.")
+
+
+STAGES: dict[str, type[_Model]] = {
+    "teacher": TeacherConfig,
+    "export": ExportConfig,
+    "autoencoder": AutoencoderConfig,
+    "distill": DistillConfig,
+    "evaluate": EvalConfig,
+}
+
+# Profile overrides per stage; dotted keys reach nested models ("env.sticky_actions").
+# smoke: the whole DAG in minutes on 2 CPU cores (plumbing, not learning).
+# cpu: a 2-core laptop run whose teachers beat random play; numbers explained in the README's profile table.
+# paper: the seed protocol on a GPU cluster.
+PROFILE_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
+    "smoke": {
+        "teacher": {
+            "total_steps": 2_000,
+            "num_envs": 4,
+            "buffer_size": 2_000,
+            "learning_starts": 500,
+            "target_network_frequency": 250,
+            "exploration_fraction": 0.5,
+            "record_steps": 1_500,
+            "checkpoint_every": 1_000,
+        },
+        "export": {"shard_steps": 500},
+        "autoencoder": {"epochs": 1, "batch_size": 32, "max_train_states": 512},
+        "distill": {"steps": 60, "batch_size": 16, "eval_every": 30, "checkpoint_every": 30},
+        "evaluate": {"protocol": "cycles", "cycles": 2, "cycle_steps": 200, "episodes": 2, "num_envs": 2},
+    },
+    "cpu": {
+        "teacher": {
+            "total_steps": 150_000,
+            "num_envs": 4,
+            "buffer_size": 100_000,
+            "learning_starts": 5_000,
+            "target_network_frequency": 2_000,
+            "exploration_fraction": 0.3,
+            "learning_rate": 2.5e-4,
+            "record_steps": 50_000,
+            "checkpoint_every": 25_000,
+        },
+        "export": {"shard_steps": 5_000},
+        "autoencoder": {"epochs": 3, "max_train_states": 20_000},
+        "distill": {"steps": 6_000, "batch_size": 32, "learning_rate": 2.5e-4, "eval_every": 500},
+        "evaluate": {"protocol": "episodes", "episodes": 10, "num_envs": 8},
+    },
+    "paper": {
+        "teacher": {"total_steps": 10_000_000, "num_envs": 1, "record_steps": 1_000_000},
+        "autoencoder": {"epochs": 20},
+        "distill": {"steps": 500_000},
+        "evaluate": {"protocol": "cycles", "cycles": 10, "cycle_steps": 12_500},
+    },
+}
+
+# Default games per profile (seed pairs: equal action counts).
+PROFILE_GAMES: dict[str, list[str]] = {
+    "smoke": ["Pong", "Breakout"],
+    "cpu": ["DemonAttack", "UpNDown"],
+    "paper": ["Atlantis", "Breakout", "DemonAttack", "UpNDown", "Pong"],
+}
+
+M = TypeVar("M", bound=_Model)
+
+
+def _set_dotted(target: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = target
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"config key {key!r}: {p!r} is not a section")
+    node[parts[-1]] = value
+
+
+def _merge(base: dict[str, Any], updates: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in updates.items():
+        if "." in k:
+            nested: dict[str, Any] = {}
+            _set_dotted(nested, k, v)
+            out = _merge(out, nested)
+        elif isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _check_profile(profile: str) -> None:
+    if profile not in PROFILES:
+        close = difflib.get_close_matches(profile, PROFILES, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}.{hint}")
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file holding one stage's settings (a mapping)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist; pass a YAML file of the stage's settings")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of setting: value, got {type(data).__name__}")
+    return data
+
+
+def resolve(
+    stage: str,
+    profile: str = "paper",
+    file: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Any:
+    """Return the validated config model for ``stage`` (a key of :data:`STAGES`).
+
+    ``overrides`` may use dotted keys for nested settings; ``None`` values are ignored (unset flags).
+    """
+    if stage not in STAGES:
+        raise ConfigError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+    _check_profile(profile)
+    model = STAGES[stage]
+    data: dict[str, Any] = _merge({}, PROFILE_OVERRIDES.get(profile, {}).get(stage, {}))
+    if file is not None:
+        data = _merge(data, read_config_file(file))
+    if overrides:
+        data = _merge(data, {k: v for k, v in overrides.items() if v is not None})
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in err['loc']) or stage}: {err['msg']}" for err in e.errors()
+        )
+        source = f" (profile {profile}" + (f", file {file}" if file else "") + ")"
+        raise ConfigError(f"invalid {stage} config{source}: {problems}") from None
+
+
+def flag_fields(model: type[_Model], prefix: str = "") -> list[tuple[str, Any, str]]:
+    """Flatten a config model into ``(dotted_key, annotation, description)`` rows for CLI flags."""
+    rows: list[tuple[str, Any, str]] = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, _Model):
+            rows.extend(flag_fields(ann, prefix=f"{prefix}{name}."))
+        else:
+            rows.append((f"{prefix}{name}", ann, field.description or ""))
+    return rows
+
+
+# Pipeline parameters: name -> (stage, dotted key). Their defaults are the profile's values, so a pipeline
+# parameter left at its sentinel (None / -1 / "") falls back to the profile. Components and the CLI use
+# :func:`resolve_pipeline` so the mapping lives here only.
+PIPELINE_PARAMETERS: dict[str, tuple[str, str]] = {
+    "teacher_steps": ("teacher", "total_steps"),
+    "teacher_num_envs": ("teacher", "num_envs"),
+    "record_steps": ("teacher", "record_steps"),
+    "teacher_learning_rate": ("teacher", "learning_rate"),
+    "codec": ("export", "codec"),
+    "latent_dim": ("autoencoder", "latent_dim"),
+    "autoencoder_epochs": ("autoencoder", "epochs"),
+    "autoencoder_loss": ("autoencoder", "loss"),
+    "code_dtype": ("autoencoder", "code_dtype"),
+    "distill_loss": ("distill", "loss"),
+    "tau": ("distill", "tau"),
+    "actions": ("distill", "actions"),
+    "student_width": ("distill", "width"),
+    "subset_fraction": ("distill", "subset_fraction"),
+    "distill_steps": ("distill", "steps"),
+    "eval_protocol": ("evaluate", "protocol"),
+    "eval_episodes": ("evaluate", "episodes"),
+    "eval_cycles": ("evaluate", "cycles"),
+    "eval_cycle_steps": ("evaluate", "cycle_steps"),
+}
+
+
+def _is_unset(v: Any) -> bool:
+    return v is None or (isinstance(v, str) and v == "") or (isinstance(v, int | float) and v < 0)
+
+
+def resolve_pipeline(profile: str, params: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Resolve every stage config from a profile and pipeline parameters.
+
+    Returns ``{stage: config_dict}`` (JSON-serialisable), validated. Parameters that are unset (``None``,
+    ``""`` or negative numbers, the pipeline's "use the profile" sentinels) are ignored.
+    """
+    _check_profile(profile)
+    params = dict(params or {})
+    unknown = sorted(set(params) - set(PIPELINE_PARAMETERS))
+    if unknown:
+        raise ConfigError(f"unknown pipeline parameter(s) {unknown}; known: {sorted(PIPELINE_PARAMETERS)}")
+    per_stage: dict[str, dict[str, Any]] = {s: {} for s in STAGES}
+    for name, value in params.items():
+        if _is_unset(value):
+            continue
+        stage, key = PIPELINE_PARAMETERS[name]
+        per_stage[stage][key] = value
+    return {s: resolve(s, profile, overrides=o).model_dump(mode="json") for s, o in per_stage.items()}
+
+
+def from_dict(stage: str, data: Mapping[str, Any]) -> Any:
+    """Validate an already-resolved stage config dict (as passed between pipeline tasks)."""
+    if stage not in STAGES:
+        raise ConfigError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+    try:
+        return STAGES[stage].model_validate(dict(data))
+    except ValidationError as e:
+        raise ConfigError(f"invalid {stage} config: {e}") from None
+
+
+def default_games(profile: str) -> list[str]:
+    """The games a profile runs when none are given."""
+    _check_profile(profile)
+    return list(PROFILE_GAMES[profile])

@@ -1,0 +1,177 @@
+"""Neural networks: the Dueling Q-network (teachers and students) and the state autoencoder.
+
+Inputs are uint8 state stacks of shape (B, frame_stack, 84, 84); networks scale them to [0, 1] themselves so
+callers never hold float copies of a batch of frames.
+
+References: Mnih et al. 2015 (Nature-DQN torso), Wang et al. 2016 (dueling aggregation
+``Q = V + A - mean(A)``), Rusu et al. 2015 (one head per game for multi-task students).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+FRAME_SIZE = 84
+
+
+def _scaled(n: int, width: float) -> int:
+    return max(1, round(n * width))
+
+
+class NatureTorso(nn.Module):
+    """Nature-DQN convolutions: 8x8/4, 4x4/2, 3x3/1, scaled in channels by ``width``."""
+
+    def __init__(self, frame_stack: int = 4, width: float = 1.0) -> None:
+        super().__init__()
+        c1, c2, c3 = _scaled(32, width), _scaled(64, width), _scaled(64, width)
+        self.net = nn.Sequential(
+            nn.Conv2d(frame_stack, c1, 8, stride=4),
+            nn.ReLU(),
+            nn.Conv2d(c1, c2, 4, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(c2, c3, 3, stride=1),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
+        self.out_dim = c3 * 7 * 7
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255.0)
+        return self.net(x)
+
+
+class DuelingHead(nn.Module):
+    """Value and advantage streams combined as ``V + A - mean(A)`` (Wang et al. 2016, eq. 9)."""
+
+    def __init__(self, in_dim: int, num_actions: int, hidden: int = 512) -> None:
+        super().__init__()
+        self.value = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.advantage = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, num_actions))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        v = self.value(features)
+        a = self.advantage(features)
+        return v + a - a.mean(dim=1, keepdim=True)
+
+
+class DuelingQNetwork(nn.Module):
+    """A Dueling Q-network with one or more heads over a shared Nature-DQN torso.
+
+    A teacher has one head. A multi-task student has one head per game (``per-game``), or a single head
+    shared by all games (``shared``, equal action counts; ``union``, the 18 ALE actions).
+
+    Args:
+        num_actions: actions per head (an int for a single head).
+        width: channel/hidden multiplier against the teacher (1.0 = Nature-DQN size).
+        frame_stack: frames per state.
+    """
+
+    def __init__(self, num_actions: int | Sequence[int], width: float = 1.0, frame_stack: int = 4) -> None:
+        super().__init__()
+        heads = [num_actions] if isinstance(num_actions, int) else list(num_actions)
+        if not heads or any(a < 1 for a in heads):
+            raise ValueError(f"num_actions must be positive, got {num_actions!r}")
+        self.num_actions = heads
+        self.width = float(width)
+        self.frame_stack = frame_stack
+        self.torso = NatureTorso(frame_stack, width)
+        hidden = _scaled(512, width)
+        self.heads = nn.ModuleList(DuelingHead(self.torso.out_dim, a, hidden) for a in heads)
+
+    @property
+    def feature_dim(self) -> int:
+        """Size of the torso's output (the hidden layer Actor-Mimic regresses)."""
+        return self.torso.out_dim
+
+    def forward(self, x: torch.Tensor, head: int = 0) -> torch.Tensor:
+        """Q-values (B, num_actions[head]) for uint8 or [0,1] float states (B, frame_stack, 84, 84)."""
+        return self.heads[head](self.torso(x))
+
+    def forward_with_features(self, x: torch.Tensor, head: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Q-values and the torso features they were computed from."""
+        f = self.torso(x)
+        return self.heads[head](f), f
+
+    def architecture(self) -> dict[str, Any]:
+        """JSON description from which :func:`build_network` rebuilds this network."""
+        return {
+            "type": "dueling_dqn",
+            "num_actions": list(self.num_actions),
+            "width": self.width,
+            "frame_stack": self.frame_stack,
+        }
+
+
+class ConvAutoencoder(nn.Module):
+    """Convolutional autoencoder: (B, frame_stack, 84, 84) uint8 -> (B, latent_dim) -> [0,1] reconstruction.
+
+    The encoder is the Nature-DQN torso with a linear bottleneck; the decoder mirrors it with transposed
+    convolutions and ends in a sigmoid so outputs are pixel intensities in [0, 1].
+    """
+
+    def __init__(self, latent_dim: int = 64, frame_stack: int = 4, width: float = 1.0) -> None:
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.frame_stack = frame_stack
+        self.width = float(width)
+        self.encoder_torso = NatureTorso(frame_stack, width)
+        c1, c2, c3 = _scaled(32, width), _scaled(64, width), _scaled(64, width)
+        self._c3 = c3
+        self.to_latent = nn.Linear(self.encoder_torso.out_dim, latent_dim)
+        self.from_latent = nn.Sequential(nn.Linear(latent_dim, self.encoder_torso.out_dim), nn.ReLU())
+        self.decoder = nn.Sequential(
+            nn.ConvTranspose2d(c3, c2, 3, stride=1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(c2, c1, 4, stride=2),
+            nn.ReLU(),
+            nn.ConvTranspose2d(c1, frame_stack, 8, stride=4),
+            nn.Sigmoid(),
+        )
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Latent codes (B, latent_dim) for uint8 states."""
+        return self.to_latent(self.encoder_torso(x))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Reconstructed states in [0, 1], shape (B, frame_stack, 84, 84)."""
+        h = self.from_latent(z.float()).view(-1, self._c3, 7, 7)
+        return self.decoder(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    def architecture(self) -> dict[str, Any]:
+        """JSON description from which :func:`build_network` rebuilds this network."""
+        return {
+            "type": "conv_autoencoder",
+            "latent_dim": self.latent_dim,
+            "frame_stack": self.frame_stack,
+            "width": self.width,
+        }
+
+
+def build_network(arch: dict[str, Any]) -> nn.Module:
+    """Rebuild a network from its :meth:`architecture` description."""
+    kind = arch.get("type")
+    if kind == "dueling_dqn":
+        return DuelingQNetwork(arch["num_actions"], arch.get("width", 1.0), arch.get("frame_stack", 4))
+    if kind == "conv_autoencoder":
+        return ConvAutoencoder(arch["latent_dim"], arch.get("frame_stack", 4), arch.get("width", 1.0))
+    raise ValueError(f"unknown network type {kind!r} in checkpoint metadata")
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def pick_device(spec: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; otherwise the named device."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)

@@ -1,0 +1,213 @@
+"""Replay memory that stores each 84x84 frame once and rebuilds 4-frame stacks when sampling.
+
+One circular stream per environment (capacity ``buffer_size // num_envs`` rows each), because stacks are
+rebuilt from consecutive rows of the same environment. A row is the agent step ``t`` of one env: the newest
+frame of its state, the action, the raw reward, and flags (episode start, game over, truncation, life
+lost). Memory: 7,056 bytes of frame + 9 bytes of columns = 7,065 bytes per transition (a 1M replay in about
+7.1 GB, where naive stacked (s, s') pairs take 56 GB).
+
+Transition ``j`` is ``(s_j, a_j, r_j, done_j, s_{j+1})`` with ``s_{j+1}`` the stack ending at row ``j+1``.
+``done`` for bootstrapping is game over or, when ``episodic_life`` is set, a lost life (Mnih et al. 2015).
+Truncated rows (the 108k-frame cap) are never sampled because their successor state is not stored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .checkpoint import atomic_write_json
+
+_COLUMNS = {
+    "actions": np.int16,
+    "rewards": np.float32,
+    "terminated": np.bool_,
+    "truncated": np.bool_,
+    "life_lost": np.bool_,
+    "first": np.bool_,
+}
+
+
+class FrameReplay:
+    """Frame-once replay memory for ``num_envs`` parallel environments.
+
+    Args:
+        capacity: total transitions held (split evenly across envs).
+        num_envs: number of parallel streams.
+        frame_stack: frames per state.
+        frame_shape: (H, W) of one frame.
+    """
+
+    def __init__(
+        self, capacity: int, num_envs: int = 1, frame_stack: int = 4, frame_shape: tuple[int, int] = (84, 84)
+    ) -> None:
+        if capacity < num_envs * (frame_stack + 2):
+            raise ValueError(f"replay capacity {capacity} too small for {num_envs} envs")
+        self.num_envs = num_envs
+        self.per_env = capacity // num_envs
+        self.frame_stack = frame_stack
+        self.frames = np.zeros((num_envs, self.per_env, *frame_shape), dtype=np.uint8)
+        self.cols = {k: np.zeros((num_envs, self.per_env), dtype=t) for k, t in _COLUMNS.items()}
+        self.pos = np.zeros(num_envs, dtype=np.int64)  # next row to write, per stream
+        self.size = np.zeros(num_envs, dtype=np.int64)  # rows held, per stream
+
+    @property
+    def capacity(self) -> int:
+        return self.per_env * self.num_envs
+
+    def __len__(self) -> int:
+        return int(self.size.sum())
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the replay arrays."""
+        return self.frames.nbytes + sum(c.nbytes for c in self.cols.values())
+
+    @property
+    def bytes_per_transition(self) -> float:
+        return self.nbytes / self.capacity
+
+    def add(self, env: int, frame: np.ndarray, **row: Any) -> None:
+        """Append one row to stream ``env``; ``row`` holds the columns of :data:`_COLUMNS`."""
+        p = self.pos[env]
+        self.frames[env, p] = frame
+        for k in _COLUMNS:
+            self.cols[k][env, p] = row[k]
+        self.pos[env] = (p + 1) % self.per_env
+        self.size[env] = min(self.size[env] + 1, self.per_env)
+
+    def add_batch(self, envs: np.ndarray, frames: np.ndarray, **rows: np.ndarray) -> None:
+        """Append one row to each stream in ``envs`` (vectorised :meth:`add`)."""
+        p = self.pos[envs]
+        self.frames[envs, p] = frames
+        for k in _COLUMNS:
+            self.cols[k][envs, p] = rows[k]
+        self.pos[envs] = (p + 1) % self.per_env
+        self.size[envs] = np.minimum(self.size[envs] + 1, self.per_env)
+
+    def mark_cut(self) -> None:
+        """End every stream's current episode fragment (after a resume the envs restart from reset)."""
+        for e in range(self.num_envs):
+            if self.size[e]:
+                last = (self.pos[e] - 1) % self.per_env
+                self.cols["truncated"][e, last] = True
+
+    # --------------------------------------------------------------------------------------------- sampling
+    def _stack(self, env: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        fs, c = self.frame_stack, self.per_env
+        out = np.zeros((len(idx), fs, *self.frames.shape[2:]), dtype=np.uint8)
+        out[:, -1] = self.frames[env, idx]
+        alive = np.ones(len(idx), dtype=bool)
+        first = self.cols["first"]
+        for k in range(1, fs):
+            alive &= ~first[env, (idx - k + 1) % c]
+            src = (idx - k) % c
+            out[alive, fs - 1 - k] = self.frames[env[alive], src[alive]]
+        return out
+
+    def _valid(self, env: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        c = self.per_env
+        size, pos = self.size[env], self.pos[env]
+        oldest = np.where(size < c, 0, pos)
+        age = (idx - oldest) % c  # 0 = oldest row held
+        in_range = age < size
+        newest = age == size - 1
+        done = self.cols["terminated"][env, idx] | self.cols["life_lost"][env, idx]
+        truncated = self.cols["truncated"][env, idx]
+        # History: the stack's earlier frames must still be held unless the episode starts within it.
+        has_history = age >= self.frame_stack - 1
+        if not has_history.all():
+            first = self.cols["first"]
+            for k in range(0, self.frame_stack - 1):
+                has_history |= (age >= k) & first[env, (idx - k) % c]
+        # A successor row is needed unless the episode ended; truncated rows have no stored successor.
+        return in_range & has_history & ~truncated & (done | ~newest)
+
+    def sample(
+        self, batch_size: int, rng: np.random.Generator, episodic_life: bool = True
+    ) -> dict[str, np.ndarray]:
+        """A uniform minibatch of transitions: states/next_states uint8 (B, 4, 84, 84), actions int64,
+        rewards float32 (raw), dones float32."""
+        if len(self) < self.frame_stack + 2:
+            raise RuntimeError("replay holds too few transitions to sample")
+        weights = self.size / self.size.sum()
+        env = rng.choice(self.num_envs, size=batch_size, p=weights)
+        idx = (rng.random(batch_size) * self.size[env]).astype(np.int64)
+        for _ in range(100):  # rejection sampling: invalid rows are rare (edges, truncations)
+            bad = ~self._valid(env, idx)
+            if not bad.any():
+                break
+            env[bad] = rng.choice(self.num_envs, size=int(bad.sum()), p=weights)
+            idx[bad] = (rng.random(int(bad.sum())) * self.size[env[bad]]).astype(np.int64)
+        nxt = (idx + 1) % self.per_env
+        done = self.cols["terminated"][env, idx] | (episodic_life & self.cols["life_lost"][env, idx])
+        return {
+            "states": self._stack(env, idx),
+            "next_states": self._stack(env, nxt),
+            "actions": self.cols["actions"][env, idx].astype(np.int64),
+            "rewards": self.cols["rewards"][env, idx].astype(np.float32),
+            "dones": done.astype(np.float32),
+        }
+
+    # --------------------------------------------------------------------------------------------- export
+    def recent(self, steps: int) -> dict[str, np.ndarray]:
+        """The last ``steps`` rows (split evenly over streams), each stream in time order, concatenated.
+
+        Returns dataset columns (frames, actions, rewards, terminated, truncated, first, valid). The first
+        rows of each stream that lack stack history are context rows (``valid=False``).
+        """
+        per = -(-steps // self.num_envs)
+        parts: dict[str, list[np.ndarray]] = {}
+        remaining = steps
+        for e in range(self.num_envs):
+            n = int(min(per, self.size[e], remaining))
+            remaining -= n
+            if n == 0:
+                continue
+            idx = (self.pos[e] - n + np.arange(n)) % self.per_env
+            first = self.cols["first"][e, idx].copy()
+            valid = (np.arange(n) >= self.frame_stack - 1) | (np.cumsum(first) > 0)
+            # The teacher's last state of each stream has no recorded outcome: keep it, it is a real state.
+            cols = {
+                "frames": self.frames[e, idx],
+                "actions": self.cols["actions"][e, idx],
+                "rewards": self.cols["rewards"][e, idx],
+                "terminated": self.cols["terminated"][e, idx],
+                "truncated": self.cols["truncated"][e, idx],
+                "first": first,
+                "valid": valid,
+            }
+            # Streams are concatenated: the next stream's rows must not take history from this one.
+            for k, v in cols.items():
+                parts.setdefault(k, []).append(v)
+        return {k: np.concatenate(v) for k, v in parts.items()}
+
+    # --------------------------------------------------------------------------------------------- resume
+    def save(self, directory: Path) -> None:
+        """Write the filled part of the replay (np.save, no pickles) into ``directory``."""
+        directory.mkdir(parents=True, exist_ok=True)
+        np.save(directory / "frames.npy", self.frames)
+        for k, v in self.cols.items():
+            np.save(directory / f"{k}.npy", v)
+        atomic_write_json(
+            directory / "replay.json",
+            {"pos": self.pos.tolist(), "size": self.size.tolist(), "per_env": self.per_env, "num_envs": self.num_envs},
+        )
+
+    def load(self, directory: Path) -> None:
+        """Restore what :meth:`save` wrote; the shapes must match this replay's."""
+        import json
+
+        meta = json.loads((directory / "replay.json").read_text())
+        if meta["per_env"] != self.per_env or meta["num_envs"] != self.num_envs:
+            raise ValueError(
+                f"replay in {directory} has {meta['num_envs']} envs x {meta['per_env']} rows; this run has "
+                f"{self.num_envs} x {self.per_env}. Resume with the same buffer_size and num_envs."
+            )
+        self.frames[...] = np.load(directory / "frames.npy", allow_pickle=False)
+        for k in self.cols:
+            self.cols[k][...] = np.load(directory / f"{k}.npy", allow_pickle=False)
+        self.pos[...] = meta["pos"]
+        self.size[...] = meta["size"]

@@ -1,0 +1,439 @@
+"""Dueling Double DQN teacher training that records the states it meets.
+
+The algorithm, top to bottom (CleanRL ``dqn_atari.py`` structure):
+
+1. Act epsilon-greedily in ``num_envs`` vectorised games; epsilon anneals linearly from ``start_e`` to
+   ``end_e`` over ``exploration_fraction * total_steps`` agent steps.
+2. Store each step once in a :class:`~polydistill.replay.FrameReplay` (raw reward; life loss flagged).
+3. Every ``train_frequency`` agent steps after ``learning_starts``: sample 32 transitions, clip rewards to
+   their sign, build the Double-DQN target ``r + gamma * Q_target(s', argmax_a Q_online(s', a))``
+   (van Hasselt et al. 2016), Huber loss, Adam, gradient norm clipped at 10 (Wang et al. 2016).
+4. Every ``target_network_frequency`` agent steps copy the online network into the target network.
+5. Every ``checkpoint_every`` steps write a resumable checkpoint (nets, optimizer, replay, RNGs, counters).
+6. At the end: the final teacher checkpoint, the last ``record_steps`` steps as an experience dataset
+   (``OUT/dataset``), and the learning curve (``curve.csv``, ``curve.png``).
+
+A run killed at any point and started again with the same output directory resumes from its last
+checkpoint and ends with the same number of steps and the same dataset length as an unbroken run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shutil
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import __version__
+from .buffer import DatasetWriter, Manifest
+from .checkpoint import (
+    CheckpointError,
+    atomic_torch_save,
+    atomic_write_json,
+    load_state_dict,
+    save_checkpoint,
+)
+from .config import TeacherConfig
+from .envs import EpisodeStats, action_meanings, canonical_game, make_vector_env, observation_spec
+from .networks import DuelingQNetwork, pick_device
+from .progress import progress
+from .replay import FrameReplay
+from .store import open_store
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+CURVE_CSV = "curve.csv"
+CURVE_PNG = "curve.png"
+MetricsCallback = Callable[[dict[str, float], int], None]
+
+
+class TeacherRunError(ValueError):
+    """Bad input to a teacher run (found before any training starts)."""
+
+
+@dataclass
+class TeacherResult:
+    """Where a finished teacher run put its outputs."""
+
+    out_dir: Path
+    checkpoint_dir: Path
+    dataset_uri: str
+    curve_csv: Path
+    curve_png: Path
+    steps: int
+    episodes: int
+    final_return_mean: float
+
+
+def linear_schedule(start: float, end: float, duration: int, t: int) -> float:
+    """Value at step ``t`` of a linear anneal from ``start`` to ``end`` over ``duration`` steps, then ``end``."""
+    slope = (end - start) / max(1, duration)
+    return max(slope * t + start, end) if end <= start else min(slope * t + start, end)
+
+
+def double_dqn_targets(
+    online: torch.nn.Module,
+    target: torch.nn.Module,
+    next_states: torch.Tensor,
+    rewards: torch.Tensor,
+    dones: torch.Tensor,
+    gamma: float,
+) -> torch.Tensor:
+    """``r + gamma * (1 - done) * Q_target(s', argmax_a Q_online(s', a))`` (van Hasselt et al. 2016)."""
+    with torch.no_grad():
+        best = online(next_states).argmax(dim=1, keepdim=True)
+        next_q = target(next_states).gather(1, best).squeeze(1)
+        return rewards + gamma * (1.0 - dones) * next_q
+
+
+def _prepare_out_dir(out: Path, game: str, cfg: TeacherConfig) -> bool:
+    """Validate ``out`` for this run; returns True when a run of the same game is there to resume."""
+    if out.exists() and not out.is_dir():
+        raise TeacherRunError(f"--out {out} is a file; give a directory for the teacher run")
+    run_file = out / RUN_FILE
+    if run_file.is_file():
+        try:
+            prev = json.loads(run_file.read_text())
+        except json.JSONDecodeError as e:
+            raise TeacherRunError(f"{run_file} is corrupt ({e}); use a new --out directory") from e
+        if prev.get("game") != game:
+            raise TeacherRunError(
+                f"--out {out} holds a teacher run for {prev.get('game')!r}, not {game!r}; "
+                f"use another directory for {game}"
+            )
+        for key in ("num_envs", "buffer_size", "total_steps", "record_steps"):
+            if prev.get("config", {}).get(key) != getattr(cfg, key):
+                raise TeacherRunError(
+                    f"--out {out} holds a {game} run with {key}={prev['config'].get(key)}, this run asks for "
+                    f"{getattr(cfg, key)}; resume with the same settings or use a new directory"
+                )
+        return True
+    if out.is_dir() and any(p.name != ".DS_Store" for p in out.iterdir()):
+        raise TeacherRunError(f"--out {out} is not empty and holds no teacher run; use an empty directory")
+    return False
+
+
+def _latest_resume(out: Path) -> Path | None:
+    pointer = out / "resume" / "LATEST"
+    if not pointer.is_file():
+        return None
+    d = out / "resume" / pointer.read_text().strip()
+    return d if d.is_dir() else None
+
+
+def _save_resume(
+    out: Path,
+    step: int,
+    online: torch.nn.Module,
+    target: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    replay: FrameReplay,
+    rng: np.random.Generator,
+    curve: list[tuple[int, float, int, float]],
+    updates: int,
+) -> None:
+    """Write a complete resume point under a new name, then move the LATEST pointer (atomic switch)."""
+    root = out / "resume"
+    name = f"step-{step:012d}"
+    tmp = root / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    atomic_torch_save(
+        {
+            "online": online.state_dict(),
+            "target": target.state_dict(),
+            "optimizer": opt.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "step": torch.tensor(step),
+            "updates": torch.tensor(updates),
+        },
+        tmp / "state.pt",
+    )
+    replay.save(tmp / "replay")
+    atomic_write_json(tmp / "extra.json", {"numpy_rng": rng.bit_generator.state, "curve": curve})
+    final = root / name
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    atomic_write_json(root / ".LATEST.json", {})  # keeps directory listing fsynced in order
+    (root / ".LATEST.tmp").write_text(name)
+    (root / ".LATEST.tmp").replace(root / "LATEST")
+    for old in root.glob("step-*"):
+        if old.name != name:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_curve(out: Path, curve: list[tuple[int, float, int, float]], game: str) -> tuple[Path, Path]:
+    from .plots import plot_learning_curve
+
+    tmp = out / f".{CURVE_CSV}.tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["step", "episode_return", "episode_length", "epsilon"])
+        w.writerows(curve)
+    tmp.replace(out / CURVE_CSV)
+    png = plot_learning_curve(
+        [c[0] for c in curve], [c[1] for c in curve], out / CURVE_PNG, f"{game}: Dueling Double DQN teacher"
+    )
+    return out / CURVE_CSV, png
+
+
+def train_teacher(
+    game: str,
+    cfg: TeacherConfig,
+    out_dir: str | Path,
+    on_metrics: MetricsCallback | None = None,
+    stop_after: int | None = None,
+) -> TeacherResult:
+    """Train a Dueling Double DQN teacher on ``game`` and record its experience; see the module docstring.
+
+    Args:
+        game: any accepted spelling (``Pong``, ``ALE/Pong-v5``, ``pong``).
+        cfg: the resolved teacher config.
+        out_dir: run directory; an existing run of the same game there is resumed.
+        on_metrics: called with ``(metrics, step)`` for episode returns, losses and throughput.
+        stop_after: stop (as if killed) after this many agent steps of this call; for tests of resume.
+    """
+    game = canonical_game(game)  # fails fast on unknown names
+    out = Path(out_dir)
+    resuming = _prepare_out_dir(out, game, cfg)
+    if cfg.record_steps > cfg.buffer_size:
+        raise TeacherRunError(
+            f"record_steps={cfg.record_steps} exceeds buffer_size={cfg.buffer_size}: the recorded states come "
+            f"from the replay memory; raise buffer_size or lower record_steps"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    if resuming and _finished(out):
+        log.info("%s teacher run in %s is already finished; reusing it", game, out)
+        return _result_from_disk(out, game, cfg)
+    if not resuming:
+        atomic_write_json(out / RUN_FILE, {"game": game, "config": cfg.model_dump(mode="json"),
+                                           "package_version": __version__})
+
+    device = pick_device(cfg.device)
+    meanings = action_meanings(game, cfg.env.full_action_space)
+    n_actions = len(meanings)
+    envs = make_vector_env(game, cfg.num_envs, cfg.env)
+    online = DuelingQNetwork(n_actions, frame_stack=cfg.env.frame_stack).to(device)
+    target = DuelingQNetwork(n_actions, frame_stack=cfg.env.frame_stack).to(device)
+    target.load_state_dict(online.state_dict())
+    opt = torch.optim.Adam(online.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps)
+    replay = FrameReplay(cfg.buffer_size, cfg.num_envs, cfg.env.frame_stack)
+    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    curve: list[tuple[int, float, int, float]] = []
+    step, updates = 0, 0
+
+    point = _latest_resume(out) if resuming else None
+    if point is not None:
+        try:
+            state = load_state_dict(point / "state.pt")
+        except CheckpointError as e:
+            raise TeacherRunError(f"cannot resume from {point}: {e}. Delete {out / 'resume'} to start over") from e
+        online.load_state_dict(state["online"])
+        target.load_state_dict(state["target"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        step, updates = int(state["step"]), int(state["updates"])
+        replay.load(point / "replay")
+        replay.mark_cut()
+        extra = json.loads((point / "extra.json").read_text())
+        rng.bit_generator.state = extra["numpy_rng"]
+        curve = [tuple(c) for c in extra["curve"]]  # type: ignore[misc]
+        log.info("resuming %s teacher from step %d (%s)", game, step, point)
+
+    if step < cfg.total_steps:
+        _train_loop(game, cfg, out, envs, online, target, opt, replay, rng, curve, step, updates, device,
+                    on_metrics, stop_after)
+    envs.close()
+    return _finish(game, cfg, out, online, replay, meanings, curve)
+
+
+def _train_loop(game, cfg, out, envs, online, target, opt, replay, rng, curve, step, updates, device,
+                on_metrics, stop_after) -> None:  # noqa: ANN001 - internal, arguments as in train_teacher
+    n = cfg.num_envs
+    obs, info = envs.reset(seed=cfg.seed + step)  # a resumed run starts fresh episodes
+    lives = np.asarray(info["lives"]).copy()
+    first = np.ones(n, dtype=bool)
+    stats = EpisodeStats(n)
+    recent = deque(maxlen=20)
+    anneal = int(cfg.exploration_fraction * cfg.total_steps)
+    start_step = step
+    last_ckpt = step
+    t0, steps0 = time.monotonic(), step
+    bar = progress(cfg.total_steps, f"train-teacher {game}", "step", initial=step)
+    loss_val = float("nan")
+    while step < cfg.total_steps:
+        eps = linear_schedule(cfg.start_e, cfg.end_e, anneal, step)
+        if step < cfg.learning_starts:
+            actions = rng.integers(0, online.num_actions[0], size=n)
+        else:
+            with torch.no_grad():
+                greedy = online(torch.from_numpy(obs).to(device)).argmax(1).cpu().numpy()
+            explore = rng.random(n) < eps
+            actions = np.where(explore, rng.integers(0, online.num_actions[0], size=n), greedy)
+        next_obs, rewards, terminated, truncated, info = envs.step(actions.astype(np.int64))
+        new_lives = np.asarray(info["lives"])
+        storing = ~stats.resetting
+        ended = stats.update(rewards, terminated, truncated)
+        if storing.any():
+            e = np.flatnonzero(storing)
+            replay.add_batch(
+                e,
+                obs[e, -1],
+                actions=actions[e],
+                rewards=rewards[e],
+                terminated=terminated[e],
+                truncated=truncated[e],
+                life_lost=(new_lives[e] < lives[e]) & ~terminated[e],
+                first=first[e],
+            )
+        # After a resetting step the env shows a new episode's first state.
+        first = ~storing
+        lives = new_lives.copy()
+        obs = next_obs
+        step += n
+        bar.update(n)
+        for _, ret, length in ended:
+            curve.append((step, ret, length, eps))
+            recent.append(ret)
+            if on_metrics:
+                on_metrics({"episode_return": ret, "episode_length": float(length), "epsilon": eps}, step)
+
+        if step >= cfg.learning_starts and len(replay) > cfg.batch_size:
+            for _ in range(_crossings(step, n, cfg.train_frequency)):
+                loss_val = _learn(cfg, online, target, opt, replay, rng, device)
+                updates += 1
+            if _crossings(step, n, cfg.target_network_frequency):
+                target.load_state_dict(online.state_dict())
+
+        if step - last_ckpt >= cfg.checkpoint_every and step < cfg.total_steps:
+            _save_resume(out, step, online, target, opt, replay, rng, curve, updates)
+            last_ckpt = step
+        if _crossings(step, n, 1000):
+            sps = (step - steps0) / max(time.monotonic() - t0, 1e-9)
+            mean_ret = float(np.mean(recent)) if recent else float("nan")
+            bar.set_postfix(eps=f"{eps:.3f}", ret=f"{mean_ret:.1f}", loss=f"{loss_val:.4f}")
+            if on_metrics:
+                on_metrics({"steps_per_second": sps, "td_loss": loss_val, "epsilon": eps, "updates": updates}, step)
+        if stop_after is not None and step - start_step >= stop_after:
+            bar.close()
+            raise KeyboardInterrupt(f"stop_after={stop_after} reached at step {step}")
+    bar.close()
+
+
+def _crossings(step: int, n: int, every: int) -> int:
+    """How many multiples of ``every`` the step counter passed in its last increment of ``n``."""
+    return step // every - (step - n) // every
+
+
+def _learn(cfg, online, target, opt, replay, rng, device) -> float:  # noqa: ANN001
+    b = replay.sample(cfg.batch_size, rng, episodic_life=cfg.env.episodic_life)
+    states = torch.from_numpy(b["states"]).to(device)
+    next_states = torch.from_numpy(b["next_states"]).to(device)
+    rewards = torch.from_numpy(b["rewards"]).to(device)
+    if cfg.env.clip_rewards:
+        rewards = rewards.sign()
+    dones = torch.from_numpy(b["dones"]).to(device)
+    actions = torch.from_numpy(b["actions"]).to(device)
+    td_target = double_dqn_targets(online, target, next_states, rewards, dones, cfg.gamma)
+    q = online(states).gather(1, actions.unsqueeze(1)).squeeze(1)
+    loss = F.smooth_l1_loss(q, td_target)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(online.parameters(), cfg.max_grad_norm)
+    opt.step()
+    return float(loss.detach())
+
+
+def _finish(game, cfg, out, online, replay, meanings, curve) -> TeacherResult:  # noqa: ANN001
+    ckpt = out / "checkpoint"
+    save_checkpoint(
+        ckpt,
+        online,
+        {
+            "kind": "teacher",
+            "game": game,
+            "games": [game],
+            "action_meanings": [meanings],
+            "observation": observation_spec(cfg.env),
+            "config": cfg.model_dump(mode="json"),
+            "steps": cfg.total_steps,
+        },
+    )
+    rows = replay.recent(cfg.record_steps)
+    manifest = Manifest(
+        game=game,
+        num_actions=len(meanings),
+        action_meanings=meanings,
+        observation=observation_spec(cfg.env),
+        codec="zstd",
+        source={"teacher_steps": cfg.total_steps, "recorded_steps": int(len(rows["actions"])), "seed": cfg.seed},
+    )
+    ds_dir = out / "dataset"
+    writer = DatasetWriter(open_store(str(ds_dir.resolve())), manifest, shard_steps=10_000)
+    writer.add(**rows)
+    writer.close()
+    csv_path, png = _write_curve(out, curve, game)
+    last = [c[1] for c in curve[-20:]]
+    atomic_write_json(out / RUN_FILE, {"game": game, "config": cfg.model_dump(mode="json"),
+                                       "package_version": __version__, "status": "finished"})
+    shutil.rmtree(out / "resume", ignore_errors=True)
+    return TeacherResult(
+        out_dir=out,
+        checkpoint_dir=ckpt,
+        dataset_uri=ds_dir.resolve().as_uri(),
+        curve_csv=csv_path,
+        curve_png=png,
+        steps=cfg.total_steps,
+        episodes=len(curve),
+        final_return_mean=float(np.mean(last)) if last else float("nan"),
+    )
+
+
+def _finished(out: Path) -> bool:
+    try:
+        return json.loads((out / RUN_FILE).read_text()).get("status") == "finished"
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _result_from_disk(out: Path, game: str, cfg: TeacherConfig) -> TeacherResult:
+    curve = []
+    with open(out / CURVE_CSV) as f:
+        for row in csv.DictReader(f):
+            curve.append(float(row["episode_return"]))
+    last = curve[-20:]
+    return TeacherResult(
+        out_dir=out,
+        checkpoint_dir=out / "checkpoint",
+        dataset_uri=(out / "dataset").resolve().as_uri(),
+        curve_csv=out / CURVE_CSV,
+        curve_png=out / CURVE_PNG,
+        steps=cfg.total_steps,
+        episodes=len(curve),
+        final_return_mean=float(np.mean(last)) if last else float("nan"),
+    )
+
+
+def load_teacher(directory: str | Path, device: str | torch.device = "cpu") -> tuple[DuelingQNetwork, dict[str, Any]]:
+    """Load a teacher checkpoint (a run directory or its ``checkpoint/`` subdirectory)."""
+    from .checkpoint import load_checkpoint
+
+    d = Path(directory)
+    if (d / "checkpoint").is_dir():
+        d = d / "checkpoint"
+    model, meta = load_checkpoint(d, device)
+    if meta.get("kind") != "teacher":
+        raise CheckpointError(f"{d} holds a {meta.get('kind')!r} checkpoint, not a teacher")
+    return model, meta  # type: ignore[return-value]

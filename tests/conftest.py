@@ -1,0 +1,47 @@
+"""Shared fixtures: short real teacher runs (session-scoped so the suite trains each game once), and the
+S3 server fixtures from conftest_store."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from polydistill import config as C
+
+pytest_plugins = ["tests.conftest_store"]
+
+os.environ.setdefault("POLYDISTILL_PROGRESS", "log")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+# Tiny but real: 4 envs, learning starts at 200 steps, about 100 learner updates.
+TINY_TEACHER = {
+    "total_steps": 800,
+    "num_envs": 4,
+    "buffer_size": 1_000,
+    "learning_starts": 200,
+    "target_network_frequency": 200,
+    "exploration_fraction": 0.5,
+    "record_steps": 800,
+    "checkpoint_every": 400,
+}
+TEST_GAMES = ("Breakout", "Pong")
+
+
+def tiny_teacher_config(**overrides):
+    """The teacher config the test suite trains with (smoke profile, smaller)."""
+    return C.resolve("teacher", "smoke", overrides={**TINY_TEACHER, **overrides})
+
+
+@pytest.fixture(scope="session")
+def teacher_runs(tmp_path_factory) -> dict[str, Path]:
+    """{game: run directory} of finished tiny teacher runs for Breakout (4 actions) and Pong (6 actions)."""
+    from polydistill.teacher import train_teacher
+
+    root = tmp_path_factory.mktemp("teachers")
+    runs = {}
+    for game in TEST_GAMES:
+        res = train_teacher(game, tiny_teacher_config(), root / game)
+        runs[game] = res.out_dir
+    return runs
