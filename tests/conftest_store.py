@@ -1,8 +1,6 @@
 """Pytest fixtures for a real S3 server on 127.0.0.1 (moto's ``ThreadedMotoServer``).
 
-Import them into ``tests/conftest.py``::
-
-    from conftest_store import s3_env, s3_server  # noqa: F401
+``tests/conftest.py`` loads them with ``pytest_plugins = ["tests.conftest_store"]``.
 
 ``s3_server`` (session) starts one moto server and creates one bucket; ``s3_env`` (function) points the
 store's environment variables at it and returns a fresh ``s3://bucket/<unique-prefix>`` URI.
@@ -35,8 +33,8 @@ STORE_ENV_VARS = (
     "POLYDISTILL_STORE_RETRIES",
 )
 
-# One server per process even if the fixture is imported into several modules (conftest.py and a test
-# module each make their own fixture definition): the first user starts it, the last one stops it.
+# One server per process even if the fixtures are registered more than once (imported into a test module
+# as well as loaded as a plugin): the first user starts it, the last one stops it.
 _lock = threading.Lock()
 _server: ThreadedMotoServer | None = None
 _info: dict[str, str] = {}

@@ -71,7 +71,9 @@ def shard_name(index: int) -> str:
 # ----------------------------------------------------------------------------------------------- stacking
 
 
-def stack_frames(frames: np.ndarray, first: np.ndarray, index: np.ndarray, frame_stack: int = 4) -> np.ndarray:
+def stack_frames(
+    frames: np.ndarray, first: np.ndarray, index: np.ndarray, frame_stack: int = 4
+) -> np.ndarray:
     """Rebuild uint8 states (len(index), frame_stack, H, W) from frames stored once per step.
 
     ``first[t]`` marks the first step of an episode: frames before it are zeros in the stack, matching the
@@ -250,7 +252,9 @@ class DatasetWriter:
         self.workers = workers
         self.progress = progress
         manifest.codec_params = (
-            {"level": level} if manifest.codec == "zstd" else ({"dtype": latent_dtype} if manifest.codec == "latent" else {})
+            {"level": level}
+            if manifest.codec == "zstd"
+            else ({"dtype": latent_dtype} if manifest.codec == "latent" else {})
         )
         manifest.q_values = {"dtype": q_dtype} if q_dtype else None
         manifest.shards, manifest.num_steps, manifest.num_episodes, manifest.num_valid_states = [], 0, 0, 0
@@ -365,13 +369,20 @@ class DatasetWriter:
                 self._flush(self._pending_rows)
             if not self.manifest.shards:
                 raise DatasetError("refusing to write an empty dataset (no rows were added)")
+            new_manifest = self.manifest.to_json().encode()
+            if self._already_there(new_manifest):
+                log.info("dataset %s already holds these exact shards; nothing to upload", self.store.uri)
+                return self.manifest
             # An older manifest must not describe new shards during the upload: remove it first.
             self.store.delete(MANIFEST)
             self.store.put_files(self._staged, workers=self.workers, progress=self.progress)
-            self.store.put_bytes(MANIFEST, self.manifest.to_json().encode())
+            self.store.put_bytes(MANIFEST, new_manifest)
             log.info(
                 "wrote dataset %s: %d steps, %d shards, %.1f bytes/state",
-                self.store.uri, self.manifest.num_steps, len(self.manifest.shards), self.manifest.bytes_per_state,
+                self.store.uri,
+                self.manifest.num_steps,
+                len(self.manifest.shards),
+                self.manifest.bytes_per_state,
             )
         finally:
             self._closed = True
@@ -379,6 +390,17 @@ class DatasetWriter:
                 p.unlink(missing_ok=True)
             os.rmdir(self._tmp) if self._tmp.exists() and not any(self._tmp.iterdir()) else None
         return self.manifest
+
+    def _already_there(self, manifest_bytes: bytes) -> bool:
+        """True when the store holds this manifest and every shard with its size (idempotent re-export)."""
+        try:
+            if not self.store.exists(MANIFEST) or self.store.get_bytes(MANIFEST) != manifest_bytes:
+                return False
+            return all(
+                self.store.exists(s.name) and self.store.size(s.name) == s.bytes for s in self.manifest.shards
+            )
+        except ObjectNotFoundError:
+            return False
 
     def abort(self) -> None:
         """Discard staged shards without writing a manifest."""
@@ -432,7 +454,11 @@ class ExperienceDataset:
     """
 
     def __init__(
-        self, source: ObjectStore | str, cache_dir: str | Path | None = None, max_decoded: int = 4, verify: bool = True
+        self,
+        source: ObjectStore | str,
+        cache_dir: str | Path | None = None,
+        max_decoded: int = 4,
+        verify: bool = True,
     ) -> None:
         self.store = open_store(source) if isinstance(source, str) else source
         self.uri = self.store.uri
@@ -450,7 +476,11 @@ class ExperienceDataset:
             self._cache = None
             self._local = local
         else:
-            base = cache_dir or os.environ.get("POLYDISTILL_CACHE") or tempfile.mkdtemp(prefix="polydistill-cache-")
+            base = (
+                cache_dir
+                or os.environ.get("POLYDISTILL_CACHE")
+                or tempfile.mkdtemp(prefix="polydistill-cache-")
+            )
             digest = hashlib.sha256(self.uri.encode()).hexdigest()[:16]
             self._cache = Path(base) / digest
             self._cache.mkdir(parents=True, exist_ok=True)
@@ -499,7 +529,8 @@ class ExperienceDataset:
             if self._cache is not None:
                 (self._local / info.name).unlink(missing_ok=True)  # a bad cached copy must not stick
             raise DatasetError(
-                f"dataset {self.uri}: shard {info.name} is corrupt (size {len(data)} vs {info.bytes} bytes, or "
+                f"dataset {self.uri}: shard {info.name} is corrupt (size {len(data)} vs {info.bytes} bytes, "
+                f"or "
                 f"sha256 mismatch); re-export the dataset"
             )
 

@@ -102,7 +102,9 @@ def read_metadata(directory: str | Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e}); the checkpoint is corrupt, re-create it") from e
+        raise CheckpointError(
+            f"{path} is not valid JSON ({e}); the checkpoint is corrupt, re-create it"
+        ) from e
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

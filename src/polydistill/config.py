@@ -36,7 +36,9 @@ class _Model(BaseModel):
 class EnvConfig(_Model):
     """Atari environment and preprocessing (Mnih et al. 2015; Machado et al. 2018 for sticky actions)."""
 
-    frame_skip: int = Field(4, ge=1, description="Emulator frames per agent step (max-pooled over the last 2).")
+    frame_skip: int = Field(
+        4, ge=1, description="Emulator frames per agent step (max-pooled over the last 2)."
+    )
     noop_max: int = Field(30, ge=0, description="Up to this many no-op actions after reset.")
     frame_stack: int = Field(4, ge=1, description="Frames stacked into one state.")
     sticky_actions: float = Field(
@@ -137,7 +139,9 @@ class DistillConfig(_Model):
     steps: int = Field(50_000, ge=1, description="Optimizer steps.")
     batch_size: int = Field(32, ge=1, description="States per game per step.")
     learning_rate: float = Field(1e-4, gt=0, description="Adam learning rate.")
-    holdout_fraction: float = Field(0.05, gt=0, lt=0.5, description="States per game held out for validation.")
+    holdout_fraction: float = Field(
+        0.05, gt=0, lt=0.5, description="States per game held out for validation."
+    )
     eval_every: int = Field(1_000, ge=1, description="Optimizer steps between validation passes.")
     checkpoint_every: int = Field(5_000, ge=1, description="Optimizer steps between resumable checkpoints.")
     cache_shards: int = Field(8, ge=1, description="Decoded shards kept in memory per game.")
@@ -150,7 +154,9 @@ class EvalConfig(_Model):
 
     protocol: Literal["cycles", "episodes"] = Field("episodes", description="Scoring protocol.")
     cycles: int = Field(10, ge=1, description="cycles protocol: number of cycles (seed: 10).")
-    cycle_steps: int = Field(12_500, ge=1, description="cycles protocol: agent steps per cycle (seed: 12,500).")
+    cycle_steps: int = Field(
+        12_500, ge=1, description="cycles protocol: agent steps per cycle (seed: 12,500)."
+    )
     episodes: int = Field(30, ge=1, description="episodes protocol: episodes to play.")
     epsilon: float = Field(0.05, ge=0, le=1, description="Evaluation epsilon-greedy.")
     num_envs: int = Field(8, ge=1, description="Parallel environments.")

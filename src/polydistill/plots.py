@@ -1,6 +1,7 @@
 """Pictures people would rather look at than read: learning curves, loss curves, image grids, score bars.
 
-Uses matplotlib's Agg backend (no display needed); every function writes a PNG atomically and returns its path.
+Uses matplotlib's Agg backend (no display needed); every function writes a PNG atomically and returns its
+path.
 """
 
 from __future__ import annotations
@@ -45,7 +46,11 @@ def smooth(values: Sequence[float], window: int) -> np.ndarray:
 
 
 def plot_learning_curve(
-    steps: Sequence[int], returns: Sequence[float], path: str | Path, title: str, baseline: float | None = None
+    steps: Sequence[int],
+    returns: Sequence[float],
+    path: str | Path,
+    title: str,
+    baseline: float | None = None,
 ) -> Path:
     """Episode return against agent steps, raw points and a moving average; an optional random baseline."""
     plt = _figure()
@@ -64,7 +69,11 @@ def plot_learning_curve(
 
 
 def plot_series(
-    series: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: str | Path, title: str, xlabel: str, ylabel: str
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    path: str | Path,
+    title: str,
+    xlabel: str,
+    ylabel: str,
 ) -> Path:
     """Several named (x, y) curves on one axis (losses, agreement per game)."""
     plt = _figure()
@@ -80,7 +89,9 @@ def plot_series(
     return _save(fig, path)
 
 
-def image_grid(rows: Sequence[Sequence[np.ndarray]], path: str | Path, row_labels: Sequence[str] = ()) -> Path:
+def image_grid(
+    rows: Sequence[Sequence[np.ndarray]], path: str | Path, row_labels: Sequence[str] = ()
+) -> Path:
     """A grid of grayscale images (uint8 or [0,1] floats); ``rows[i][j]`` is one (H, W) image."""
     plt = _figure()
     nr, nc = len(rows), max(len(r) for r in rows)
@@ -96,8 +107,14 @@ def image_grid(rows: Sequence[Sequence[np.ndarray]], path: str | Path, row_label
     return _save(fig, path)
 
 
-def bar_chart(labels: Sequence[str], groups: Mapping[str, Sequence[float]], path: str | Path, title: str, ylabel: str,
-              reference: float | None = None) -> Path:
+def bar_chart(
+    labels: Sequence[str],
+    groups: Mapping[str, Sequence[float]],
+    path: str | Path,
+    title: str,
+    ylabel: str,
+    reference: float | None = None,
+) -> Path:
     """Grouped bars: one group per label, one bar per series in ``groups``."""
     plt = _figure()
     fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(labels) + 2), 4))

@@ -15,9 +15,11 @@ log = logging.getLogger("polydistill.progress")
 
 
 class LogProgress:
-    """A tqdm-like object that logs ``desc: n/total (pct) rate unit/s postfix`` at most every ``interval`` s."""
+    """A tqdm-like object logging ``desc: n/total (pct) rate unit/s postfix`` at most every ``interval`` s."""
 
-    def __init__(self, total: int | None, desc: str, unit: str, interval: float = 15.0, initial: int = 0) -> None:
+    def __init__(
+        self, total: int | None, desc: str, unit: str, interval: float = 15.0, initial: int = 0
+    ) -> None:
         self.total, self.desc, self.unit, self.interval = total, desc, unit, interval
         self.n = initial
         self._start_n = initial
@@ -31,14 +33,25 @@ class LogProgress:
             self._last = now
             self._emit(now)
 
-    def set_postfix(self, ordered_dict: dict[str, Any] | None = None, refresh: bool = True, **kw: Any) -> None:
+    def set_postfix(
+        self, ordered_dict: dict[str, Any] | None = None, refresh: bool = True, **kw: Any
+    ) -> None:
         items = {**(ordered_dict or {}), **kw}
         self._postfix = " ".join(f"{k}={v}" for k, v in items.items())
 
     def _emit(self, now: float) -> None:
         rate = (self.n - self._start_n) / max(now - self._t0, 1e-9)
         pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
-        log.info("%s: %d/%s%s %.1f %s/s %s", self.desc, self.n, self.total or "?", pct, rate, self.unit, self._postfix)
+        log.info(
+            "%s: %d/%s%s %.1f %s/s %s",
+            self.desc,
+            self.n,
+            self.total or "?",
+            pct,
+            rate,
+            self.unit,
+            self._postfix,
+        )
 
     def close(self) -> None:
         self._emit(time.monotonic())

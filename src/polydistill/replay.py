@@ -193,7 +193,12 @@ class FrameReplay:
             np.save(directory / f"{k}.npy", v)
         atomic_write_json(
             directory / "replay.json",
-            {"pos": self.pos.tolist(), "size": self.size.tolist(), "per_env": self.per_env, "num_envs": self.num_envs},
+            {
+                "pos": self.pos.tolist(),
+                "size": self.size.tolist(),
+                "per_env": self.per_env,
+                "num_envs": self.num_envs,
+            },
         )
 
     def load(self, directory: Path) -> None:
@@ -211,3 +216,47 @@ class FrameReplay:
             self.cols[k][...] = np.load(directory / f"{k}.npy", allow_pickle=False)
         self.pos[...] = meta["pos"]
         self.size[...] = meta["size"]
+
+
+class StepRecorder:
+    """Turns vector-env steps (NEXT_STEP autoreset) into replay rows, one per env that acted.
+
+    Tracks which envs are resetting (their step shows a new episode's first state and stores nothing), the
+    episode-start flag of each env's next row, and lives for life-loss flags.
+    """
+
+    def __init__(self, replay: FrameReplay, lives: np.ndarray) -> None:
+        self.replay = replay
+        n = replay.num_envs
+        self.first = np.ones(n, dtype=bool)
+        self.resetting = np.zeros(n, dtype=bool)
+        self.lives = np.asarray(lives).copy()
+
+    def record(
+        self,
+        obs: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+        new_lives: np.ndarray,
+    ) -> np.ndarray:
+        """Store the step taken from states ``obs``; returns the mask of envs whose row was stored."""
+        storing = ~self.resetting
+        if storing.any():
+            e = np.flatnonzero(storing)
+            self.replay.add_batch(
+                e,
+                obs[e, -1],
+                actions=actions[e],
+                rewards=rewards[e],
+                terminated=terminated[e],
+                truncated=truncated[e],
+                life_lost=(new_lives[e] < self.lives[e]) & ~terminated[e],
+                first=self.first[e],
+            )
+        # An env that just acted continues its episode; one that was resetting now shows a first state.
+        self.first = ~storing
+        self.resetting = storing & (terminated | truncated)
+        self.lives = np.asarray(new_lives).copy()
+        return storing

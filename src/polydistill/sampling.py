@@ -23,8 +23,8 @@ from .buffer import DatasetError, ExperienceDataset, holdout_mask
 
 @dataclass
 class Batch:
-    """A minibatch: ``states`` uint8 (B, 4, 84, 84) for frame datasets, or ``latents`` float32 (B, D) for latent
-    datasets; ``actions`` int64 (B,); ``q`` float32 (B, A) when the dataset stores Q-values; ``steps`` the
+    """A minibatch: ``states`` uint8 (B, 4, 84, 84) for frame datasets, or ``latents`` float32 (B, D) for
+    latent    datasets; ``actions`` int64 (B,); ``q`` float32 (B, A) when the dataset stores Q-values; ``steps`` the
     global step indices (B,)."""
 
     actions: np.ndarray
@@ -104,7 +104,7 @@ class StreamingSampler:
         self.holdout = holdout_fraction
         self.rng = np.random.default_rng(seed)
         m = dataset.manifest
-        self.cutoff = int(round(m.num_steps * (1.0 - fraction)))
+        self.cutoff = round(m.num_steps * (1.0 - fraction))
         self.shards = [i for i, s in enumerate(m.shards) if s.stop > self.cutoff and s.valid_states > 0]
         if not self.shards:
             raise DatasetError(f"dataset {dataset.uri} has no states in the requested fraction {fraction}")

@@ -45,8 +45,10 @@ import io
 import logging
 import os
 import random
+import re
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -116,6 +118,7 @@ _TMP_SUFFIX = ".polydistill-tmp"
 _MIN_REDACT_LEN = 4
 # Secrets handed to S3Settings directly rather than through the environment, so redact() knows them too.
 _known_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
 
 
 class StoreError(RuntimeError):
@@ -150,7 +153,8 @@ def redact(text: str) -> str:
     any credentials passed to :class:`S3Settings` directly. Values shorter than 4 characters are left
     alone.
     """
-    secrets = set(_known_secrets)
+    with _secrets_lock:
+        secrets = set(_known_secrets)
     for name in (*ACCESS_KEY_VARS, *SECRET_KEY_VARS, SESSION_TOKEN_VAR):
         value = os.environ.get(name)
         if value:
@@ -190,9 +194,11 @@ def join_uri(uri: str, *parts: str) -> str:
     Empty parts are skipped; a part with a '.' or '..' segment or a leading '/' raises
     :class:`StoreConfigError`.
     """
-    result = uri.rstrip("/") if uri.rstrip("/") else uri
+    result = uri
+    while result.endswith("/") and not result.endswith("://"):  # keep the "//" of "file:///"
+        result = result[:-1]
     for part in parts:
-        part = part.strip("/") if part not in ("", "/") else ""
+        part = part.strip("/")
         if not part:
             continue
         _clean_key(part, uri, what="path part")
@@ -497,9 +503,8 @@ class S3Settings:
     region: str | None = None
 
     def __post_init__(self) -> None:
-        for value in (self.access_key, self.secret_key, self.session_token):
-            if value:
-                _known_secrets.add(value)
+        with _secrets_lock:
+            _known_secrets.update(v for v in (self.access_key, self.secret_key, self.session_token) if v)
 
     @property
     def endpoint_url(self) -> str:
@@ -580,6 +585,10 @@ def _make_client(settings: S3Settings) -> Minio:
     )
 
 
+# S3/MinIO bucket naming rules (what MinIO enforces); checked here so a typo is not reported as "missing".
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
 def _parse_s3_uri(uri: str) -> tuple[str, str]:
     """Split ``s3://bucket/prefix`` into (bucket, prefix without surrounding '/')."""
     parts = urlsplit(uri)
@@ -595,6 +604,11 @@ def _parse_s3_uri(uri: str) -> tuple[str, str]:
         raise StoreConfigError(f"{uri!r} names no bucket: write s3://bucket/prefix")
     if parts.query or parts.fragment:
         raise StoreConfigError(f"{uri!r} has a query or fragment: write s3://bucket/prefix")
+    if not _BUCKET_RE.fullmatch(parts.netloc) or ".." in parts.netloc:
+        raise StoreConfigError(
+            f"{parts.netloc!r} in {uri!r} is not a valid bucket name: use 3 to 63 lowercase letters, digits, "
+            "'-' and '.', starting and ending with a letter or digit"
+        )
     prefix = parts.path.strip("/")
     if prefix:
         _clean_key(prefix, uri, what="prefix")

@@ -47,7 +47,7 @@ from .config import TeacherConfig
 from .envs import EpisodeStats, action_meanings, canonical_game, make_vector_env, observation_spec
 from .networks import DuelingQNetwork, pick_device
 from .progress import progress
-from .replay import FrameReplay
+from .replay import FrameReplay, StepRecorder
 from .store import open_store
 
 log = logging.getLogger(__name__)
@@ -209,7 +209,8 @@ def train_teacher(
     resuming = _prepare_out_dir(out, game, cfg)
     if cfg.record_steps > cfg.buffer_size:
         raise TeacherRunError(
-            f"record_steps={cfg.record_steps} exceeds buffer_size={cfg.buffer_size}: the recorded states come "
+            f"record_steps={cfg.record_steps} exceeds buffer_size={cfg.buffer_size}: the recorded states "
+            f"come "
             f"from the replay memory; raise buffer_size or lower record_steps"
         )
     out.mkdir(parents=True, exist_ok=True)
@@ -217,8 +218,10 @@ def train_teacher(
         log.info("%s teacher run in %s is already finished; reusing it", game, out)
         return _result_from_disk(out, game, cfg)
     if not resuming:
-        atomic_write_json(out / RUN_FILE, {"game": game, "config": cfg.model_dump(mode="json"),
-                                           "package_version": __version__})
+        atomic_write_json(
+            out / RUN_FILE,
+            {"game": game, "config": cfg.model_dump(mode="json"), "package_version": __version__},
+        )
 
     device = pick_device(cfg.device)
     meanings = action_meanings(game, cfg.env.full_action_space)
@@ -239,7 +242,9 @@ def train_teacher(
         try:
             state = load_state_dict(point / "state.pt")
         except CheckpointError as e:
-            raise TeacherRunError(f"cannot resume from {point}: {e}. Delete {out / 'resume'} to start over") from e
+            raise TeacherRunError(
+                f"cannot resume from {point}: {e}. Delete {out / 'resume'} to start over"
+            ) from e
         online.load_state_dict(state["online"])
         target.load_state_dict(state["target"])
         opt.load_state_dict(state["optimizer"])
@@ -253,18 +258,47 @@ def train_teacher(
         log.info("resuming %s teacher from step %d (%s)", game, step, point)
 
     if step < cfg.total_steps:
-        _train_loop(game, cfg, out, envs, online, target, opt, replay, rng, curve, step, updates, device,
-                    on_metrics, stop_after)
+        _train_loop(
+            game,
+            cfg,
+            out,
+            envs,
+            online,
+            target,
+            opt,
+            replay,
+            rng,
+            curve,
+            step,
+            updates,
+            device,
+            on_metrics,
+            stop_after,
+        )
     envs.close()
     return _finish(game, cfg, out, online, replay, meanings, curve)
 
 
-def _train_loop(game, cfg, out, envs, online, target, opt, replay, rng, curve, step, updates, device,
-                on_metrics, stop_after) -> None:  # noqa: ANN001 - internal, arguments as in train_teacher
+def _train_loop(
+    game,
+    cfg,
+    out,
+    envs,
+    online,
+    target,
+    opt,
+    replay,
+    rng,
+    curve,
+    step,
+    updates,
+    device,
+    on_metrics,
+    stop_after,
+) -> None:
     n = cfg.num_envs
     obs, info = envs.reset(seed=cfg.seed + step)  # a resumed run starts fresh episodes
-    lives = np.asarray(info["lives"]).copy()
-    first = np.ones(n, dtype=bool)
+    recorder = StepRecorder(replay, np.asarray(info["lives"]))
     stats = EpisodeStats(n)
     recent = deque(maxlen=20)
     anneal = int(cfg.exploration_fraction * cfg.total_steps)
@@ -283,24 +317,8 @@ def _train_loop(game, cfg, out, envs, online, target, opt, replay, rng, curve, s
             explore = rng.random(n) < eps
             actions = np.where(explore, rng.integers(0, online.num_actions[0], size=n), greedy)
         next_obs, rewards, terminated, truncated, info = envs.step(actions.astype(np.int64))
-        new_lives = np.asarray(info["lives"])
-        storing = ~stats.resetting
         ended = stats.update(rewards, terminated, truncated)
-        if storing.any():
-            e = np.flatnonzero(storing)
-            replay.add_batch(
-                e,
-                obs[e, -1],
-                actions=actions[e],
-                rewards=rewards[e],
-                terminated=terminated[e],
-                truncated=truncated[e],
-                life_lost=(new_lives[e] < lives[e]) & ~terminated[e],
-                first=first[e],
-            )
-        # After a resetting step the env shows a new episode's first state.
-        first = ~storing
-        lives = new_lives.copy()
+        recorder.record(obs, actions, rewards, terminated, truncated, np.asarray(info["lives"]))
         obs = next_obs
         step += n
         bar.update(n)
@@ -325,7 +343,9 @@ def _train_loop(game, cfg, out, envs, online, target, opt, replay, rng, curve, s
             mean_ret = float(np.mean(recent)) if recent else float("nan")
             bar.set_postfix(eps=f"{eps:.3f}", ret=f"{mean_ret:.1f}", loss=f"{loss_val:.4f}")
             if on_metrics:
-                on_metrics({"steps_per_second": sps, "td_loss": loss_val, "epsilon": eps, "updates": updates}, step)
+                on_metrics(
+                    {"steps_per_second": sps, "td_loss": loss_val, "epsilon": eps, "updates": updates}, step
+                )
         if stop_after is not None and step - start_step >= stop_after:
             bar.close()
             raise KeyboardInterrupt(f"stop_after={stop_after} reached at step {step}")
@@ -337,7 +357,7 @@ def _crossings(step: int, n: int, every: int) -> int:
     return step // every - (step - n) // every
 
 
-def _learn(cfg, online, target, opt, replay, rng, device) -> float:  # noqa: ANN001
+def _learn(cfg, online, target, opt, replay, rng, device) -> float:
     b = replay.sample(cfg.batch_size, rng, episodic_life=cfg.env.episodic_life)
     states = torch.from_numpy(b["states"]).to(device)
     next_states = torch.from_numpy(b["next_states"]).to(device)
@@ -356,7 +376,7 @@ def _learn(cfg, online, target, opt, replay, rng, device) -> float:  # noqa: ANN
     return float(loss.detach())
 
 
-def _finish(game, cfg, out, online, replay, meanings, curve) -> TeacherResult:  # noqa: ANN001
+def _finish(game, cfg, out, online, replay, meanings, curve) -> TeacherResult:
     ckpt = out / "checkpoint"
     save_checkpoint(
         ckpt,
@@ -378,7 +398,7 @@ def _finish(game, cfg, out, online, replay, meanings, curve) -> TeacherResult:  
         action_meanings=meanings,
         observation=observation_spec(cfg.env),
         codec="zstd",
-        source={"teacher_steps": cfg.total_steps, "recorded_steps": int(len(rows["actions"])), "seed": cfg.seed},
+        source={"teacher_steps": cfg.total_steps, "recorded_steps": len(rows["actions"]), "seed": cfg.seed},
     )
     ds_dir = out / "dataset"
     writer = DatasetWriter(open_store(str(ds_dir.resolve())), manifest, shard_steps=10_000)
@@ -386,8 +406,15 @@ def _finish(game, cfg, out, online, replay, meanings, curve) -> TeacherResult:  
     writer.close()
     csv_path, png = _write_curve(out, curve, game)
     last = [c[1] for c in curve[-20:]]
-    atomic_write_json(out / RUN_FILE, {"game": game, "config": cfg.model_dump(mode="json"),
-                                       "package_version": __version__, "status": "finished"})
+    atomic_write_json(
+        out / RUN_FILE,
+        {
+            "game": game,
+            "config": cfg.model_dump(mode="json"),
+            "package_version": __version__,
+            "status": "finished",
+        },
+    )
     shutil.rmtree(out / "resume", ignore_errors=True)
     return TeacherResult(
         out_dir=out,
@@ -426,7 +453,9 @@ def _result_from_disk(out: Path, game: str, cfg: TeacherConfig) -> TeacherResult
     )
 
 
-def load_teacher(directory: str | Path, device: str | torch.device = "cpu") -> tuple[DuelingQNetwork, dict[str, Any]]:
+def load_teacher(
+    directory: str | Path, device: str | torch.device = "cpu"
+) -> tuple[DuelingQNetwork, dict[str, Any]]:
     """Load a teacher checkpoint (a run directory or its ``checkpoint/`` subdirectory)."""
     from .checkpoint import load_checkpoint
 

@@ -30,7 +30,9 @@ def main(verbose: int) -> None:
     report. Pipeline: run (whole DAG locally), compile, submit, schedule. MLflow: compare.
     """
     level = logging.WARNING - 10 * verbose if verbose else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     # torch on a shared laptop: one intra-op pool is plenty next to the env threads.
     if "OMP_NUM_THREADS" not in os.environ:
         import torch

@@ -46,11 +46,17 @@ def config_options(stage: str, aliases: dict[str, str] | None = None, skip: tupl
             else:
                 fn = click.option(f"--{flag}", ident, type=_click_type(ann), default=None, help=desc)(fn)
         fn = click.option(
-            "--config", "config_file", type=click.Path(dir_okay=False), default=None,
+            "--config",
+            "config_file",
+            type=click.Path(dir_okay=False),
+            default=None,
             help=f"YAML file of {stage} settings (overrides the profile; flags override it).",
         )(fn)
         fn = click.option(
-            "--profile", type=click.Choice(C.PROFILES), default="cpu", show_default=True,
+            "--profile",
+            type=click.Choice(C.PROFILES),
+            default="cpu",
+            show_default=True,
             help="Preset sizes: smoke (minutes), cpu (a laptop), paper (the seed protocol).",
         )(fn)
 

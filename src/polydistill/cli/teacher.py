@@ -12,7 +12,7 @@ from .options import config_options, run_guarded
 @click.option("--game", required=True, help="Atari game: Pong, ALE/Pong-v5 or pong.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run directory.")
 @config_options("teacher", aliases={"total_steps": "steps"})
-def train_teacher_cmd(game: str, out_dir: str, cfg, profile: str) -> None:  # noqa: ANN001
+def train_teacher_cmd(game: str, out_dir: str, cfg, profile: str) -> None:
     """Train a Dueling Double DQN teacher and record its experience.
 
     Writes checkpoint/, dataset/ (the last --record-steps states), curve.csv and curve.png into --out.

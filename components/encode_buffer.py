@@ -1,0 +1,53 @@
+"""Component ``encode-buffer``: a buffer encoded to a latent dataset with its game's autoencoder
+(:func:`polydistill.autoencoder.encode_buffer`)."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from .image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def encode_buffer(
+    game: str,
+    buffer: Input[Dataset],
+    autoencoder: Input[Model],
+    teacher: Input[Model],
+    autoencoder_config: dict,
+    export_config: dict,
+    run_root: str,
+    tracking_uri: str,
+    parent_run_id: str,
+    experiment: str,
+    minio_endpoint: str,
+    latents: Output[Dataset],
+    metrics: Output[Metrics],
+):
+    """Write the latent dataset to ``run_root/latents/GAME`` (code precision from the autoencoder config,
+    shard size and Q precision from the export config); ``latents.metadata["uri"]`` is its URI."""
+    import json
+
+    from polydistill import config as C
+    from polydistill.autoencoder import encode_buffer as encode
+    from polydistill.tracking import StageRun
+    from polydistill_kfp.components import runtime as rt
+
+    rt.setup(minio_endpoint)
+    ae_cfg = C.from_dict("autoencoder", autoencoder_config)
+    ex_cfg = C.from_dict("export", export_config)
+    dest = rt.data_uri(run_root, "latents", game)
+    settings = {"code_dtype": ae_cfg.code_dtype, "shard_steps": ex_cfg.shard_steps, "q_dtype": ex_cfg.q_dtype}
+    with StageRun(tracking_uri, parent_run_id, "encode-buffer", game, experiment) as run:
+        run.log_config({"source": buffer.metadata["uri"], "dest": dest, **settings})
+        manifest = encode(buffer.metadata["uri"], autoencoder.path, teacher.path, dest, create_bucket=True,
+                          **settings)
+        summary = {
+            "steps": manifest.num_steps,
+            "valid_states": manifest.num_valid_states,
+            "total_bytes": manifest.total_bytes,
+            "bytes_per_state": manifest.bytes_per_state,
+        }
+        run.log_metrics(summary, manifest.num_steps)
+    rt.log_scalars(metrics, summary)
+    rt.write_json(latents.path, {"uri": dest, "manifest": json.loads(manifest.to_json())})
+    latents.metadata.update({"game": game, "uri": dest, "codec": manifest.codec, **summary})

@@ -1,0 +1,236 @@
+"""Glue shared by the component bodies, imported inside them at run time (never imports kfp).
+
+A KFP lightweight component runs only its function's source, so helpers must be importable in the step's
+environment: the project image installs ``polydistill_kfp`` together with the library, and the local runner
+uses the editable install. Everything here is plumbing between KFP and the library (environment, where a
+stage keeps its resumable state, copying outputs into artifacts); the stage logic lives in ``polydistill``.
+
+Layout of a pipeline run in the object store (``RUN_ROOT = STORE/runs/<kfp run id>``)::
+
+    RUN_ROOT/buffers/GAME/    experience dataset with teacher Q-values    (export-buffer)
+    RUN_ROOT/latents/GAME/    latent dataset                              (encode-buffer)
+    RUN_ROOT/work/STAGE/NAME/ resumable state of a training task, removed when the task succeeds
+
+Retries: Kubeflow retries a failed training task in a fresh pod, whose local disk is empty. The task's
+working directory is therefore tied to ``RUN_ROOT/work/...``: with a ``file://`` store that *is* the working
+directory; with ``s3://`` the task restores it from there at start and mirrors new resume points back while
+it trains (:class:`WorkDir`), so the retry resumes from the last checkpoint instead of starting over.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import html
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("polydistill.pipeline")
+
+#: Seconds between mirrors of a training task's working directory to an ``s3://`` store.
+SYNC_SECONDS_ENV = "POLYDISTILL_SYNC_SECONDS"
+DEFAULT_SYNC_SECONDS = 300.0
+# Uploaded last, so a reader of the mirror never follows a pointer to a half-uploaded resume point.
+_POINTER_FILES = ("LATEST", "run.json")
+
+
+def setup(minio_endpoint: str = "") -> None:
+    """Prepare a step's process: log lines to stdout (KFP shows them), the S3 endpoint from the parameter.
+
+    An empty ``minio_endpoint`` keeps ``MINIO_ENDPOINT`` from the environment (on a cluster: the
+    ``polydistill-config`` ConfigMap).
+    """
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stdout, force=True,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    os.environ.setdefault("POLYDISTILL_PROGRESS", "log")
+    if minio_endpoint:
+        os.environ["MINIO_ENDPOINT"] = minio_endpoint
+
+
+def run_root(store_uri: str, run_id: str) -> str:
+    """Where one pipeline run keeps its datasets: ``STORE/runs/RUN_ID``."""
+    from polydistill.store import join_uri
+
+    if not run_id or "/" in run_id:
+        raise ValueError(f"invalid pipeline run id {run_id!r}")
+    return join_uri(store_uri, "runs", run_id)
+
+
+def data_uri(root: str, kind: str, game: str) -> str:
+    """``RUN_ROOT/KIND/GAME``, e.g. the buffer of one game."""
+    from polydistill.store import join_uri
+
+    return join_uri(root, kind, game)
+
+
+def _local_dir(uri: str) -> Path | None:
+    """The directory of a ``file://`` URI or plain path; ``None`` for remote stores."""
+    if "://" not in uri:
+        return Path(uri)
+    if uri.startswith("file://"):
+        from polydistill.store import open_store
+
+        return open_store(uri).local_path()
+    return None
+
+
+class WorkDir:
+    """A training task's local working directory, mirrored to ``uri`` when that is a remote store."""
+
+    def __init__(self, uri: str, sync_seconds: float | None = None) -> None:
+        self.uri = uri
+        local = _local_dir(uri)
+        self.remote = local is None
+        self.path = local if local is not None else Path(tempfile.mkdtemp(prefix="polydistill-work-"))
+        self.path.mkdir(parents=True, exist_ok=True)
+        env = os.environ.get(SYNC_SECONDS_ENV)
+        self.sync_seconds = sync_seconds if sync_seconds is not None else float(env or DEFAULT_SYNC_SECONDS)
+        self._synced: dict[str, tuple[int, int]] = {}  # key -> (size, mtime_ns) as last uploaded
+        self._last_sync = time.monotonic()
+        self._store: Any = None
+
+    def _open(self) -> Any:
+        if self._store is None:
+            from polydistill.store import open_store
+
+            self._store = open_store(self.uri, create_bucket=True)
+        return self._store
+
+    def _local_files(self) -> dict[str, Path]:
+        files = {}
+        for p in sorted(self.path.rglob("*")):
+            rel = p.relative_to(self.path)
+            # Hidden entries are writes in progress (e.g. the teacher's ".step-N.tmp" directories).
+            if p.is_file() and not any(part.startswith(".") for part in rel.parts):
+                files[rel.as_posix()] = p
+        return files
+
+    def restore(self) -> int:
+        """Download what an earlier attempt of this task left at ``uri``; returns the number of files."""
+        if not self.remote:
+            return 0
+        store = self._open()
+        keys = store.list()
+        for key in keys:
+            dest = self.path / key
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            store.get_file(key, dest)
+            st = dest.stat()
+            self._synced[key] = (st.st_size, st.st_mtime_ns)
+        if keys:
+            log.info("restored %d files of an earlier attempt from %s", len(keys), self.uri)
+        return len(keys)
+
+    def sync(self) -> None:
+        """Upload new and changed files (pointers last), then delete remote files gone locally."""
+        if not self.remote:
+            return
+        store = self._open()
+        files = self._local_files()
+        changed = [
+            k for k, p in files.items()
+            if self._synced.get(k) != (p.stat().st_size, p.stat().st_mtime_ns)
+        ]
+        changed.sort(key=lambda k: (k.rsplit("/", 1)[-1] in _POINTER_FILES, k))
+        for key in changed:
+            st = files[key].stat()
+            store.put_file(key, files[key])
+            self._synced[key] = (st.st_size, st.st_mtime_ns)
+        gone = [k for k in store.list() if k not in files]
+        for key in gone:
+            store.delete(key)
+            self._synced.pop(key, None)
+        self._last_sync = time.monotonic()
+        if changed or gone:
+            log.info("mirrored working directory to %s (%d uploaded, %d removed)", self.uri, len(changed),
+                     len(gone))
+
+    def maybe_sync(self, *_: Any) -> None:
+        """:meth:`sync` if ``sync_seconds`` have passed; usable as an ``on_metrics`` callback."""
+        if self.remote and time.monotonic() - self._last_sync >= self.sync_seconds:
+            try:
+                self.sync()
+            except Exception as e:  # a failed mirror must not stop training; the next one may succeed
+                log.warning("could not mirror %s: %s", self.uri, e)
+
+    def discard(self) -> None:
+        """Remove the remote mirror (the task succeeded; its outputs are in artifacts and the store)."""
+        if self.remote:
+            store = self._open()
+            for key in store.list():
+                store.delete(key)
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def work_dir(uri: str, sync_seconds: float | None = None) -> Iterator[WorkDir]:
+    """A :class:`WorkDir` for ``uri``: restored on entry; on success the remote mirror is removed, on
+    failure it is brought up to date so a retry resumes from the newest checkpoint."""
+    wd = WorkDir(uri, sync_seconds)
+    wd.restore()
+    try:
+        yield wd
+    except BaseException:
+        with contextlib.suppress(Exception):
+            wd.sync()
+        raise
+    wd.discard()
+
+
+def chain(*callbacks: Callable[[dict[str, float], int], Any] | None) -> Callable[[dict[str, float], int], None]:
+    """One ``on_metrics(metrics, step)`` callback calling each of ``callbacks`` in turn."""
+    live = [c for c in callbacks if c is not None]
+
+    def call(metrics: dict[str, float], step: int) -> None:
+        for c in live:
+            c(metrics, step)
+
+    return call
+
+
+def copy_dir(src: str | Path, dest: str | Path) -> Path:
+    """Copy the directory ``src`` to ``dest`` (an output artifact's path), creating it."""
+    dest = Path(dest)
+    shutil.copytree(src, dest, dirs_exist_ok=True)
+    return dest
+
+
+def write_html(path: str | Path, title: str, images: list[str | Path] = (), body: str = "") -> None:
+    """A self-contained HTML page (PNG images inlined) for an ``Output[HTML]``: the Kubeflow UI shows it."""
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>",
+             f"<body><h2>{html.escape(title)}</h2>", body]
+    for img in images:
+        p = Path(img)
+        if p.is_file():
+            data = base64.b64encode(p.read_bytes()).decode("ascii")
+            parts.append(f"<p><img alt='{html.escape(p.name)}' src='data:image/png;base64,{data}'></p>")
+    parts.append("</body></html>")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text("\n".join(parts))
+
+
+def log_scalars(metrics_artifact: Any, values: dict[str, Any]) -> None:
+    """Record the finite numbers of ``values`` on an ``Output[Metrics]`` (shown in the Kubeflow UI)."""
+    import math
+
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            continue
+        metrics_artifact.log_metric(name, float(value))
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write ``data`` as JSON to an artifact path."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(data, indent=2, sort_keys=True))

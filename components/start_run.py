@@ -1,0 +1,91 @@
+"""Component ``start-run``: resolve every stage's config and open the MLflow parent run of a pipeline run."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+
+from .image import IMAGE
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def start_run(
+    profile: str,
+    games: list,
+    store_uri: str,
+    tracking_uri: str,
+    experiment: str,
+    kfp_run_id: str,
+    teacher_steps: int,
+    teacher_num_envs: int,
+    record_steps: int,
+    teacher_learning_rate: float,
+    codec: str,
+    latent_dim: int,
+    autoencoder_epochs: int,
+    autoencoder_loss: str,
+    code_dtype: str,
+    distill_loss: str,
+    tau: float,
+    actions: str,
+    student_width: float,
+    subset_fraction: float,
+    distill_steps: int,
+    eval_protocol: str,
+    eval_episodes: int,
+    eval_cycles: int,
+    eval_cycle_steps: int,
+) -> NamedTuple(
+    "RunSetup",
+    [
+        ("games", list),
+        ("teacher_config", dict),
+        ("export_config", dict),
+        ("autoencoder_config", dict),
+        ("distill_config", dict),
+        ("evaluate_config", dict),
+        ("run_root", str),
+        ("tracking_uri", str),
+        ("parent_run_id", str),
+    ],
+):
+    """Resolve the stage configs from ``profile`` and the pipeline parameters, and start the parent run.
+
+    Every hyperparameter argument is a pipeline parameter of ``polydistill.config.PIPELINE_PARAMETERS``; its
+    sentinel (-1, -1.0 or "") means "the profile's value". ``games`` empty means the profile's games. The
+    parent run is tagged with the Kubeflow run id (the local runner gives one too) and the profile; every
+    later task opens its child run under ``parent_run_id``.
+    """
+    arguments = dict(locals())  # first statement: exactly the arguments
+    import collections
+    import logging
+
+    from polydistill import config as C
+    from polydistill.envs import canonical_game
+    from polydistill.tracking import resolve_tracking_uri, start_pipeline_run
+    from polydistill_kfp.components import runtime as rt
+
+    rt.setup()
+    params = {name: arguments[name] for name in C.PIPELINE_PARAMETERS}
+    configs = C.resolve_pipeline(profile, params)
+    game_list = list(dict.fromkeys(canonical_game(g) for g in games)) or C.default_games(profile)
+    if not store_uri:
+        raise ValueError("store_uri is empty: pass s3://bucket/prefix (cluster) or file:///path (local)")
+    root = rt.run_root(store_uri, kfp_run_id)
+    uri = resolve_tracking_uri(tracking_uri or None)
+    explicit = {k: v for k, v in params.items() if v != "" and not (isinstance(v, int | float) and v < 0)}
+    parent = start_pipeline_run(
+        uri,
+        experiment,
+        run_name=f"polydistill-{profile}-{kfp_run_id}",
+        tags={"kfp.run_id": kfp_run_id, "profile": profile, "games": ",".join(game_list), "run_root": root},
+        params={"profile": profile, "games": ",".join(game_list), **explicit},
+    )
+    log = logging.getLogger("polydistill.pipeline")
+    log.info("profile %s, games %s, run root %s, MLflow parent run %s", profile, game_list, root, parent)
+    for stage, cfg in configs.items():
+        log.info("%s config: %s", stage, cfg)
+    out = collections.namedtuple("RunSetup", [
+        "games", "teacher_config", "export_config", "autoencoder_config", "distill_config", "evaluate_config",
+        "run_root", "tracking_uri", "parent_run_id",
+    ])
+    return out(game_list, configs["teacher"], configs["export"], configs["autoencoder"], configs["distill"],
+               configs["evaluate"], root, uri, parent or "")

@@ -1,0 +1,52 @@
+"""Component ``train-teacher``: a Dueling Double DQN teacher for one game (:func:`polydistill.teacher.train_teacher`)."""
+
+from kfp import dsl
+from kfp.dsl import HTML, Dataset, Metrics, Model, Output
+
+from .image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def train_teacher(
+    game: str,
+    config: dict,
+    run_root: str,
+    tracking_uri: str,
+    parent_run_id: str,
+    experiment: str,
+    minio_endpoint: str,
+    teacher: Output[Model],
+    experience: Output[Dataset],
+    curve: Output[HTML],
+    metrics: Output[Metrics],
+):
+    """Train a teacher on ``game`` with the resolved teacher ``config``.
+
+    Outputs: ``teacher`` (checkpoint directory), ``experience`` (the recorded dataset directory, exported to
+    the object store by ``export-buffer``), ``curve`` (learning curve page) and ``metrics``. The working
+    directory lives under ``run_root/work/teacher/GAME`` so a retried task resumes from its last checkpoint.
+    """
+    from polydistill import config as C
+    from polydistill.teacher import train_teacher as train
+    from polydistill.tracking import StageRun
+    from polydistill_kfp.components import runtime as rt
+
+    rt.setup(minio_endpoint)
+    cfg = C.from_dict("teacher", config)
+    with (
+        rt.work_dir(rt.data_uri(run_root, "work/teacher", game)) as work,
+        StageRun(tracking_uri, parent_run_id, "train-teacher", game, experiment) as run,
+    ):
+        run.log_config(cfg.model_dump(mode="json"))
+        res = train(game, cfg, work.path, on_metrics=rt.chain(run.log_metrics, work.maybe_sync))
+        rt.copy_dir(res.checkpoint_dir, teacher.path)
+        rt.copy_dir(res.out_dir / "dataset", experience.path)
+        rt.write_html(curve.path, f"{game}: teacher learning curve", [res.curve_png])
+        summary = {"steps": res.steps, "episodes": res.episodes, "final_return_mean": res.final_return_mean}
+        rt.log_scalars(metrics, summary)
+        run.log_metrics({"final_return_mean": res.final_return_mean}, res.steps)
+        run.log_artifact(res.curve_png)
+        run.log_artifact(res.curve_csv)
+        run.log_model(res.checkpoint_dir, "teacher")
+    teacher.metadata.update({"game": game, **summary})
+    experience.metadata.update({"game": game, "uri": experience.uri, "steps": cfg.record_steps})

@@ -1,0 +1,135 @@
+"""Run the whole pipeline on one machine with kfp's local runner (``polydistill run``).
+
+Everything lands under one run directory::
+
+    RUN_DIR/kfp/        kfp's pipeline root: every task's output artifacts (checkpoints, datasets, pages)
+    RUN_DIR/store/      the object store (``file://``) unless ``--store`` names another
+    RUN_DIR/mlflow.db   MLflow's SQLite store unless ``--tracking-uri`` names another
+    RUN_DIR/report/     the results report (Markdown, HTML, JSON), copied from the report task
+
+Each task runs as a subprocess of this Python (``SubprocessRunner(use_venv=False)``), so the package must be
+installed in it, as it is for the ``polydistill`` command. ``kfp.local.init`` deletes its workspace after a
+run, so nothing of value is kept there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_RUNS_DIR = Path("runs")
+
+
+@dataclass
+class LocalRun:
+    """Where a local pipeline run put its outputs."""
+
+    run_dir: Path
+    store_uri: str
+    tracking_uri: str
+    report_dir: Path
+    report_md: Path
+    seconds: float
+
+    def mlflow_ui_command(self) -> str:
+        """The command that opens the MLflow UI on this run's tracking store."""
+        return f"mlflow ui --backend-store-uri {self.tracking_uri}"
+
+
+def default_run_dir(profile: str) -> Path:
+    """``runs/YYYYmmdd-HHMMSS-PROFILE`` under the current directory."""
+    return DEFAULT_RUNS_DIR / f"{time.strftime('%Y%m%d-%H%M%S')}-{profile}"
+
+
+def pipeline_arguments(
+    profile: str,
+    games: Sequence[str] | None,
+    store_uri: str,
+    tracking_uri: str,
+    params: Mapping[str, Any] | None = None,
+    experiment: str | None = None,
+    minio_endpoint: str = "",
+) -> dict[str, Any]:
+    """The pipeline's arguments: the fixed ones plus the hyperparameters that were set (others keep their
+    "use the profile's value" defaults). Unknown hyperparameter names raise ``ConfigError``."""
+    from polydistill import config as C
+
+    params = {k: v for k, v in (params or {}).items() if v is not None}
+    C.resolve_pipeline(profile, params)  # validate before any task starts: names, types, ranges
+    args: dict[str, Any] = {
+        "profile": profile,
+        "games": list(games or []),
+        "store_uri": store_uri,
+        "tracking_uri": tracking_uri,
+        "minio_endpoint": minio_endpoint,
+        **params,
+    }
+    if experiment:
+        args["experiment"] = experiment
+    return args
+
+
+def run_local(
+    profile: str = "cpu",
+    games: Sequence[str] | None = None,
+    store_uri: str | None = None,
+    tracking_uri: str | None = None,
+    run_dir: str | Path | None = None,
+    params: Mapping[str, Any] | None = None,
+    experiment: str | None = None,
+    variant: str = "polydistill",
+) -> LocalRun:
+    """Run the whole DAG on kfp's local runner and return where the results are.
+
+    Args:
+        profile: smoke, cpu or paper.
+        games: games to run; default the profile's.
+        store_uri: object store for datasets; default ``file://RUN_DIR/store``.
+        tracking_uri: MLflow tracking URI; default ``sqlite:///RUN_DIR/mlflow.db``.
+        run_dir: where everything goes; default ``runs/<timestamp>-<profile>``.
+        params: pipeline hyperparameters (names of ``config.PIPELINE_PARAMETERS``); unset ones use the profile.
+        experiment: MLflow experiment name; default the pipeline's (``polydistill``).
+        variant: which compiled variant's DAG to run (resource settings are ignored locally).
+    Raises:
+        RuntimeError: a task failed (the message names it; its log is above it on stdout).
+    """
+    from kfp import local
+
+    from .pipeline import PIPELINES
+
+    run = Path(run_dir) if run_dir is not None else default_run_dir(profile)
+    run = run.expanduser().resolve()
+    run.mkdir(parents=True, exist_ok=True)
+    store = store_uri or (run / "store").as_uri()
+    tracking = tracking_uri or f"sqlite:///{run / 'mlflow.db'}"
+    args = pipeline_arguments(profile, games, store, tracking, params, experiment,
+                              minio_endpoint=os.environ.get("MINIO_ENDPOINT", ""))
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run / "kfp"),
+               raise_on_error=True)
+    t0 = time.monotonic()
+    with warnings.catch_warnings():
+        # The runner warns that the project image's name lacks "python": it runs this Python instead.
+        warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
+        task = PIPELINES[variant](**args)
+    seconds = time.monotonic() - t0
+    report_dir = collect_report(Path(task.output.path), run / "report")
+    return LocalRun(run_dir=run, store_uri=store, tracking_uri=tracking, report_dir=report_dir,
+                    report_md=report_dir / "report.md", seconds=seconds)
+
+
+def collect_report(report_md_artifact: Path, dest: Path) -> Path:
+    """Copy the report task's outputs (Markdown, HTML, JSON) from kfp's pipeline root into ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    task_dir = report_md_artifact.parent
+    for artifact, name in (("report_md", "report.md"), ("report_html", "report.html"),
+                           ("report_json", "report.json")):
+        src = task_dir / artifact
+        if src.is_file():
+            shutil.copyfile(src, dest / name)
+    return dest

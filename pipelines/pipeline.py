@@ -1,0 +1,302 @@
+"""The polydistill DAG, in two compiled variants.
+
+::
+
+    start-run ─┬─ per-game (ParallelFor over games) ───────────────────────────────┐
+               │    train-teacher ─ export-buffer ─ train-autoencoder ─ encode-buffer │
+               │          └─ evaluate (teacher on its game)                           │
+               ├─ distill (source=subset, every game's buffer)  ─ evaluate (student)  ├─ report
+               ├─ distill (source=latent, every game's latents) ─ evaluate (student)  │
+               └─ evaluate (random policy) ────────────────────────────────────────────┘
+
+``start-run`` resolves every stage config from the profile and the pipeline parameters
+(:func:`polydistill.config.resolve_pipeline`) and opens the MLflow parent run; the loop is a sub-pipeline that
+receives those values as parameters, because kfp's local runner replaces an upstream task's output used
+inside a ``ParallelFor`` body by the loop item (``../shared/DESIGN.md``). The two ``distill`` tasks and the
+report take the loop's outputs through ``dsl.Collected``.
+
+Variants (same parameters, same DAG):
+
+``polydistill``
+    CPU only, ``profile`` defaults to ``cpu``: CPU/memory requests sized for that profile.
+``polydistill-paper``
+    ``profile`` defaults to ``paper``; train-teacher, train-autoencoder and distill request one
+    ``nvidia.com/gpu`` each and run in the CUDA image; larger CPU/memory requests.
+
+On a cluster, every task gets ``MINIO_ENDPOINT`` and ``MLFLOW_TRACKING_URI`` from the ConfigMap
+``polydistill-config`` (optional; the ``minio_endpoint`` and ``tracking_uri`` parameters override them) and the
+tasks that touch the object store get the S3 credentials from the Secret ``mlpipeline-minio-artifact``
+(``accesskey``/``secretkey`` -> ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``). No credential is ever a
+parameter or part of the compiled YAML.
+
+Retries: the three training tasks are retried (3 times, backoff from 2 minutes); each keeps its working
+directory under ``STORE/runs/<run id>/work/...`` (see :mod:`polydistill_kfp.components.runtime`), so a retry
+resumes from the last checkpoint. Caching: on for every task but ``start-run``, which must open a new MLflow
+parent run each time. Because every task receives its run's parent-run id and run-scoped store prefix, a new
+pipeline run never silently reuses an older run's teachers, which is what a scheduled retraining wants.
+"""
+
+
+import inspect
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from kfp import dsl, kubernetes
+from kfp.dsl import Artifact, Dataset, Markdown, Model
+
+from polydistill import config as C
+
+from .components.distill import distill
+from .components.encode_buffer import encode_buffer
+from .components.evaluate import evaluate
+from .components.export_buffer import export_buffer
+from .components.image import IMAGE_CUDA
+from .components.report import report
+from .components.start_run import start_run
+from .components.train_autoencoder import train_autoencoder
+from .components.train_teacher import train_teacher
+
+#: Parameters that are not stage hyperparameters, in signature order.
+FIXED_PARAMETERS = ("games", "profile", "store_uri", "tracking_uri", "minio_endpoint", "experiment")
+DEFAULT_STORE = "s3://polydistill"  # the bucket manifests/ creates
+DEFAULT_EXPERIMENT = "polydistill"
+MINIO_SECRET = "mlpipeline-minio-artifact"
+MINIO_SECRET_ENV = {"accesskey": "AWS_ACCESS_KEY_ID", "secretkey": "AWS_SECRET_ACCESS_KEY"}
+CONFIG_MAP = "polydistill-config"
+CONFIG_MAP_ENV = {"MINIO_ENDPOINT": "MINIO_ENDPOINT", "MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI"}
+GPU = "nvidia.com/gpu"
+#: Tasks that read or write the object store (and get the S3 credentials).
+STORE_TASKS = ("train-teacher", "export-buffer", "train-autoencoder", "encode-buffer", "distill")
+#: Tasks that resume from a checkpoint when retried.
+TRAINING_TASKS = ("train-teacher", "train-autoencoder", "distill")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One compiled flavour of the pipeline: its name, default profile and resources per component."""
+
+    name: str
+    default_profile: str
+    gpu_tasks: tuple[str, ...] = ()
+    # component name -> (cpu request, memory request)
+    resources: dict[str, tuple[str, str]] = field(default_factory=dict)
+    description: str = ""
+
+
+VARIANTS: dict[str, Variant] = {
+    "polydistill": Variant(
+        name="polydistill",
+        default_profile="cpu",
+        resources={
+            "start-run": ("500m", "1Gi"),
+            "train-teacher": ("4", "8Gi"),
+            "export-buffer": ("2", "4Gi"),
+            "train-autoencoder": ("4", "8Gi"),
+            "encode-buffer": ("2", "4Gi"),
+            "distill": ("4", "8Gi"),
+            "evaluate": ("4", "4Gi"),
+            "report": ("500m", "1Gi"),
+        },
+        description="Multi-task policy distillation for Atari (CPU): teachers -> buffers -> autoencoders -> "
+        "latents -> two students -> evaluation and report. Hyperparameters at -1 / empty use the profile's.",
+    ),
+    "polydistill-paper": Variant(
+        name="polydistill-paper",
+        default_profile="paper",
+        gpu_tasks=TRAINING_TASKS,
+        resources={
+            "start-run": ("500m", "1Gi"),
+            # 1M-transition replay memory (frames stored once) plus its resume copy.
+            "train-teacher": ("8", "32Gi"),
+            "export-buffer": ("4", "16Gi"),
+            "train-autoencoder": ("8", "16Gi"),
+            "encode-buffer": ("4", "16Gi"),
+            "distill": ("8", "32Gi"),
+            "evaluate": ("8", "8Gi"),
+            "report": ("500m", "1Gi"),
+        },
+        description="Multi-task policy distillation for Atari, the seed paper's protocol on GPUs (one "
+        "nvidia.com/gpu per training task). Hyperparameters at -1 / empty use the profile's.",
+    ),
+}
+
+
+def parameter_sentinel(name: str) -> tuple[type, Any]:
+    """The pipeline parameter type and "use the profile's value" default of a ``PIPELINE_PARAMETERS`` name,
+    derived from the config field it sets: -1 for ints, -1.0 for floats, "" for strings and choices."""
+    stage, key = C.PIPELINE_PARAMETERS[name]
+    model: Any = C.STAGES[stage]
+    *parents, leaf = key.split(".")
+    for p in parents:
+        model = model.model_fields[p].annotation
+    ann = model.model_fields[leaf].annotation
+    if ann is int:
+        return int, -1
+    if ann is float:
+        return float, -1.0
+    if ann is str or typing.get_origin(ann) is typing.Literal:
+        return str, ""
+    raise TypeError(f"pipeline parameter {name!r} maps to {stage}.{key} of type {ann!r}: add a sentinel for it")
+
+
+def _env(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
+    """Cluster settings of one task (ignored by the local runner, compiled into the YAML)."""
+    component = task.component_spec.name
+    kubernetes.use_config_map_as_env(task, CONFIG_MAP, CONFIG_MAP_ENV, optional=True)
+    if component in STORE_TASKS:
+        kubernetes.use_secret_as_env(task, MINIO_SECRET, MINIO_SECRET_ENV)
+    return task
+
+
+def _make_pipeline(variant: Variant) -> Callable[..., Any]:
+    """Build the pipeline function of ``variant`` (each variant needs its own task settings)."""
+
+    def cuda(component: Any) -> Any:
+        # The same function as a component running in the CUDA image.
+        return dsl.component(base_image=IMAGE_CUDA, install_kfp_package=False)(component.python_func)
+
+    comps = {c.component_spec.name: c for c in (
+        train_teacher, export_buffer, train_autoencoder, encode_buffer, distill, evaluate, report, start_run)}
+    for name in variant.gpu_tasks:
+        comps[name] = cuda(comps[name])
+
+    def configure(task: dsl.PipelineTask, display: str | None = None) -> dsl.PipelineTask:
+        name = task.component_spec.name
+        cpu, memory = variant.resources[name]
+        task.set_cpu_request(cpu).set_memory_request(memory)
+        if name in variant.gpu_tasks:
+            task.set_accelerator_type(GPU).set_accelerator_limit(1)
+        if name in TRAINING_TASKS:
+            task.set_retry(num_retries=3, backoff_duration="120s", backoff_factor=2.0, backoff_max_duration="3600s")
+        if display:
+            task.set_display_name(display)
+        return _env(task, name)
+
+    @dsl.pipeline(name="per-game", description="Teacher, buffer, autoencoder and latents for each game.")
+    def per_game(
+        games: list,
+        teacher_config: dict,
+        export_config: dict,
+        autoencoder_config: dict,
+        evaluate_config: dict,
+        run_root: str,
+        tracking_uri: str,
+        parent_run_id: str,
+        experiment: str,
+        minio_endpoint: str,
+    ) -> NamedTuple(
+        "PerGame",
+        [("teachers", list[Model]), ("buffers", list[Dataset]), ("latents", list[Dataset]),
+         ("teacher_scores", list[Artifact])],
+    ):
+        common = {"tracking_uri": tracking_uri, "parent_run_id": parent_run_id, "experiment": experiment}
+        store = {"run_root": run_root, "minio_endpoint": minio_endpoint, **common}
+        with dsl.ParallelFor(games, name="games") as game:
+            teacher = configure(comps["train-teacher"](game=game, config=teacher_config, **store))
+            buffer = configure(comps["export-buffer"](
+                game=game, experience=teacher.outputs["experience"], teacher=teacher.outputs["teacher"],
+                config=export_config, **store))
+            autoencoder = configure(comps["train-autoencoder"](
+                game=game, buffer=buffer.outputs["buffer"], config=autoencoder_config, **store))
+            latents = configure(comps["encode-buffer"](
+                game=game, buffer=buffer.outputs["buffer"], autoencoder=autoencoder.outputs["autoencoder"],
+                teacher=teacher.outputs["teacher"], autoencoder_config=autoencoder_config,
+                export_config=export_config, **store))
+            scored = configure(comps["evaluate"](
+                label="teacher", games=[game], config=evaluate_config, agent=teacher.outputs["teacher"],
+                **common), "evaluate teacher")
+        outputs = typing.NamedTuple(
+            "PerGame", [("teachers", Any), ("buffers", Any), ("latents", Any), ("teacher_scores", Any)])
+        return outputs(
+            dsl.Collected(teacher.outputs["teacher"]),
+            dsl.Collected(buffer.outputs["buffer"]),
+            dsl.Collected(latents.outputs["latents"]),
+            dsl.Collected(scored.outputs["scores"]),
+        )
+
+    def body(
+        games: list,
+        profile: str,
+        store_uri: str,
+        tracking_uri: str,
+        minio_endpoint: str,
+        experiment: str,
+        **hyperparameters: Any,
+    ) -> Any:
+        setup = configure(comps["start-run"](
+            profile=profile, games=games, store_uri=store_uri, tracking_uri=tracking_uri, experiment=experiment,
+            kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, **hyperparameters))
+        setup.set_caching_options(False)  # a new MLflow parent run for every pipeline run
+        out = setup.outputs
+        common = {"tracking_uri": out["tracking_uri"], "parent_run_id": out["parent_run_id"],
+                  "experiment": experiment}
+        loop = per_game(
+            games=out["games"], teacher_config=out["teacher_config"], export_config=out["export_config"],
+            autoencoder_config=out["autoencoder_config"], evaluate_config=out["evaluate_config"],
+            run_root=out["run_root"], minio_endpoint=minio_endpoint, **common)
+        students, scores = {}, {}
+        for source, datasets in (("subset", loop.outputs["buffers"]), ("latent", loop.outputs["latents"])):
+            students[source] = configure(comps["distill"](
+                source=source, teachers=loop.outputs["teachers"], datasets=datasets,
+                config=out["distill_config"], run_root=out["run_root"], minio_endpoint=minio_endpoint,
+                **common), f"distill ({source})")
+            scores[source] = configure(comps["evaluate"](
+                label=f"student_{source}", games=out["games"], config=out["evaluate_config"],
+                agent=students[source].outputs["student"], **common), f"evaluate student ({source})")
+        baseline = configure(comps["evaluate"](
+            label="random", games=out["games"], config=out["evaluate_config"], **common), "evaluate random")
+        final = configure(comps["report"](
+            teacher_scores=loop.outputs["teacher_scores"],
+            student_subset_scores=scores["subset"].outputs["scores"],
+            student_latent_scores=scores["latent"].outputs["scores"],
+            random_scores=baseline.outputs["scores"],
+            student_subset=students["subset"].outputs["student"],
+            student_latent=students["latent"].outputs["student"],
+            **common))
+        return final.outputs["report_md"]
+
+    def polydistill(
+        games: list = [],  # noqa: B006 - KFP reads the default from the signature; empty = the profile's games
+        profile: str = variant.default_profile,
+        store_uri: str = DEFAULT_STORE,
+        tracking_uri: str = "",
+        minio_endpoint: str = "",
+        experiment: str = DEFAULT_EXPERIMENT,
+        teacher_steps: int = -1,
+        teacher_num_envs: int = -1,
+        record_steps: int = -1,
+        teacher_learning_rate: float = -1.0,
+        codec: str = "",
+        latent_dim: int = -1,
+        autoencoder_epochs: int = -1,
+        autoencoder_loss: str = "",
+        code_dtype: str = "",
+        distill_loss: str = "",
+        tau: float = -1.0,
+        actions: str = "",
+        student_width: float = -1.0,
+        subset_fraction: float = -1.0,
+        distill_steps: int = -1,
+        eval_protocol: str = "",
+        eval_episodes: int = -1,
+        eval_cycles: int = -1,
+        eval_cycle_steps: int = -1,
+    ) -> Markdown:
+        """The whole DAG; returns the report (Markdown)."""
+        args = dict(locals())  # first statement: the arguments (and the closure's free variables)
+        return body(**{k: args[k] for k in FIXED_PARAMETERS}, **{k: args[k] for k in C.PIPELINE_PARAMETERS})
+
+    return dsl.pipeline(name=variant.name, description=variant.description)(polydistill)
+
+
+def pipeline_parameters(pipeline: Any) -> dict[str, inspect.Parameter]:
+    """The parameters of a compiled-or-not pipeline function, by name, in signature order."""
+    return dict(inspect.signature(pipeline.pipeline_func).parameters)
+
+
+#: The pipelines, by variant name. ``polydistill`` is the one the local runner and ``submit`` use by default.
+PIPELINES: dict[str, Any] = {name: _make_pipeline(v) for name, v in VARIANTS.items()}
+polydistill_pipeline = PIPELINES["polydistill"]
+polydistill_paper_pipeline = PIPELINES["polydistill-paper"]

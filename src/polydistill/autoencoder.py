@@ -1,0 +1,958 @@
+"""Per-game state autoencoder: train it on a game's experience dataset, encode the dataset to latent codes,
+and decode codes back to states for distillation.
+
+The seed paper compresses each 4x84x84 state to 64 float32 codes with a convolutional autoencoder trained per
+game, stores the codes, and decodes them for distillation. Its reconstructions were blurred and Breakout's
+ball vanished, so the student trained on decoded states failed. This module measures that failure honestly
+and offers the remedies compared in ``benchmarks/autoencoder.py``:
+
+- ``loss="weighted"``: squared error with ``changed_weight`` times the weight on *changed pixels*, pixels that
+  differ from the same pixel in an adjacent frame of the stack (where small moving objects live; stack
+  padding at episode starts does not count as change);
+- a larger ``latent_dim``;
+- codes stored as float32, float16 or int8 (per-state max-abs scale) to trade bytes for fidelity.
+
+Metrics (held-out states, decoded from codes at the stored precision, pixels in [0, 1]): ``mse``, ``psnr``
+(dB, ``10 log10(1 / mse)``), ``changed_mse`` (MSE over changed pixels only, the error a ball cannot hide in),
+``changed_fraction`` (share of pixels that are changed) and ``bytes_per_state`` (code bytes per state).
+
+Training (:func:`train_autoencoder`) writes into its run directory::
+
+    run.json            dataset, its manifest's sha256, config, status
+    resume.pt           model, optimizer, epoch, history (written atomically after every epoch)
+    checkpoint/         model.pt + metadata.json (kind "autoencoder"; see docs/CONTRACTS.md)
+    history.csv         one row per epoch (epoch 0 = the untrained network)
+    loss.png            training loss and held-out errors against training states seen
+    reconstructions.png originals next to reconstructions, for the held-out states with the most change
+
+A latent dataset (:func:`encode_buffer`) has the same format as the source with codec ``latent``: one row per
+source step (context rows of the source shards are not repeated), the same step columns, the code of the
+step's 4-frame state in ``latents`` and the teacher's Q-values computed on the *original* frames in ``q``.
+Rows that are not valid states in the source (stream starts without frame history) keep their step slot with
+zero codes and zero Q-values and ``valid=False``, so step indices, the held-out split (a hash of the step
+index) and recency fractions are identical to the source's: a student trained on latents and one trained on
+frames see the same states. The prefix also holds the autoencoder (``autoencoder/model.pt`` and
+``autoencoder/metadata.json``, written before the manifest), and ``manifest.source`` names it:
+
+=============================== ==============================================================
+key                             meaning
+=============================== ==============================================================
+autoencoder_path                ``autoencoder`` (the sub-prefix holding the checkpoint)
+autoencoder_sha256              sha256 of ``autoencoder/model.pt``
+autoencoder_metadata_sha256     sha256 of ``autoencoder/metadata.json``
+latent_dim, code_dtype          code size and stored precision
+code_bytes_per_state            code bytes per state (``latent_dim x itemsize`` + 4 for int8)
+dataset, dataset_sha256         the source dataset URI (no credentials) and its manifest's sha256
+source_codec                    the source's codec
+source_bytes_per_state          the source's stored bytes per state (the lossless figure)
+teacher_sha256                  sha256 of the teacher weights that computed ``q``
+=============================== ==============================================================
+
+:class:`LatentDecoder` loads that autoencoder back, refusing it unless both files hash to what the manifest
+says, and decodes codes in batches on the distillation device.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+from urllib.request import url2pathname
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .buffer import (
+    MANIFEST,
+    RAW_STACK_BYTES,
+    DatasetError,
+    DatasetWriter,
+    ExperienceDataset,
+    Manifest,
+    dequantize_latents,
+    open_dataset,
+    quantize_latents,
+)
+from .checkpoint import (
+    METADATA_FILE,
+    MODEL_FILE,
+    CheckpointError,
+    atomic_torch_save,
+    atomic_write_bytes,
+    atomic_write_json,
+    load_checkpoint,
+    load_state_dict,
+    save_checkpoint,
+)
+from .config import AutoencoderConfig
+from .networks import FRAME_SIZE, ConvAutoencoder, build_network, pick_device
+from .progress import progress
+from .sampling import Batch, StreamingSampler, iter_split
+from .store import ObjectNotFoundError, open_store, redact
+
+log = logging.getLogger(__name__)
+
+MetricsCallback = Callable[[dict[str, float], int], None]
+
+RUN_FILE = "run.json"
+RESUME_FILE = "resume.pt"
+HISTORY_CSV = "history.csv"
+LOSS_PNG = "loss.png"
+GRID_PNG = "reconstructions.png"
+CHECKPOINT_DIR = "checkpoint"
+AUTOENCODER_DIR = "autoencoder"  # sub-prefix of a latent dataset holding its autoencoder
+CODE_DTYPES = ("float32", "float16", "int8")
+Q_DTYPES = ("float16", "float32")
+VALIDATION_STATES = 2048  # held-out states evaluated per epoch (bounded: ~58 MB of uint8 stacks)
+GRID_STATES = 6
+# Settings that may change between a run and its continuation: more epochs extends it, a device is a place.
+_RESUMABLE_CHANGES = ("epochs", "device")
+_HISTORY_FIELDS = (
+    "epoch",
+    "steps",
+    "states_seen",
+    "train_loss",
+    "mse",
+    "psnr",
+    "changed_mse",
+    "changed_fraction",
+    "seconds",
+)
+
+
+class AutoencoderError(ValueError):
+    """Bad input to an autoencoder stage (found before any expensive work); the message says how to fix it."""
+
+
+@dataclass
+class AutoencoderResult:
+    """Where a finished autoencoder run put its outputs, and its final held-out metrics."""
+
+    out_dir: Path
+    checkpoint_dir: Path
+    metrics: dict[str, float]
+    grid_png: Path
+    history_csv: Path
+    loss_png: Path
+    epochs: int
+    steps: int
+
+
+# ----------------------------------------------------------------------------------------------- measures
+
+
+def code_bytes(latent_dim: int, code_dtype: str) -> int:
+    """Bytes one state's code takes in a shard: ``latent_dim x itemsize``, plus a float32 scale for int8."""
+    if code_dtype not in CODE_DTYPES:
+        raise AutoencoderError(f"code dtype {code_dtype!r} unknown; choose one of {', '.join(CODE_DTYPES)}")
+    return latent_dim * np.dtype(code_dtype).itemsize + (4 if code_dtype == "int8" else 0)
+
+
+def changed_mask(states: torch.Tensor) -> torch.Tensor:
+    """Bool (B, F, H, W): pixels that differ from the same pixel in an adjacent frame of the stack.
+
+    A pixel of frame ``k`` is changed when it differs from frame ``k-1`` or ``k+1``, so a moving object is
+    marked where it is and where it was in every frame. All-zero frames are stack padding before an episode's
+    first frame: a difference against them is not change.
+    """
+    if states.dim() != 4:
+        raise ValueError(f"states must be (B, frames, H, W), got shape {tuple(states.shape)}")
+    mask = torch.zeros(states.shape, dtype=torch.bool, device=states.device)
+    if states.shape[1] < 2:
+        return mask
+    real = states.flatten(2).amax(dim=2) > 0  # (B, F): False for padding frames
+    diff = (states[:, 1:] != states[:, :-1]) & (real[:, 1:] & real[:, :-1])[:, :, None, None]
+    mask[:, 1:] |= diff
+    mask[:, :-1] |= diff
+    return mask
+
+
+def reconstruction_loss(
+    recon: torch.Tensor, target: torch.Tensor, changed: torch.Tensor | None, changed_weight: float = 1.0
+) -> torch.Tensor:
+    """Mean squared error, or with ``changed`` the weighted mean with weight ``changed_weight`` on changed
+    pixels and 1 elsewhere (normalised by the total weight, so it stays on the scale of an MSE)."""
+    se = (recon - target).square()
+    if changed is None or changed_weight == 1.0:
+        return se.mean()
+    w = 1.0 + (changed_weight - 1.0) * changed.to(se.dtype)
+    return (w * se).sum() / w.sum()
+
+
+def roundtrip_codes(z: torch.Tensor, code_dtype: str) -> torch.Tensor:
+    """Codes as a reader gets them back after storage at ``code_dtype`` (the dataset's own quantiser)."""
+    if code_dtype == "float32":
+        return z.float()
+    stored = quantize_latents(z.detach().float().cpu().numpy(), code_dtype)
+    return torch.from_numpy(dequantize_latents(stored)).to(z.device)
+
+
+def reconstruct(
+    model: ConvAutoencoder, states: np.ndarray | torch.Tensor, code_dtype: str = "float32"
+) -> torch.Tensor:
+    """Reconstructions in [0, 1] of uint8 states, through codes stored at ``code_dtype`` (no gradients)."""
+    device = next(model.parameters()).device
+    x = torch.as_tensor(states).to(device)
+    with torch.no_grad():
+        return model.decode(roundtrip_codes(model.encode(x), code_dtype))
+
+
+def evaluate_reconstruction(
+    model: ConvAutoencoder, batches: Iterable[np.ndarray], code_dtype: str = "float32"
+) -> dict[str, float]:
+    """Held-out reconstruction metrics over uint8 state batches (B, F, 84, 84), pooled over all pixels.
+
+    Returns ``mse``, ``psnr`` (dB on [0, 1] pixels), ``changed_mse`` (NaN when no pixel changed),
+    ``changed_fraction`` and ``states``.
+    """
+    device = next(model.parameters()).device
+    se_sum = changed_se = 0.0
+    pixels = changed_px = states = 0
+    was_training = model.training
+    model.eval()
+    for b in batches:
+        x = torch.as_tensor(b).to(device)
+        recon = reconstruct(model, x, code_dtype)
+        se = (recon - x.float().div(255.0)).square()
+        mask = changed_mask(x)
+        se_sum += float(se.sum())
+        changed_se += float(se[mask].sum())
+        pixels += se.numel()
+        changed_px += int(mask.sum())
+        states += len(x)
+    model.train(was_training)
+    if states == 0:
+        raise ValueError("evaluate_reconstruction needs at least one state")
+    mse = se_sum / pixels
+    return {
+        "mse": mse,
+        "psnr": 10.0 * math.log10(1.0 / max(mse, 1e-12)),
+        "changed_mse": changed_se / changed_px if changed_px else float("nan"),
+        "changed_fraction": changed_px / pixels,
+        "states": float(states),
+    }
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+
+
+def _local_path(uri: str) -> Path | None:
+    """The directory a ``file://`` URI or plain path names; None for remote URIs."""
+    if "://" not in uri:
+        return Path(uri).expanduser()
+    if uri.lower().startswith("file://"):
+        return Path(url2pathname(unquote(urlsplit(uri).path)))
+    return None
+
+
+def _open_frames_dataset(uri: str, purpose: str) -> ExperienceDataset:
+    """Open a frame dataset, refusing a missing, latent or empty one (before any expensive work)."""
+    if not isinstance(uri, str) or not uri.strip():
+        raise DatasetError(
+            f"no dataset given to {purpose}: pass a dataset URI (s3://bucket/prefix or a path)"
+        )
+    local = _local_path(uri)
+    # Checked here because opening a local store creates its directory: a typo must not leave one behind.
+    if local is not None and not (local / MANIFEST).is_file():
+        raise DatasetError(
+            f"no dataset at {uri}: {local / MANIFEST} does not exist. Pass the dataset/ of a "
+            f"train-teacher run or an export-buffer destination"
+        )
+    ds = open_dataset(uri)
+    if ds.codec == "latent":
+        raise DatasetError(
+            f"dataset {ds.uri} is a latent dataset (codec 'latent'); to {purpose}, pass the frame dataset it "
+            f"was encoded from ({ds.manifest.source.get('dataset', 'see its manifest source')})"
+        )
+    if ds.manifest.num_valid_states == 0 or not ds.manifest.shards:
+        raise DatasetError(f"dataset {ds.uri} is empty (no valid states); record or export more steps")
+    return ds
+
+
+def _manifest_sha256(ds: ExperienceDataset) -> str:
+    return hashlib.sha256(ds.store.get_bytes(MANIFEST)).hexdigest()
+
+
+def _checkpoint_dir(directory: str | Path) -> Path:
+    d = Path(directory)
+    return d / CHECKPOINT_DIR if (d / CHECKPOINT_DIR).is_dir() else d
+
+
+def load_autoencoder(
+    directory: str | Path, device: str | torch.device = "cpu"
+) -> tuple[ConvAutoencoder, dict[str, Any]]:
+    """Load an autoencoder checkpoint (a train-autoencoder run directory or its ``checkpoint/``).
+
+    Returns ``(model in eval mode on device, metadata)``; the weights' sha256 is checked against the metadata.
+    """
+    d = _checkpoint_dir(directory)
+    model, meta = load_checkpoint(d, device)
+    if meta.get("kind") != "autoencoder" or not isinstance(model, ConvAutoencoder):
+        raise CheckpointError(
+            f"{d} holds a {meta.get('kind')!r} checkpoint, not an autoencoder; pass the --out directory of "
+            f"a train-autoencoder run"
+        )
+    return model, meta
+
+
+# ----------------------------------------------------------------------------------------------- training
+
+
+def _prepare_out_dir(
+    out: Path, ds: ExperienceDataset, manifest_sha: str, cfg: AutoencoderConfig
+) -> dict | None:
+    """Validate ``out``; returns the run.json of a previous run there with the same data and settings."""
+    if out.exists() and not out.is_dir():
+        raise AutoencoderError(f"--out {out} is a file; give a directory for the autoencoder run")
+    run_file = out / RUN_FILE
+    if run_file.is_file():
+        try:
+            prev = json.loads(run_file.read_text())
+        except json.JSONDecodeError as e:
+            raise AutoencoderError(f"{run_file} is corrupt ({e}); use a new --out directory") from e
+        if prev.get("dataset_sha256") != manifest_sha:
+            raise AutoencoderError(
+                f"--out {out} holds an autoencoder run on another dataset ({prev.get('dataset')}, manifest "
+                f"sha256 {str(prev.get('dataset_sha256'))[:12]}), not {ds.uri}; use a new --out directory"
+            )
+        new = cfg.model_dump(mode="json")
+        old = prev.get("config", {})
+        diff = sorted(k for k in new if k not in _RESUMABLE_CHANGES and old.get(k) != new[k])
+        if diff:
+            shown = ", ".join(f"{k}={old.get(k)!r} there vs {new[k]!r} now" for k in diff)
+            raise AutoencoderError(
+                f"--out {out} holds an autoencoder run with other settings ({shown}); rerun with the same "
+                f"settings to resume it, or use a new --out directory"
+            )
+        return prev
+    if out.is_dir() and any(out.iterdir()):
+        raise AutoencoderError(
+            f"--out {out} is not empty and holds no autoencoder run; use an empty directory"
+        )
+    return None
+
+
+def _holdout_batches(ds: ExperienceDataset, cfg: AutoencoderConfig, limit: int) -> list[Batch]:
+    batches = iter_split(ds, "holdout", cfg.holdout_fraction, batch_size=256, limit=limit)
+    if not batches:
+        raise DatasetError(
+            f"dataset {ds.uri} has no held-out states at holdout_fraction={cfg.holdout_fraction}; raise "
+            f"--holdout-fraction or record more steps"
+        )
+    return batches
+
+
+def _write_history(out: Path, history: list[dict[str, float]]) -> Path:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(_HISTORY_FIELDS), extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(history)
+    atomic_write_bytes(out / HISTORY_CSV, buf.getvalue().encode())
+    return out / HISTORY_CSV
+
+
+def _write_loss_png(out: Path, history: list[dict[str, float]], loss_curve: list[list[float]], cfg) -> Path:
+    from .plots import plot_series
+
+    x = [h["states_seen"] for h in history]
+    series = {
+        f"training loss ({cfg.loss})": ([c[0] for c in loss_curve], [c[1] for c in loss_curve]),
+        "held-out MSE": (x, [h["mse"] for h in history]),
+        "held-out changed-pixel MSE": (x, [h["changed_mse"] for h in history]),
+    }
+    return plot_series(
+        series,
+        out / LOSS_PNG,
+        "autoencoder reconstruction error",
+        "training states seen",
+        "squared error ([0, 1] pixels)",
+    )
+
+
+def _write_grid(out: Path, model: ConvAutoencoder, val: list[Batch], code_dtype: str, game: str) -> Path:
+    """Originals next to reconstructions for the held-out states with the most changed pixels."""
+    from .plots import image_grid
+
+    counts = np.concatenate([changed_mask(torch.from_numpy(b.states)).flatten(1).sum(1).numpy() for b in val])
+    states = np.concatenate([b.states for b in val])
+    steps = np.concatenate([b.steps for b in val])
+    pick = np.argsort(-counts, kind="stable")[:GRID_STATES]
+    recon = reconstruct(model, states[pick], code_dtype).cpu().numpy()
+    rows, labels = [], []
+    for j, i in enumerate(pick):
+        orig = states[i].astype(np.float32) / 255.0
+        err = np.clip(np.abs(orig[-1] - recon[j][-1]) * 4.0, 0.0, 1.0)
+        rows.append([*orig, *recon[j], err])
+        labels.append(
+            f"{game} step {int(steps[i])}, {int(counts[i])} changed px: 4 original frames | "
+            f"4 reconstructed ({code_dtype} codes) | |error| x4, newest frame"
+        )
+    return image_grid(rows, out / GRID_PNG, labels)
+
+
+def _save_resume(
+    out: Path,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    epoch: int,
+    step: int,
+    history: list[dict[str, float]],
+    loss_curve: list[list[float]],
+) -> None:
+    atomic_torch_save(
+        {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "epoch": epoch,
+            "step": step,
+            "history": history,
+            "loss_curve": loss_curve,
+        },
+        out / RESUME_FILE,
+    )
+
+
+def train_autoencoder(
+    dataset: str,
+    cfg: AutoencoderConfig,
+    out_dir: str | Path,
+    on_metrics: MetricsCallback | None = None,
+    *,
+    max_val_states: int = VALIDATION_STATES,
+    stop_after_epochs: int | None = None,
+) -> AutoencoderResult:
+    """Train a convolutional autoencoder on the states of one game's frame dataset.
+
+    Each epoch draws ``min(training states, cfg.max_train_states or all)`` states (uniformly, streamed with
+    bounded memory by :class:`~polydistill.sampling.StreamingSampler` from the ``train`` split) in batches of
+    ``cfg.batch_size``, then evaluates up to ``max_val_states`` held-out states with codes at
+    ``cfg.code_dtype``. The number of training states is estimated from the manifest as
+    ``valid states x (1 - holdout_fraction)`` (the split is a uniform hash), so no shard is read to count it.
+
+    Args:
+        dataset: frame dataset URI (``s3://bucket/prefix``, ``file:///path`` or a path).
+        cfg: the resolved autoencoder config.
+        out_dir: run directory. A run there with the same dataset and settings is resumed after its last
+            finished epoch, extended when ``cfg.epochs`` grew, and reused as is when finished.
+        on_metrics: called with ``(metrics, optimizer step)`` after every epoch and once at the end.
+        max_val_states: held-out states evaluated per epoch.
+        stop_after_epochs: stop (as if killed) after this many epochs of this call; for tests of resume.
+
+    Returns:
+        An :class:`AutoencoderResult` whose ``metrics`` hold the final ``mse``, ``psnr``, ``changed_mse``,
+        ``changed_fraction``, ``bytes_per_state`` and ``compression_vs_raw``.
+
+    Raises:
+        DatasetError: the dataset is missing, latent, empty, or has no held-out states.
+        AutoencoderError: ``out_dir`` is a file, not empty, or holds a run of other data or settings.
+    """
+    out = Path(out_dir)
+    ds = _open_frames_dataset(dataset, "train an autoencoder")
+    manifest_sha = _manifest_sha256(ds)
+    prev = _prepare_out_dir(out, ds, manifest_sha, cfg)
+    if prev is not None and prev.get("status") == "finished" and prev.get("epochs", 0) >= cfg.epochs:
+        log.info("autoencoder run in %s is finished (%s epochs); reusing it", out, prev.get("epochs"))
+        return _result_from_disk(out, prev)
+    val = _holdout_batches(ds, cfg, max_val_states)
+    est_train = round(ds.manifest.num_valid_states * (1.0 - cfg.holdout_fraction))
+    if est_train < 1:
+        raise DatasetError(
+            f"dataset {ds.uri} has no training states at holdout_fraction={cfg.holdout_fraction}"
+        )
+    per_epoch = min(est_train, cfg.max_train_states or est_train)
+    steps_per_epoch = max(1, math.ceil(per_epoch / cfg.batch_size))
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(
+        out / RUN_FILE,
+        {
+            "dataset": redact(ds.uri),
+            "dataset_sha256": manifest_sha,
+            "game": ds.game,
+            "config": cfg.model_dump(mode="json"),
+            "package_version": __version__,
+            "status": "running",
+        },
+    )
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    frame_stack = ds.manifest.frame_stack
+    model = ConvAutoencoder(cfg.latent_dim, frame_stack).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    epoch, step = 0, 0
+    history: list[dict[str, float]] = []
+    loss_curve: list[list[float]] = []  # [states seen, mean training loss over a window]
+    if (out / RESUME_FILE).is_file():
+        try:
+            state = load_state_dict(out / RESUME_FILE)
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+        except (CheckpointError, KeyError, RuntimeError) as e:
+            raise AutoencoderError(
+                f"cannot resume from {out / RESUME_FILE}: {e}. Delete it to start over"
+            ) from e
+        epoch, step = int(state["epoch"]), int(state["step"])
+        history, loss_curve = list(state["history"]), list(state["loss_curve"])
+        log.info("resuming %s autoencoder after epoch %d (%s)", ds.game, epoch, out)
+    else:
+        # Epoch 0: the untrained network, so the history shows how far training moved the error.
+        m0 = evaluate_reconstruction(model, (b.states for b in val), cfg.code_dtype)
+        history.append(
+            {"epoch": 0, "steps": 0, "states_seen": 0, "train_loss": float("nan"), **m0, "seconds": 0.0}
+        )
+
+    weighted = cfg.loss == "weighted"
+    window = max(1, steps_per_epoch // 20)
+    bar = progress(
+        cfg.epochs * steps_per_epoch * cfg.batch_size,
+        f"train-autoencoder {ds.game}",
+        "state",
+        initial=epoch * steps_per_epoch * cfg.batch_size,
+    )
+    epochs_this_call = 0
+    try:
+        while epoch < cfg.epochs:
+            if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
+                raise KeyboardInterrupt(f"stop_after_epochs={stop_after_epochs} reached after epoch {epoch}")
+            t0 = time.monotonic()
+            # One sampler per epoch, seeded by the epoch: a resumed run draws what an unbroken run would.
+            sampler = StreamingSampler(
+                ds,
+                cfg.batch_size,
+                split="train",
+                holdout_fraction=cfg.holdout_fraction,
+                seed=cfg.seed * 100_003 + epoch,
+            )
+            model.train()
+            epoch_loss, win_loss, win_n = 0.0, 0.0, 0
+            for _ in range(steps_per_epoch):
+                x = torch.from_numpy(next(sampler).states).to(device, non_blocking=True)
+                target = x.float().div_(255.0)
+                loss = reconstruction_loss(
+                    model(target), target, changed_mask(x) if weighted else None, cfg.changed_weight
+                )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                lv = float(loss.detach())
+                epoch_loss += lv
+                win_loss += lv
+                win_n += 1
+                bar.update(len(x))
+                if win_n == window:
+                    loss_curve.append([float(step * cfg.batch_size), win_loss / win_n])
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{win_loss / win_n:.5f}")
+                    win_loss, win_n = 0.0, 0
+            epoch += 1
+            epochs_this_call += 1
+            m = evaluate_reconstruction(model, (b.states for b in val), cfg.code_dtype)
+            row = {
+                "epoch": epoch,
+                "steps": step,
+                "states_seen": step * cfg.batch_size,
+                "train_loss": epoch_loss / steps_per_epoch,
+                **m,
+                "seconds": time.monotonic() - t0,
+            }
+            history.append(row)
+            bar.set_postfix(epoch=epoch, psnr=f"{m['psnr']:.2f}", changed_mse=f"{m['changed_mse']:.4f}")
+            log.info(
+                "%s autoencoder epoch %d/%d: loss %.5f, held-out mse %.5f, psnr %.2f dB, changed mse %.5f",
+                ds.game,
+                epoch,
+                cfg.epochs,
+                row["train_loss"],
+                m["mse"],
+                m["psnr"],
+                m["changed_mse"],
+            )
+            if on_metrics:
+                on_metrics({k: float(v) for k, v in row.items() if k not in ("steps", "states_seen")}, step)
+            _save_resume(out, model, opt, epoch, step, history, loss_curve)
+    finally:
+        bar.close()
+    return _finish(out, ds, manifest_sha, cfg, model, val, history, loss_curve, epoch, step, on_metrics)
+
+
+def _finish(out, ds, manifest_sha, cfg, model, val, history, loss_curve, epoch, step, on_metrics):
+    last = history[-1]
+    metrics = {k: float(last[k]) for k in ("mse", "psnr", "changed_mse", "changed_fraction")}
+    metrics["train_loss"] = float(last["train_loss"])
+    metrics["bytes_per_state"] = float(code_bytes(cfg.latent_dim, cfg.code_dtype))
+    metrics["compression_vs_raw"] = RAW_STACK_BYTES / metrics["bytes_per_state"]
+    ckpt = out / CHECKPOINT_DIR
+    save_checkpoint(
+        ckpt,
+        model,
+        {
+            "kind": "autoencoder",
+            "game": ds.game,
+            "latent_dim": cfg.latent_dim,
+            "code_dtype": cfg.code_dtype,
+            "loss": cfg.loss,
+            "observation": ds.manifest.observation,
+            "metrics": metrics,
+            "dataset": redact(ds.uri),
+            "dataset_sha256": manifest_sha,
+            "config": cfg.model_dump(mode="json"),
+            "steps": step,
+            "epochs": epoch,
+        },
+    )
+    grid = _write_grid(out, model, val, cfg.code_dtype, ds.game)
+    hist = _write_history(out, history)
+    loss_png = _write_loss_png(out, history, loss_curve, cfg)
+    atomic_write_json(
+        out / RUN_FILE,
+        {
+            "dataset": redact(ds.uri),
+            "dataset_sha256": manifest_sha,
+            "game": ds.game,
+            "config": cfg.model_dump(mode="json"),
+            "package_version": __version__,
+            "status": "finished",
+            "epochs": epoch,
+            "steps": step,
+            "metrics": metrics,
+        },
+    )
+    if on_metrics:
+        on_metrics(metrics, step)
+    return AutoencoderResult(
+        out_dir=out,
+        checkpoint_dir=ckpt,
+        metrics=metrics,
+        grid_png=grid,
+        history_csv=hist,
+        loss_png=loss_png,
+        epochs=epoch,
+        steps=step,
+    )
+
+
+def _result_from_disk(out: Path, run: dict[str, Any]) -> AutoencoderResult:
+    ckpt = out / CHECKPOINT_DIR
+    if not (ckpt / MODEL_FILE).is_file():
+        raise AutoencoderError(
+            f"{out} says finished but {ckpt / MODEL_FILE} is missing; use a new --out directory"
+        )
+    return AutoencoderResult(
+        out_dir=out,
+        checkpoint_dir=ckpt,
+        metrics=dict(run.get("metrics", {})),
+        grid_png=out / GRID_PNG,
+        history_csv=out / HISTORY_CSV,
+        loss_png=out / LOSS_PNG,
+        epochs=int(run.get("epochs", 0)),
+        steps=int(run.get("steps", 0)),
+    )
+
+
+# ----------------------------------------------------------------------------------------------- encoding
+
+
+def encode_buffer(
+    dataset: str,
+    autoencoder_dir: str | Path,
+    teacher_dir: str | Path,
+    dest: str,
+    code_dtype: str | None = None,
+    shard_steps: int = 10_000,
+    q_dtype: str = "float16",
+    batch_size: int = 256,
+    create_bucket: bool = False,
+    device: str = "auto",
+) -> Manifest:
+    """Encode a frame dataset into a latent dataset at ``dest`` (see the module docstring for the layout).
+
+    Args:
+        dataset: source frame dataset URI.
+        autoencoder_dir: a train-autoencoder run directory (or its ``checkpoint/``) for the same game.
+        teacher_dir: the game's teacher (run or checkpoint directory); its Q-values on the original frames are
+            stored as the distillation targets.
+        dest: destination URI (``s3://bucket/prefix``, ``file:///path`` or a path); not the source.
+        code_dtype: stored code precision (float32, float16, int8); default: the autoencoder's ``code_dtype``.
+        shard_steps: rows (agent steps) per shard.
+        q_dtype: stored Q-value precision (float16 or float32).
+        batch_size: states per encoder/teacher forward pass.
+        create_bucket: create the S3 bucket if it does not exist.
+        device: torch device for the encoder and the teacher.
+
+    Returns:
+        The manifest written.
+
+    Raises:
+        AutoencoderError: bad arguments, or a teacher/autoencoder of another game or shape than the dataset.
+        DatasetError: the source is missing, latent or empty. CheckpointError: a directory is no checkpoint.
+    """
+    from .teacher import load_teacher
+
+    if q_dtype not in Q_DTYPES:
+        raise AutoencoderError(f"q_dtype {q_dtype!r} unknown; choose one of {', '.join(Q_DTYPES)}")
+    if shard_steps < 1 or batch_size < 1:
+        raise AutoencoderError(f"shard_steps and batch_size must be >= 1, got {shard_steps} and {batch_size}")
+    if code_dtype is not None and code_dtype not in CODE_DTYPES:
+        raise AutoencoderError(f"code dtype {code_dtype!r} unknown; choose one of {', '.join(CODE_DTYPES)}")
+    src = _open_frames_dataset(dataset, "encode it")
+    m = src.manifest
+    dev = pick_device(device)
+    ae_dir = _checkpoint_dir(autoencoder_dir)
+    ae, ae_meta = load_autoencoder(ae_dir, dev)
+    teacher, t_meta = load_teacher(teacher_dir, dev)
+    for what, path, meta in (("autoencoder", ae_dir, ae_meta), ("teacher", teacher_dir, t_meta)):
+        if meta.get("game") != m.game:
+            raise AutoencoderError(
+                f"{what} {path} is for {meta.get('game')}, but dataset {src.uri} is {m.game}; use the "
+                f"{m.game} {what}"
+            )
+    if ae.frame_stack != m.frame_stack:
+        raise AutoencoderError(
+            f"autoencoder {ae_dir} takes {ae.frame_stack}-frame states, dataset {src.uri} has {m.frame_stack}"
+        )
+    if teacher.num_actions[0] != m.num_actions:
+        raise AutoencoderError(
+            f"teacher {teacher_dir} has {teacher.num_actions[0]} actions, dataset {src.uri} "
+            f"has {m.num_actions}"
+        )
+    code_dtype = code_dtype or ae_meta.get("code_dtype", "float16")
+    if code_dtype not in CODE_DTYPES:
+        raise AutoencoderError(f"autoencoder {ae_dir} names code dtype {code_dtype!r}; pass --code-dtype")
+    store = open_store(dest, create_bucket=create_bucket)  # fails fast: endpoint, credentials, bucket
+    if store.uri.rstrip("/") == src.uri.rstrip("/"):
+        raise AutoencoderError(f"--to {dest} is the source dataset; give another destination")
+
+    ae_files = {name: (ae_dir / name).read_bytes() for name in (MODEL_FILE, METADATA_FILE)}
+    ae_sha = hashlib.sha256(ae_files[MODEL_FILE]).hexdigest()
+    if ae_sha != ae_meta.get("sha256"):
+        raise CheckpointError(f"{ae_dir / MODEL_FILE} changed while it was read; run encode-buffer again")
+    manifest = Manifest(
+        game=m.game,
+        num_actions=m.num_actions,
+        action_meanings=m.action_meanings,
+        observation=m.observation,
+        codec="latent",
+        source={
+            "autoencoder_path": AUTOENCODER_DIR,
+            "autoencoder_sha256": ae_sha,
+            "autoencoder_metadata_sha256": hashlib.sha256(ae_files[METADATA_FILE]).hexdigest(),
+            "latent_dim": ae.latent_dim,
+            "code_dtype": code_dtype,
+            "code_bytes_per_state": code_bytes(ae.latent_dim, code_dtype),
+            "dataset": redact(src.uri),
+            "dataset_sha256": _manifest_sha256(src),
+            "source_codec": m.codec,
+            "source_bytes_per_state": round(m.bytes_per_state, 3),
+            "teacher_sha256": t_meta.get("sha256"),
+            "q_source": "teacher Q-values on the original frames, computed at encode time",
+        },
+    )
+    writer = DatasetWriter(store, manifest, shard_steps=shard_steps, latent_dtype=code_dtype, q_dtype=q_dtype)
+    bar = progress(m.num_valid_states, f"encode-buffer {m.game}", "state")
+    try:
+        for sh in src.iter_shards():
+            c = sh.info.context  # context rows repeat the previous shard's tail: each step is written once
+            n = len(sh.arrays["actions"]) - c
+            rows = np.arange(c, c + n)
+            valid = np.flatnonzero(sh.arrays["valid"][c:])
+            latents = np.zeros((n, ae.latent_dim), dtype=np.float32)
+            q = np.zeros((n, m.num_actions), dtype=np.float32)
+            for s in range(0, len(valid), batch_size):
+                part = valid[s : s + batch_size]
+                x = torch.from_numpy(sh.states(rows[part])).to(dev, non_blocking=True)
+                with torch.no_grad():
+                    latents[part] = ae.encode(x).float().cpu().numpy()
+                    q[part] = teacher(x).float().cpu().numpy()
+                bar.update(len(part))
+            writer.add(
+                **{
+                    k: sh.arrays[k][c:]
+                    for k in ("actions", "rewards", "terminated", "truncated", "first", "valid")
+                },
+                latents=latents,
+                q=q,
+            )
+        # A manifest naming another autoencoder must not describe the files about to replace it.
+        old = _existing_manifest(store)
+        if old is not None and old.source.get("autoencoder_sha256") != ae_sha:
+            store.delete(MANIFEST)
+        for (
+            name,
+            data,
+        ) in ae_files.items():  # before the manifest: a reader never sees codes without their model
+            store.put_bytes(f"{AUTOENCODER_DIR}/{name}", data)
+        out = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        bar.close()
+    log.info(
+        "encoded %s into %s: %d states, %.1f bytes/state (source %.1f)",
+        src.uri,
+        store.uri,
+        out.num_valid_states,
+        out.bytes_per_state,
+        m.bytes_per_state,
+    )
+    return out
+
+
+def _existing_manifest(store) -> Manifest | None:
+    try:
+        return Manifest.from_json(store.get_bytes(MANIFEST).decode(), store.uri)
+    except (ObjectNotFoundError, DatasetError, UnicodeDecodeError):
+        return None
+
+
+# ----------------------------------------------------------------------------------------------- decoding
+
+
+class LatentDecoder:
+    """Decodes a latent dataset's codes to states with the autoencoder stored in the dataset.
+
+    Build it with :meth:`from_dataset`, which refuses an autoencoder whose files do not hash to what the
+    dataset's manifest names. :meth:`decode` runs batched under ``torch.no_grad()`` on the decoder's device.
+    """
+
+    def __init__(
+        self,
+        model: ConvAutoencoder,
+        metadata: dict[str, Any],
+        device: torch.device,
+        batch_size: int = 1024,
+        source: str = "",
+    ) -> None:
+        self.model = model.to(device).eval()
+        self.model.requires_grad_(False)
+        self.metadata = metadata
+        self.device = device
+        self.batch_size = batch_size
+        self.source = source
+
+    @property
+    def latent_dim(self) -> int:
+        """Code size D."""
+        return self.model.latent_dim
+
+    @property
+    def frame_stack(self) -> int:
+        """Frames per decoded state."""
+        return self.model.frame_stack
+
+    @property
+    def game(self) -> str:
+        """The game the autoencoder was trained on."""
+        return str(self.metadata.get("game"))
+
+    @property
+    def sha256(self) -> str:
+        """sha256 of the autoencoder's weights file."""
+        return str(self.metadata.get("sha256"))
+
+    @classmethod
+    def from_dataset(
+        cls, ds: ExperienceDataset, device: str | torch.device = "cpu", batch_size: int = 1024
+    ) -> LatentDecoder:
+        """The decoder of latent dataset ``ds`` on ``device`` (``auto`` picks CUDA when available).
+
+        Raises:
+            DatasetError: ``ds`` is not latent, its autoencoder files are missing, or they do not match the
+                hashes, code size or game its manifest names.
+        """
+        m = ds.manifest
+        if m.codec != "latent":
+            raise DatasetError(
+                f"dataset {ds.uri} has codec {m.codec!r}, not 'latent': it holds frames, not codes"
+            )
+        src = m.source
+        prefix = src.get("autoencoder_path", AUTOENCODER_DIR)
+        try:
+            model_bytes = ds.store.get_bytes(f"{prefix}/{MODEL_FILE}")
+            meta_bytes = ds.store.get_bytes(f"{prefix}/{METADATA_FILE}")
+        except ObjectNotFoundError:
+            raise DatasetError(
+                f"latent dataset {ds.uri} lacks its autoencoder ({prefix}/{MODEL_FILE}, "
+                f"{prefix}/{METADATA_FILE}); re-run encode-buffer"
+            ) from None
+        model_sha = hashlib.sha256(model_bytes).hexdigest()
+        meta_sha = hashlib.sha256(meta_bytes).hexdigest()
+        if model_sha != src.get("autoencoder_sha256") or meta_sha != src.get("autoencoder_metadata_sha256"):
+            keys = ("autoencoder_sha256", "autoencoder_metadata_sha256")
+            want = "/".join(str(src.get(k))[:12] for k in keys)
+            raise DatasetError(
+                f"latent dataset {ds.uri}: the autoencoder stored in {prefix}/ does not match the one its "
+                f"manifest names (model/metadata sha256 {model_sha[:12]}/{meta_sha[:12]}, manifest {want}); "
+                f"refusing to decode with another model. Re-run encode-buffer"
+            )
+        try:
+            meta = json.loads(meta_bytes)
+            state = torch.load(io.BytesIO(model_bytes), map_location="cpu", weights_only=True)
+            model = build_network(meta["architecture"])
+            model.load_state_dict(state)
+        except Exception as e:  # json, torch and shape errors: all mean the stored autoencoder is unusable
+            raise DatasetError(
+                f"latent dataset {ds.uri}: cannot load its autoencoder ({type(e).__name__}: {e}); "
+                f"re-run encode-buffer"
+            ) from e
+        if not isinstance(model, ConvAutoencoder):
+            raise DatasetError(
+                f"latent dataset {ds.uri}: {prefix}/ holds a {type(model).__name__}, not an autoencoder"
+            )
+        if model.latent_dim != src.get("latent_dim") or meta.get("game") != m.game:
+            raise DatasetError(
+                f"latent dataset {ds.uri}: its autoencoder ({meta.get('game')}, latent_dim "
+                f"{model.latent_dim}) does not fit the dataset ({m.game}, latent_dim "
+                f"{src.get('latent_dim')}); re-run encode-buffer"
+            )
+        dev = pick_device(device) if isinstance(device, str) else device
+        return cls(model, meta, dev, batch_size=batch_size, source=ds.uri)
+
+    def decode(self, latents: np.ndarray | torch.Tensor | Sequence[Sequence[float]]) -> torch.Tensor:
+        """States float32 (B, frame_stack, 84, 84) in [0, 1] on the decoder's device, from codes (B, D).
+
+        Runs in batches of ``batch_size`` under ``torch.no_grad()``, not ``inference_mode``: the result is an
+        ordinary tensor a student can take as input in a graph that autograd differentiates.
+        """
+        z = torch.as_tensor(latents)
+        if z.dim() != 2 or z.shape[1] != self.latent_dim:
+            raise ValueError(
+                f"latents must be (B, {self.latent_dim}) for {self.source or 'this decoder'}, "
+                f"got shape {tuple(z.shape)}"
+            )
+        z = z.to(self.device, dtype=torch.float32, non_blocking=True)
+        with torch.no_grad():
+            if len(z) <= self.batch_size:
+                return self.model.decode(z)
+            out = torch.empty((len(z), self.frame_stack, FRAME_SIZE, FRAME_SIZE), device=self.device)
+            for s in range(0, len(z), self.batch_size):
+                out[s : s + self.batch_size] = self.model.decode(z[s : s + self.batch_size])
+            return out
+
+
+__all__ = [
+    "AUTOENCODER_DIR",
+    "AutoencoderError",
+    "AutoencoderResult",
+    "LatentDecoder",
+    "changed_mask",
+    "code_bytes",
+    "encode_buffer",
+    "evaluate_reconstruction",
+    "load_autoencoder",
+    "reconstruct",
+    "reconstruction_loss",
+    "roundtrip_codes",
+    "train_autoencoder",
+]

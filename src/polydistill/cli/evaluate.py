@@ -1,0 +1,84 @@
+"""``polydistill evaluate`` and ``polydistill report``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from . import main
+from .options import config_options, fail, run_guarded
+
+if TYPE_CHECKING:
+    from ..config import EvalConfig
+
+
+@main.command("evaluate")
+@click.option(
+    "--agent",
+    required=True,
+    help="Checkpoint directory (teacher or student, or a teacher run directory), or 'random'.",
+)
+@click.option(
+    "--game",
+    "games",
+    multiple=True,
+    help="Game to play (repeat for several). Default: every game the agent was trained on.",
+)
+@click.option(
+    "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Writes DIR/scores.json."
+)
+@click.option(
+    "--label",
+    default=None,
+    help="Column in the report: teacher, student_subset, student_latent, student_full, random "
+    "(default: from the checkpoint).",
+)
+@config_options("evaluate")
+def evaluate_cmd(
+    agent: str, games: tuple[str, ...], out_dir: str, label: str | None, cfg: EvalConfig, profile: str
+) -> None:
+    """Play an agent in the real games (raw score, whole games) and write its scores as JSON.
+
+    --protocol cycles: --cycles C of --cycle-steps S agent steps each (seed paper: 10 x 12,500); a cycle
+    scores the mean return of its finished episodes. --protocol episodes: --episodes N whole episodes with up
+    to 30 no-op starts and epsilon --epsilon. The same --seed gives the same numbers.
+    """
+    from ..evaluate import EvaluationError, evaluate
+
+    chosen = list(games)
+    if not chosen:
+        if agent == "random":
+            fail("--agent random plays any game: name the games with --game")
+        from ..agents import AgentError, load_agent
+        from ..checkpoint import CheckpointError
+
+        loaded = run_guarded(lambda: load_agent(agent, "cpu"), (AgentError, CheckpointError, OSError))
+        chosen = list(loaded.games)
+    results = run_guarded(lambda: evaluate(agent, chosen, cfg, out_dir, label=label), (EvaluationError,))
+    click.echo(f"{results['agent']['label']} ({results['agent']['kind']}), protocol {results['protocol']}:")
+    for game, r in results["games"].items():
+        click.echo(
+            f"  {game:<14} {r['mean']:>10.2f} ± {r['std']:<8.2f} ({len(r['scores'])} scores, "
+            f"{r['episodes']} episodes, {r['steps']} steps)"
+        )
+    click.echo(f"  scores     {Path(out_dir) / 'scores.json'}")
+
+
+@main.command("report")
+@click.argument("results", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Report directory.")
+@click.option("--title", default=None, help="Report title.")
+def report_cmd(results: tuple[str, ...], out_dir: str, title: str | None) -> None:
+    """Build the results table (game | random | teacher | students, with % of teacher) from scores.json files.
+
+    RESULTS are scores.json files written by `polydistill evaluate` (or directories holding one); results
+    with the same label merge across files (one teacher per game). Writes report.md, report.html,
+    report.json and chart.png into --out and prints the Markdown table.
+    """
+    from ..report import DEFAULT_TITLE, ReportError, write_report
+
+    files = run_guarded(lambda: write_report(list(results), out_dir, title or DEFAULT_TITLE), (ReportError,))
+    click.echo(files["markdown"].read_text(), nl=False)
+    click.echo(f"\nwritten: {', '.join(str(p) for p in files.values())}")

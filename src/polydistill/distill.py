@@ -1,0 +1,824 @@
+"""Multi-task policy distillation: one student learns every game from its teacher, offline, from recorded states.
+
+The algorithm, top to bottom (Rusu et al. 2015, "Policy Distillation"; Parisotto et al. 2015, "Actor-Mimic";
+the seed paper):
+
+1. Pair each game's teacher checkpoint with its experience dataset (by canonical game name) and check
+   everything (games, action sets, codecs, action layout, initialisation) before any training.
+2. Build the student: the teacher's Dueling architecture scaled by ``width``, with heads laid out by
+   ``actions``: ``shared`` (one head, all games have the same number of actions), ``per-game`` (one head per
+   game, selected by task id) or ``union`` (one head over the 18 ALE actions; each game's illegal actions
+   masked). Initialised at random or as a copy of one teacher (``init=teacher:GAME``, the seed paper).
+3. Every optimizer step draw ``batch_size`` states per game from a :class:`~polydistill.sampling.StreamingSampler`
+   (bounded memory: a pool of decoded shards; ``source`` = ``full`` all of the dataset, ``subset`` its most
+   recent ``subset_fraction``, ``latent`` autoencoder codes decoded on the training device). Teacher
+   targets are the Q-values stored in the dataset when present, else the teacher's forward pass on the
+   same states.
+4. One loss per game (``kl`` / ``nll`` / ``mse`` / ``actor_mimic``, see :mod:`polydistill.losses`), then the
+   gradient of their sum (``schedule=sum``, the seed) or of one game per step in turn (``round_robin``,
+   Policy Distillation). Adam. Actor-Mimic trains a per-game feature regressor jointly.
+5. Every ``eval_every`` steps: action agreement with the teacher (argmax match) and the loss on up to
+   :data:`VALIDATION_STATES` held-out states per game; logged through ``on_metrics`` and the progress bar.
+6. Every ``checkpoint_every`` steps a resume point (student, optimizer, regressors, step, RNG, sampler seeds);
+   a run killed and restarted with the same ``out_dir`` resumes there and ends at the same step count. The
+   minibatch stream after a resume is seeded from the resume step: reproducible, not bit-identical to an
+   unbroken run.
+7. At the end: the student checkpoint (``OUT/checkpoint``, loadable with ``weights_only=True`` through
+   :func:`polydistill.agents.load_agent`), ``curves.csv`` and ``curves.png`` (loss and agreement per game).
+   A finished run in ``out_dir`` is reused, not retrained.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from . import losses as L
+from .buffer import DatasetError, ExperienceDataset, open_dataset
+from .checkpoint import (
+    CheckpointError,
+    atomic_torch_save,
+    atomic_write_bytes,
+    atomic_write_json,
+    load_checkpoint,
+    load_state_dict,
+    read_metadata,
+    save_checkpoint,
+)
+from .config import DistillConfig
+from .envs import FULL_ACTION_MEANINGS, UnknownGameError, canonical_game
+from .networks import DuelingQNetwork, count_parameters, pick_device
+from .progress import progress
+from .sampling import Batch, StreamingSampler, iter_split
+
+log = logging.getLogger(__name__)
+
+MetricsCallback = Callable[[dict[str, float], int], None]
+RUN_FILE = "run.json"
+CURVES_CSV = "curves.csv"
+CURVES_PNG = "curves.png"
+REGRESSORS_FILE = "regressors.pt"
+VALIDATION_STATES = 512  # held-out states per game scored at each validation pass
+VALIDATION_BATCH = 256
+# Settings that may change when a run is resumed; every other setting must match the interrupted run.
+RESUME_FREE_KEYS = frozenset({"device", "eval_every", "checkpoint_every", "cache_shards"})
+
+
+class DistillError(ValueError):
+    """Bad input to a distillation run (found before any training starts)."""
+
+
+@dataclass
+class DistillResult:
+    """Where a finished distillation run put its outputs, and its final validation figures.
+
+    ``agreement`` is the held-out fraction (0..1) of states where the student's greedy action equals the
+    teacher's; ``final_loss`` the held-out distillation loss; ``samples_per_second`` training states per
+    second (all games, validation and checkpoints excluded); ``parameters`` the student's parameter count.
+    """
+
+    out_dir: Path
+    checkpoint_dir: Path
+    curves_csv: Path
+    curves_png: Path
+    agreement: dict[str, float]
+    final_loss: dict[str, float]
+    samples_per_second: float
+    parameters: int
+    steps: int = 0
+
+
+# ----------------------------------------------------------------------------------------------- layout
+
+
+@dataclass
+class StudentLayout:
+    """How the student's heads map to games and actions.
+
+    ``head_sizes`` are the heads' output counts; ``head_for_game`` picks a game's head; ``union_action_map``
+    (``union`` only) lists, for each of a game's actions in its own order, its index among the 18 ALE actions.
+    """
+
+    games: list[str]
+    actions: str
+    head_sizes: list[int]
+    head_for_game: dict[str, int]
+    action_meanings: dict[str, list[str]]
+    union_action_map: dict[str, list[int]] = field(default_factory=dict)
+
+    def num_actions(self, game: str) -> int:
+        return len(self.action_meanings[game])
+
+    def mask(self, game: str, device: torch.device | str = "cpu") -> torch.Tensor | None:
+        """Legal-action mask (18,) of ``game`` for ``union``, else None."""
+        if self.actions != "union":
+            return None
+        m = torch.zeros(len(FULL_ACTION_MEANINGS), dtype=torch.bool, device=device)
+        m[self.union_action_map[game]] = True
+        return m
+
+    def columns(self, game: str, device: torch.device | str = "cpu") -> torch.Tensor | None:
+        """The game's columns of the union head, in its own action order (``union`` only)."""
+        if self.actions != "union":
+            return None
+        return torch.as_tensor(self.union_action_map[game], dtype=torch.long, device=device)
+
+
+def plan_layout(actions: str, meanings: Mapping[str, list[str]]) -> StudentLayout:
+    """The head layout for ``actions`` over games with these action meanings (games sorted by name).
+
+    ``shared`` refuses games with different action counts (the seed pairs games that way).
+    """
+    games = sorted(meanings)
+    if not games:
+        raise DistillError("no games to distill: give at least one teacher and dataset")
+    counts = {g: len(meanings[g]) for g in games}
+    if actions == "shared":
+        if len(set(counts.values())) > 1:
+            listed = ", ".join(f"{g} ({n} actions)" for g, n in counts.items())
+            raise DistillError(
+                f"actions=shared needs games with the same number of actions, got {listed}; pair games with "
+                f"equal action counts, or use --actions per-game or --actions union"
+            )
+        return StudentLayout(games, actions, [counts[games[0]]], dict.fromkeys(games, 0),
+                             {g: list(meanings[g]) for g in games})
+    if actions == "per-game":
+        return StudentLayout(games, actions, [counts[g] for g in games], {g: i for i, g in enumerate(games)},
+                             {g: list(meanings[g]) for g in games})
+    if actions == "union":
+        amap: dict[str, list[int]] = {}
+        for g in games:
+            unknown = [m for m in meanings[g] if m not in FULL_ACTION_MEANINGS]
+            if unknown:
+                raise DistillError(f"{g}: actions {unknown} are not ALE actions; cannot place them in the union head")
+            amap[g] = [FULL_ACTION_MEANINGS.index(m) for m in meanings[g]]
+        return StudentLayout(games, actions, [len(FULL_ACTION_MEANINGS)], dict.fromkeys(games, 0),
+                             {g: list(meanings[g]) for g in games}, amap)
+    raise DistillError(f"unknown actions={actions!r}; choose shared, per-game or union")
+
+
+def parse_init(init: str, games: list[str]) -> str | None:
+    """The teacher game of ``init=teacher:GAME`` (canonical), or None for ``random``."""
+    if init == "random":
+        return None
+    kind, _, game = init.partition(":")
+    if kind != "teacher" or not game:
+        raise DistillError(f"init={init!r} is not understood; use 'random' or 'teacher:GAME'")
+    try:
+        g = canonical_game(game)
+    except UnknownGameError as e:
+        raise DistillError(f"init={init!r}: {e}") from None
+    if g not in games:
+        raise DistillError(f"init={init!r}: {g} is not one of the distilled games ({', '.join(games)})")
+    return g
+
+
+def _check_init(init_game: str | None, layout: StudentLayout, cfg: DistillConfig, teacher_widths: dict[str, float]) -> None:
+    if init_game is None:
+        return
+    if cfg.width != teacher_widths[init_game]:
+        raise DistillError(
+            f"init=teacher:{init_game} copies the teacher's weights, so the student needs the teacher's width "
+            f"({teacher_widths[init_game]}), got width={cfg.width}; use --init random for a resized student"
+        )
+    head = layout.head_sizes[layout.head_for_game[init_game]]
+    n = layout.num_actions(init_game)
+    if head != n:
+        raise DistillError(
+            f"init=teacher:{init_game}: the student's head for {init_game} has {head} outputs "
+            f"(actions={layout.actions}) but the teacher has {n}; use --init random or --actions per-game/shared"
+        )
+
+
+def build_student(
+    layout: StudentLayout,
+    cfg: DistillConfig,
+    teachers: Mapping[str, DuelingQNetwork] | None = None,
+    frame_stack: int = 4,
+) -> DuelingQNetwork:
+    """A student network for ``layout``, seeded by ``cfg.seed``; ``cfg.init=teacher:GAME`` copies that teacher's
+    torso and head into the student (every head of the teacher's shape), so the student starts as the teacher.
+    """
+    init_game = parse_init(cfg.init, layout.games)
+    torch.manual_seed(cfg.seed)
+    student = DuelingQNetwork(layout.head_sizes, width=cfg.width, frame_stack=frame_stack)
+    if init_game is not None:
+        if not teachers or init_game not in teachers:
+            raise DistillError(f"init=teacher:{init_game} needs that teacher's network")
+        teacher = teachers[init_game]
+        _check_init(init_game, layout, cfg, {init_game: teacher.width})
+        student.torso.load_state_dict(teacher.torso.state_dict())
+        copied = []
+        for h, size in enumerate(layout.head_sizes):
+            if size == teacher.num_actions[0]:
+                student.heads[h].load_state_dict(teacher.heads[0].state_dict())
+                copied.append(h)
+        log.info("student initialised from the %s teacher (torso and heads %s)", init_game, copied)
+    return student
+
+
+# ----------------------------------------------------------------------------------------------- losses
+
+
+def game_loss(
+    cfg: DistillConfig,
+    q_teacher: torch.Tensor,
+    q_student: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    student_features: torch.Tensor | None = None,
+    teacher_features: torch.Tensor | None = None,
+    regressor: nn.Module | None = None,
+) -> torch.Tensor:
+    """The configured loss of one game's minibatch (``q_teacher`` already in the student head's columns)."""
+    if cfg.loss == "kl":
+        return L.kl_loss(q_teacher, q_student, cfg.tau, mask)
+    if cfg.loss == "nll":
+        return L.nll_loss(q_teacher, q_student, mask)
+    if cfg.loss == "mse":
+        return L.mse_loss(q_teacher, q_student, mask)
+    if student_features is None or teacher_features is None or regressor is None:
+        raise DistillError("actor_mimic needs student features, teacher features and a regressor")
+    return L.actor_mimic_loss(
+        q_teacher, q_student, cfg.tau, student_features, teacher_features, regressor, cfg.beta, mask
+    )
+
+
+def to_head_columns(layout: StudentLayout, game: str, q_teacher: torch.Tensor) -> torch.Tensor:
+    """Teacher Q-values in the student head's columns: unchanged, or scattered into the 18 union columns
+    (illegal columns zero; the union mask removes them from the loss)."""
+    if layout.actions != "union":
+        return q_teacher
+    out = q_teacher.new_zeros(len(q_teacher), len(FULL_ACTION_MEANINGS))
+    out[:, layout.columns(game, q_teacher.device)] = q_teacher
+    return out
+
+
+def compute_losses(
+    student: DuelingQNetwork,
+    layout: StudentLayout,
+    cfg: DistillConfig,
+    inputs: Mapping[str, torch.Tensor],
+    targets: Mapping[str, tuple[torch.Tensor, torch.Tensor | None]],
+    regressors: nn.ModuleDict | None = None,
+) -> dict[str, torch.Tensor]:
+    """Loss per game for one step. ``inputs[g]`` are states (uint8 or [0,1] floats), ``targets[g]`` the
+    teacher's ``(q in the game's own order, features or None)``. All games go through the shared torso in one
+    forward pass, then each through its head."""
+    games = list(inputs)
+    feats = student.torso(torch.cat([inputs[g] for g in games]) if len(games) > 1 else inputs[games[0]])
+    out: dict[str, torch.Tensor] = {}
+    for g, f in zip(games, feats.split([len(inputs[g]) for g in games]), strict=True):
+        q_s = student.heads[layout.head_for_game[g]](f)
+        q_t, f_t = targets[g]
+        reg = regressors[g] if regressors is not None and g in regressors else None
+        out[g] = game_loss(cfg, to_head_columns(layout, g, q_t), q_s, layout.mask(g, q_s.device), f, f_t, reg)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- games
+
+
+@dataclass
+class _Game:
+    """Everything the loop needs for one game."""
+
+    game: str
+    teacher_dir: Path
+    teacher_meta: dict[str, Any]
+    dataset_uri: str
+    dataset: ExperienceDataset
+    teacher: DuelingQNetwork | None = None
+    decoder: Any = None
+    sampler: StreamingSampler | None = None
+    val_inputs: list[Any] = field(default_factory=list)  # uint8 states tensors or latent arrays
+    val_targets: list[tuple[torch.Tensor, torch.Tensor | None]] = field(default_factory=list)
+
+
+def teacher_checkpoint_dir(path: str | Path) -> Path:
+    d = Path(path)
+    return d / "checkpoint" if (d / "checkpoint").is_dir() and not (d / "metadata.json").is_file() else d
+
+
+def _canonical_keys(mapping: Mapping[str, Any], what: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in mapping.items():
+        try:
+            g = canonical_game(k)
+        except UnknownGameError as e:
+            raise DistillError(f"{what} for {k!r}: {e}") from None
+        if g in out:
+            raise DistillError(f"two {what}s for {g}; give one per game")
+        out[g] = v
+    return out
+
+
+def _prepare_games(
+    teachers: Mapping[str, str | Path], datasets: Mapping[str, str | Path], cfg: DistillConfig
+) -> tuple[list[_Game], StudentLayout, str | None]:
+    """Pair and check teachers and datasets (metadata and manifests only: nothing heavy is loaded)."""
+    t = _canonical_keys(teachers, "teacher")
+    d = _canonical_keys(datasets, "dataset")
+    if set(t) != set(d):
+        problems = [f"no dataset for {g}" for g in sorted(set(t) - set(d))]
+        problems += [f"no teacher for {g}" for g in sorted(set(d) - set(t))]
+        raise DistillError(
+            f"teachers are for {', '.join(sorted(t)) or 'no game'} but datasets for "
+            f"{', '.join(sorted(d)) or 'no game'}: {'; '.join(problems)}. Give one teacher and one dataset per game"
+        )
+    games: list[_Game] = []
+    for g in sorted(t):
+        tdir = teacher_checkpoint_dir(t[g])
+        try:
+            meta = read_metadata(tdir)
+        except CheckpointError as e:
+            raise DistillError(f"teacher for {g}: {e}") from None
+        if meta.get("kind") != "teacher":
+            raise DistillError(f"teacher for {g}: {tdir} holds a {meta.get('kind')!r} checkpoint, not a teacher")
+        if canonical_game(meta.get("game", "?")) != g:
+            raise DistillError(f"the teacher given for {g} ({tdir}) was trained on {meta.get('game')}")
+        uri = str(d[g])
+        try:
+            ds = open_dataset(uri, max_decoded=cfg.cache_shards)
+        except DatasetError as e:
+            raise DistillError(f"dataset for {g}: {e}") from None
+        if canonical_game(ds.game) != g:
+            raise DistillError(f"the dataset given for {g} ({ds.uri}) holds {ds.game} states")
+        if cfg.source == "latent" and ds.codec != "latent":
+            raise DistillError(
+                f"source=latent needs latent datasets, but the {g} dataset {ds.uri} has codec {ds.codec!r}; "
+                f"give the encode-buffer output, or use --source full/subset"
+            )
+        if cfg.source != "latent" and ds.codec == "latent":
+            raise DistillError(
+                f"source={cfg.source} needs frame datasets, but the {g} dataset {ds.uri} is a latent dataset; "
+                f"use --source latent or give the exported buffer"
+            )
+        t_meanings = list(meta["action_meanings"][0])
+        if list(ds.manifest.action_meanings) != t_meanings:
+            raise DistillError(
+                f"{g}: the teacher's actions {t_meanings} differ from the dataset's {ds.manifest.action_meanings}"
+            )
+        t_stack = int(meta.get("observation", {}).get("frame_stack", 4))
+        if ds.manifest.frame_stack != t_stack:
+            raise DistillError(f"{g}: the teacher stacks {t_stack} frames, the dataset {ds.manifest.frame_stack}")
+        games.append(_Game(g, tdir, meta, ds.uri, ds))
+    layout = plan_layout(cfg.actions, {x.game: list(x.teacher_meta["action_meanings"][0]) for x in games})
+    init_game = parse_init(cfg.init, layout.games)
+    widths = {x.game: float(x.teacher_meta.get("architecture", {}).get("width", 1.0)) for x in games}
+    _check_init(init_game, layout, cfg, widths)
+    if len({x.dataset.manifest.frame_stack for x in games}) > 1:
+        raise DistillError("the datasets stack different numbers of frames; one student needs one input shape")
+    if cfg.source == "latent":
+        try:
+            from .autoencoder import LatentDecoder  # noqa: F401 - availability check before any work
+        except ImportError as e:
+            raise DistillError(f"source=latent needs polydistill.autoencoder ({e})") from None
+    return games, layout, init_game
+
+
+# ----------------------------------------------------------------------------------------------- run dir
+
+
+def _run_record(games: list[_Game], cfg: DistillConfig) -> dict[str, Any]:
+    return {
+        "games": [g.game for g in games],
+        "teachers": {g.game: g.teacher_meta.get("sha256") for g in games},
+        "datasets": {g.game: g.dataset_uri for g in games},
+        "config": cfg.model_dump(mode="json"),
+        "package_version": __version__,
+    }
+
+
+def _prepare_out_dir(out: Path, record: dict[str, Any]) -> dict[str, Any] | None:
+    """Check ``out`` for this run; returns the previous run record when there is one to resume or reuse."""
+    if out.exists() and not out.is_dir():
+        raise DistillError(f"--out {out} is a file; give a directory for the distillation run")
+    run_file = out / RUN_FILE
+    if run_file.is_file():
+        try:
+            prev = json.loads(run_file.read_text())
+        except json.JSONDecodeError as e:
+            raise DistillError(f"{run_file} is corrupt ({e}); use a new --out directory") from e
+        if prev.get("games") != record["games"]:
+            raise DistillError(
+                f"--out {out} holds a distillation of {prev.get('games')}, not {record['games']}; use another directory"
+            )
+        if prev.get("teachers") != record["teachers"]:
+            raise DistillError(f"--out {out} was distilled from other teacher checkpoints; use another directory")
+        for key, value in record["config"].items():
+            if key not in RESUME_FREE_KEYS and prev.get("config", {}).get(key) != value:
+                raise DistillError(
+                    f"--out {out} holds a run with {key}={prev['config'].get(key)!r}, this run asks for {value!r}; "
+                    f"resume with the same settings or use a new directory"
+                )
+        return prev
+    if out.is_dir() and any(p.name != ".DS_Store" for p in out.iterdir()):
+        raise DistillError(f"--out {out} is not empty and holds no distillation run; use an empty directory")
+    return None
+
+
+def _latest_resume(out: Path) -> Path | None:
+    pointer = out / "resume" / "LATEST"
+    if not pointer.is_file():
+        return None
+    d = out / "resume" / pointer.read_text().strip()
+    return d if (d / "state.pt").is_file() and (d / "extra.json").is_file() else None
+
+
+def _save_resume(out: Path, step: int, state: dict[str, Any], extra: dict[str, Any]) -> None:
+    """Write a complete resume point under a new name, then switch the LATEST pointer (atomic rename)."""
+    root = out / "resume"
+    name = f"step-{step:012d}"
+    tmp = root / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    atomic_torch_save(state, tmp / "state.pt")
+    atomic_write_json(tmp / "extra.json", extra)
+    final = root / name
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    (root / ".LATEST.tmp").write_text(name)
+    (root / ".LATEST.tmp").replace(root / "LATEST")
+    for old in root.glob("step-*"):
+        if old.name != name:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _sampler_seed(seed: int, game_index: int, step: int) -> int:
+    """Seed of a game's minibatch stream for a segment of training that starts at ``step``."""
+    return int(np.random.SeedSequence([seed & 0xFFFFFFFF, game_index, step]).generate_state(1)[0])
+
+
+# ----------------------------------------------------------------------------------------------- curves
+
+
+def _curve_columns(games: list[str]) -> list[str]:
+    cols = ["step", "samples_per_second"]
+    for g in games:
+        cols += [f"loss/{g}", f"agreement/{g}", f"train_loss/{g}"]
+    return cols
+
+
+def _write_curves(out: Path, games: list[str], rows: list[dict[str, float]], chance: dict[str, float],
+                  plot: bool = True) -> tuple[Path, Path]:
+    cols = _curve_columns(games)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_bytes(out / CURVES_CSV, buf.getvalue().encode())
+    if plot:
+        _plot_curves(out / CURVES_PNG, games, rows, chance)
+    return out / CURVES_CSV, out / CURVES_PNG
+
+
+def _plot_curves(path: Path, games: list[str], rows: list[dict[str, float]], chance: dict[str, float]) -> None:
+    """Held-out loss and action agreement per game against optimizer steps (two panels)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(11, 4))
+    steps = [r["step"] for r in rows]
+    for g in games:
+        line = ax_l.plot(steps, [r[f"loss/{g}"] for r in rows], label=f"{g} held-out")[0]
+        tl = [(r["step"], r[f"train_loss/{g}"]) for r in rows if np.isfinite(r.get(f"train_loss/{g}", np.nan))]
+        if tl:
+            ax_l.plot(*zip(*tl, strict=True), ls=":", color=line.get_color(), label=f"{g} train")
+        a = ax_a.plot(steps, [r[f"agreement/{g}"] for r in rows], label=g)[0]
+        ax_a.axhline(chance[g], color=a.get_color(), ls="--", lw=0.8)
+    ax_l.set_xlabel("optimizer steps")
+    ax_l.set_ylabel("distillation loss")
+    ax_l.set_title("loss per game")
+    ax_a.set_xlabel("optimizer steps")
+    ax_a.set_ylabel("agreement with teacher (argmax)")
+    ax_a.set_title("action agreement (dashed: chance)")
+    ax_a.set_ylim(0, 1.02)
+    for ax in (ax_l, ax_a):
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize=8)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def _inputs(g: _Game, batch: Batch | np.ndarray, device: torch.device) -> torch.Tensor:
+    """Student/teacher input for a batch: uint8 states on the device, or decoded latents in [0, 1]."""
+    if g.decoder is not None:
+        latents = batch.latents if isinstance(batch, Batch) else batch
+        x = g.decoder.decode(latents)
+        # A decoder running under inference_mode returns inference tensors, which autograd cannot save.
+        return x.clone() if x.is_inference() else x
+    states = batch.states if isinstance(batch, Batch) else batch
+    return torch.from_numpy(states).to(device, non_blocking=True)
+
+
+def _targets(
+    g: _Game, q_stored: np.ndarray | None, x: torch.Tensor, need_features: bool, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Teacher Q-values (stored in the dataset when present, else computed) and, for Actor-Mimic, features."""
+    n = len(g.teacher_meta["action_meanings"][0])
+    q = f = None
+    if q_stored is not None:
+        if q_stored.shape[1] != n:
+            raise DistillError(f"{g.dataset_uri}: stored Q-values have {q_stored.shape[1]} columns, the game {n} actions")
+        q = torch.from_numpy(q_stored).to(device, non_blocking=True)
+    if q is None or need_features:
+        assert g.teacher is not None
+        with torch.inference_mode():
+            q_t, f_t = g.teacher.forward_with_features(x)
+        # Clone outside inference mode: the loss saves these tensors for the student's backward pass.
+        q = q_t.clone() if q is None else q
+        f = f_t.clone() if need_features else None
+    return q, f
+
+
+# ----------------------------------------------------------------------------------------------- validation
+
+
+def _validate(
+    student: DuelingQNetwork,
+    layout: StudentLayout,
+    cfg: DistillConfig,
+    games: list[_Game],
+    regressors: nn.ModuleDict,
+    device: torch.device,
+) -> dict[str, tuple[float, float]]:
+    """``{game: (held-out loss, agreement)}`` over each game's validation states."""
+    out: dict[str, tuple[float, float]] = {}
+    with torch.inference_mode():
+        for g in games:
+            loss_sum = agree_sum = 0.0
+            count = 0
+            for inp, (q_t, f_t) in zip(g.val_inputs, g.val_targets, strict=True):
+                x = _inputs(g, inp, device)
+                q_s, f_s = student.forward_with_features(x, layout.head_for_game[g.game])
+                mask = layout.mask(g.game, device)
+                q_th = to_head_columns(layout, g.game, q_t)
+                reg = regressors[g.game] if g.game in regressors else None
+                loss = game_loss(cfg, q_th, q_s, mask, f_s, f_t, reg)
+                agree = L.action_agreement(q_th, q_s, mask)
+                b = len(q_t)
+                loss_sum += float(loss) * b
+                agree_sum += float(agree) * b
+                count += b
+            out[g.game] = (loss_sum / count, agree_sum / count)
+    return out
+
+
+def _load_validation(g: _Game, cfg: DistillConfig, device: torch.device) -> None:
+    """Held-out states (by step hash) of one game, with the teacher's targets computed once."""
+    batches = iter_split(g.dataset, "holdout", cfg.holdout_fraction, VALIDATION_BATCH, limit=VALIDATION_STATES)
+    if not batches:
+        raise DistillError(
+            f"dataset {g.dataset_uri} has no held-out {g.game} states at holdout_fraction={cfg.holdout_fraction}; "
+            f"raise --holdout-fraction or record more steps"
+        )
+    for b in batches:
+        inp = b.latents if g.decoder is not None else b.states
+        x = _inputs(g, inp, device)
+        g.val_inputs.append(inp)
+        g.val_targets.append(_targets(g, b.q, x, cfg.loss == "actor_mimic", device))
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def distill(
+    teachers: Mapping[str, str | Path],
+    datasets: Mapping[str, str | Path],
+    cfg: DistillConfig,
+    out_dir: str | Path,
+    on_metrics: MetricsCallback | None = None,
+    stop_after: int | None = None,
+) -> DistillResult:
+    """Distill every game's teacher into one student; see the module docstring.
+
+    Args:
+        teachers: ``{game: teacher run or checkpoint directory}``.
+        datasets: ``{game: dataset URI}`` (frame datasets for ``full``/``subset``, latent ones for ``latent``).
+        cfg: the resolved distillation config.
+        out_dir: run directory; an interrupted run there is resumed, a finished one reused.
+        on_metrics: called with ``(metrics, step)`` at each validation: ``agreement/GAME``, ``loss/GAME``,
+            ``train_loss/GAME``, ``samples_per_second``.
+        stop_after: stop (as if killed, raising ``KeyboardInterrupt``) after this many optimizer steps of
+            this call; for tests of resume.
+    """
+    games, layout, init_game = _prepare_games(teachers, datasets, cfg)
+    out = Path(out_dir)
+    record = _run_record(games, cfg)
+    prev = _prepare_out_dir(out, record)
+    if prev is not None and prev.get("status") == "finished" and (out / "checkpoint" / "metadata.json").is_file():
+        log.info("distillation in %s is already finished; reusing it", out)
+        return _result_from_disk(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if prev is None:
+        atomic_write_json(out / RUN_FILE, {**record, "status": "running"})
+
+    device = pick_device(cfg.device)
+    names = [g.game for g in games]
+    frame_stack = games[0].dataset.manifest.frame_stack
+    for g in games:
+        # The teacher network is needed for targets the dataset lacks, for features, or to copy its weights.
+        if cfg.loss == "actor_mimic" or not g.dataset.has_q or g.game == init_game:
+            g.teacher, _ = load_checkpoint(g.teacher_dir, device)  # type: ignore[assignment]
+            g.teacher.requires_grad_(False)
+        if cfg.source == "latent":
+            from .autoencoder import LatentDecoder
+
+            g.decoder = LatentDecoder.from_dataset(g.dataset, device)
+        _load_validation(g, cfg, device)
+
+    student = build_student(layout, cfg, {g.game: g.teacher for g in games if g.teacher is not None},
+                            frame_stack).to(device)
+    regressors = nn.ModuleDict()
+    if cfg.loss == "actor_mimic":
+        for g in games:
+            assert g.teacher is not None
+            regressors[g.game] = nn.Linear(student.feature_dim, g.teacher.feature_dim)
+        regressors.to(device)
+    opt = torch.optim.Adam([*student.parameters(), *regressors.parameters()], lr=cfg.learning_rate)
+
+    step, curve, train_seconds, samples = 0, [], 0.0, 0
+    point = _latest_resume(out) if prev is not None else None
+    if point is not None:
+        try:
+            state = load_state_dict(point / "state.pt")
+            extra = json.loads((point / "extra.json").read_text())
+        except (CheckpointError, json.JSONDecodeError) as e:
+            raise DistillError(f"cannot resume from {point}: {e}. Delete {out / 'resume'} to start over") from e
+        student.load_state_dict(state["student"])
+        regressors.load_state_dict(state["regressors"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        step = int(state["step"])
+        curve, train_seconds, samples = extra["curve"], float(extra["train_seconds"]), int(extra["samples"])
+        log.info("resuming distillation from step %d (%s)", step, point)
+
+    seeds = {g.game: _sampler_seed(cfg.seed, i, step) for i, g in enumerate(games)}
+    fraction = cfg.subset_fraction if cfg.source == "subset" else 1.0
+    for g in games:
+        g.sampler = StreamingSampler(
+            g.dataset, cfg.batch_size, fraction=fraction, split="train", holdout_fraction=cfg.holdout_fraction,
+            pool_shards=cfg.cache_shards, seed=seeds[g.game],
+        )
+    chance = {g: 1.0 / layout.num_actions(g) for g in names}
+
+    def snapshot(at: int) -> None:
+        state = {
+            "student": student.state_dict(),
+            "regressors": regressors.state_dict(),
+            "optimizer": opt.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "step": torch.tensor(at),
+        }
+        extra = {"curve": curve, "train_seconds": train_seconds, "samples": samples,
+                 "sampler_seeds": {g: _sampler_seed(cfg.seed, i, at) for i, g in enumerate(names)}}
+        _save_resume(out, at, state, extra)
+
+    def evaluate(at: int) -> dict[str, tuple[float, float]]:
+        val = _validate(student, layout, cfg, games, regressors, device)
+        sps = samples / train_seconds if train_seconds > 0 else float("nan")
+        row: dict[str, float] = {"step": at, "samples_per_second": sps}
+        for g, (loss, agree) in val.items():
+            row[f"loss/{g}"], row[f"agreement/{g}"] = loss, agree
+            n = train_count[g]
+            row[f"train_loss/{g}"] = train_sum[g] / n if n else float("nan")
+        curve.append(row)
+        _write_curves(out, names, curve, chance, plot=False)
+        if on_metrics:
+            on_metrics({k: float(v) for k, v in row.items() if k != "step"}, at)
+        return val
+
+    train_sum = dict.fromkeys(names, 0.0)
+    train_count = dict.fromkeys(names, 0)
+    if step == 0 and not curve:
+        evaluate(0)  # the untrained student's agreement: where the curve starts
+    start_step = step
+    bar = progress(cfg.steps, "distill", "step", initial=step)
+    while step < cfg.steps:
+        t0 = time.perf_counter()
+        active = games if cfg.schedule == "sum" else [games[step % len(games)]]
+        inputs, targets = {}, {}
+        for g in active:
+            assert g.sampler is not None
+            batch = next(g.sampler)
+            x = _inputs(g, batch, device)
+            inputs[g.game] = x
+            targets[g.game] = _targets(g, batch.q, x, cfg.loss == "actor_mimic", device)
+        per_game = compute_losses(student, layout, cfg, inputs, targets, regressors)
+        total = torch.stack(list(per_game.values())).sum()
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        for g, v in per_game.items():
+            train_sum[g] += float(v.detach())
+            train_count[g] += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        train_seconds += time.perf_counter() - t0
+        samples += sum(len(x) for x in inputs.values())
+        step += 1
+        bar.update(1)
+
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            val = evaluate(step)
+            train_sum = dict.fromkeys(names, 0.0)
+            train_count = dict.fromkeys(names, 0)
+            post = {"sps": f"{samples / max(train_seconds, 1e-9):.0f}"}
+            post.update({f"agree_{g}": f"{a:.2f}" for g, (_, a) in val.items()})
+            bar.set_postfix(post)
+        if step % cfg.checkpoint_every == 0 and step < cfg.steps:
+            snapshot(step)
+        if stop_after is not None and step - start_step >= stop_after and step < cfg.steps:
+            bar.close()
+            raise KeyboardInterrupt(f"stop_after={stop_after} reached at step {step}")
+    bar.close()
+    if not curve or curve[-1]["step"] != cfg.steps:
+        evaluate(cfg.steps)  # resumed exactly at the end, or steps == 0 after a resume
+    return _finish(out, games, layout, cfg, student, regressors, curve, chance, samples, train_seconds)
+
+
+def _finish(
+    out: Path,
+    games: list[_Game],
+    layout: StudentLayout,
+    cfg: DistillConfig,
+    student: DuelingQNetwork,
+    regressors: nn.ModuleDict,
+    curve: list[dict[str, float]],
+    chance: dict[str, float],
+    samples: int,
+    train_seconds: float,
+) -> DistillResult:
+    names = [g.game for g in games]
+    last = curve[-1]
+    agreement = {g: float(last[f"agreement/{g}"]) for g in names}
+    final_loss = {g: float(last[f"loss/{g}"]) for g in names}
+    sps = samples / train_seconds if train_seconds > 0 else 0.0
+    meta: dict[str, Any] = {
+        "kind": "student",
+        "games": names,
+        "actions": layout.actions,
+        "head_for_game": layout.head_for_game,
+        "action_meanings": layout.action_meanings,
+        "teachers": {g.game: g.teacher_meta.get("sha256") for g in games},
+        "teacher_paths": {g.game: str(g.teacher_dir) for g in games},
+        "datasets": {g.game: g.dataset_uri for g in games},
+        "source": cfg.source,
+        "subset_fraction": cfg.subset_fraction if cfg.source == "subset" else 1.0,
+        "width": cfg.width,
+        "loss": cfg.loss,
+        "tau": cfg.tau,
+        "observation": games[0].teacher_meta.get("observation", {}),
+        "config": cfg.model_dump(mode="json"),
+        "steps": cfg.steps,
+        "metrics": {"agreement": agreement, "loss": final_loss, "samples_per_second": sps},
+        "parameters": count_parameters(student),
+    }
+    if layout.actions == "union":
+        meta["union_action_map"] = layout.union_action_map
+    save_checkpoint(out / "checkpoint", student, meta)
+    if len(regressors):
+        atomic_torch_save({k: v.detach().cpu() for k, v in regressors.state_dict().items()}, out / REGRESSORS_FILE)
+    csv_path, png = _write_curves(out, names, curve, chance)
+    atomic_write_json(out / RUN_FILE, {**_run_record(games, cfg), "status": "finished"})
+    shutil.rmtree(out / "resume", ignore_errors=True)
+    log.info("distilled %s into %s: agreement %s, %.0f samples/s", ", ".join(names), out / "checkpoint",
+             {g: round(a, 3) for g, a in agreement.items()}, sps)
+    return DistillResult(out, out / "checkpoint", csv_path, png, agreement, final_loss, sps,
+                         count_parameters(student), cfg.steps)
+
+
+def _result_from_disk(out: Path) -> DistillResult:
+    meta = read_metadata(out / "checkpoint")
+    m = meta.get("metrics", {})
+    return DistillResult(
+        out_dir=out,
+        checkpoint_dir=out / "checkpoint",
+        curves_csv=out / CURVES_CSV,
+        curves_png=out / CURVES_PNG,
+        agreement={g: float(v) for g, v in m.get("agreement", {}).items()},
+        final_loss={g: float(v) for g, v in m.get("loss", {}).items()},
+        samples_per_second=float(m.get("samples_per_second", 0.0)),
+        parameters=int(meta.get("parameters", 0)),
+        steps=int(meta.get("steps", 0)),
+    )

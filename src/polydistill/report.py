@@ -1,0 +1,382 @@
+"""The results report: the seed paper's Table 1 for the games of a run, as Markdown, HTML, JSON and a chart.
+
+Rows are games; columns are the agents by label (docs/CONTRACTS.md): ``random``, ``teacher``,
+``student_subset`` (student on part of the buffer), ``student_latent`` (student on latents),
+``student_full``, then any other label. Each cell is ``mean ± std`` of the evaluation's scores (raw game
+points); each student also gets its score as a percentage of its teacher's and a normalised percentage:
+
+- % of teacher: ``100 * s / t`` -- defined only when the teacher's mean ``t`` is positive (with ``t <= 0``,
+  as for a weak Pong teacher, the ratio has no meaning).
+- normalised %: ``100 * (s - r) / (t - r)`` with ``r`` the random policy's mean -- defined only when a
+  random baseline is present and the teacher beats it (``t > r``). 100% = the teacher, 0% = random play.
+
+The last row is the geometric mean of each percentage over the games where it is defined (Rusu et al.
+2015 report multi-task students this way). Percentages below :data:`GEOMEAN_FLOOR_PCT` (1%), including zero
+and negative ones, are raised to it first: a logarithm needs positive numbers, and one failed game should
+pull the mean down hard but not to exactly zero. The table's footnote states both rules.
+
+Several results files may carry the same label (one teacher per game): their games merge; the same label
+and game twice is an error.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import atomic_write_bytes, atomic_write_json
+from .evaluate import EvaluationError, load_results
+
+REPORT_SCHEMA = 1
+DEFAULT_TITLE = "polydistill: students against their teachers"
+GEOMEAN_FLOOR_PCT = 1.0
+# Column order and headings of the seed paper's Table 1, plus the random baseline and the full-buffer student.
+HEADINGS: dict[str, str] = {
+    "random": "Random",
+    "teacher": "Teacher",
+    "student_subset": "Student on part of the buffer",
+    "student_latent": "Student on latents",
+    "student_full": "Student on the full buffer",
+}
+BASELINE_LABELS = ("random", "teacher")
+FILES = {"markdown": "report.md", "html": "report.html", "json": "report.json", "chart": "chart.png"}
+
+
+class ReportError(ValueError):
+    """Results that cannot be put in one table (conflicting or malformed results); the message says which."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Arithmetic
+
+
+def percent_of_teacher(student: float, teacher: float) -> float | None:
+    """``100 * student / teacher``; None when the teacher's mean is not positive (the ratio means nothing)."""
+    if not (math.isfinite(student) and math.isfinite(teacher)) or teacher <= 0:
+        return None
+    return 100.0 * student / teacher
+
+
+def normalised_percent(student: float, teacher: float, random: float | None) -> float | None:
+    """``100 * (student - random) / (teacher - random)``; None without a random baseline or when the teacher
+    does not beat it."""
+    if random is None or not all(math.isfinite(x) for x in (student, teacher, random)) or teacher <= random:
+        return None
+    return 100.0 * (student - random) / (teacher - random)
+
+
+def geometric_mean_pct(values: Sequence[float | None], floor: float = GEOMEAN_FLOOR_PCT) -> float | None:
+    """Geometric mean of the defined percentages, each raised to at least ``floor`` first; None if none."""
+    vals = [max(float(v), floor) for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return None
+    return math.exp(sum(math.log(v) for v in vals) / len(vals))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Building the table
+
+
+def _load(item: Mapping[str, Any] | str | Path) -> tuple[dict[str, Any], str]:
+    if isinstance(item, Mapping):
+        data, where = dict(item), "<results dict>"
+    else:
+        try:
+            data = load_results(item)
+        except EvaluationError as e:
+            raise ReportError(str(e)) from None
+        where = str(item)
+    agent = data.get("agent")
+    games = data.get("games")
+    if not isinstance(agent, Mapping) or not isinstance(games, Mapping) or not agent.get("label"):
+        raise ReportError(f"{where} is not an evaluation result (needs agent.label and games)")
+    for game, entry in games.items():
+        if not isinstance(entry, Mapping) or not all(
+            isinstance(entry.get(k), int | float) for k in ("mean", "std")
+        ):
+            raise ReportError(f"{where}: games.{game} lacks numeric mean and std")
+    return data, where
+
+
+def _ordered_labels(labels: Sequence[str]) -> list[str]:
+    known = [lab for lab in HEADINGS if lab in labels]
+    return known + sorted(lab for lab in labels if lab not in HEADINGS)
+
+
+def heading(label: str) -> str:
+    """The column heading of a label (``student_subset`` -> ``Student on part of the buffer``)."""
+    return HEADINGS.get(label, label.replace("_", " ").capitalize())
+
+
+def _n(v: Any) -> str:
+    return f"{v:,}" if isinstance(v, int) else "?"
+
+
+def _protocol_text(data: Mapping[str, Any]) -> str:
+    cfg = data.get("config") or {}
+    proto = data.get("protocol", "?")
+    if proto == "cycles":
+        return f"{_n(cfg.get('cycles'))} cycles of {_n(cfg.get('cycle_steps'))} agent steps"
+    if proto == "episodes":
+        return f"{_n(cfg.get('episodes'))} episodes, epsilon {cfg.get('epsilon', '?')}"
+    return str(proto)
+
+
+def build_table(
+    results: Sequence[Mapping[str, Any] | str | Path], title: str = DEFAULT_TITLE
+) -> dict[str, Any]:
+    """Merge evaluation results and compute the table's numbers (the contents of ``report.json``).
+
+    Returns ``{"title", "game_order", "columns", "students", "games": {GAME: {LABEL: {mean, std, n,
+    protocol, pct_of_teacher?, pct_normalised?}}}, "geo_mean_pct": {STUDENT: float|None},
+    "geo_mean_pct_normalised": {...}, "geo_mean_games": {STUDENT: {"pct_of_teacher": [...],
+    "normalised": [...]}}, "protocols": {LABEL: [...]}, "sources": {LABEL: {GAME: where}}, "rules",
+    "warnings"}``.
+    """
+    if not results:
+        raise ReportError("no results to report; pass at least one scores.json")
+    cells: dict[str, dict[str, dict[str, Any]]] = {}
+    sources: dict[str, dict[str, str]] = {}
+    protocols: dict[str, list[str]] = {}
+    game_order: list[str] = []
+    for item in results:
+        data, where = _load(item)
+        label = str(data["agent"]["label"])
+        proto = _protocol_text(data)
+        if proto not in protocols.setdefault(label, []):
+            protocols[label].append(proto)
+        for game, entry in data["games"].items():
+            if game in cells.setdefault(label, {}):
+                raise ReportError(
+                    f"two results for {label} on {game}: {sources[label][game]} and {where}; "
+                    f"pass one result per label and game"
+                )
+            cells[label][game] = {
+                "mean": float(entry["mean"]),
+                "std": float(entry["std"]),
+                "n": len(entry.get("scores") or []),
+                "protocol": proto,
+            }
+            sources.setdefault(label, {})[game] = where
+            if data["agent"].get("path"):
+                cells[label][game]["agent_path"] = str(data["agent"]["path"])
+            if game not in game_order:
+                game_order.append(game)
+
+    columns = _ordered_labels(list(cells))
+    students = [lab for lab in columns if lab not in BASELINE_LABELS]
+    games: dict[str, dict[str, Any]] = {g: {} for g in game_order}
+    for label in columns:
+        for game, cell in cells[label].items():
+            games[game][label] = dict(cell)
+    pcts: dict[str, list[tuple[str, float | None, float | None]]] = {s: [] for s in students}
+    for game in game_order:
+        row = games[game]
+        teacher = row.get("teacher", {}).get("mean")
+        rand = row.get("random", {}).get("mean")
+        for s in students:
+            if s not in row or teacher is None:
+                continue
+            p = percent_of_teacher(row[s]["mean"], teacher)
+            q = normalised_percent(row[s]["mean"], teacher, rand)
+            row[s]["pct_of_teacher"], row[s]["pct_normalised"] = p, q
+            pcts[s].append((game, p, q))
+
+    warnings: list[str] = []
+    mixed = {p for ps in protocols.values() for p in ps}
+    if len(mixed) > 1:
+        warnings.append(f"results use different protocols ({'; '.join(sorted(mixed))}); compare with care")
+    for s in students:
+        lacking = [g for g in game_order if g in games and s in games[g] and "teacher" not in games[g]]
+        if lacking:
+            warnings.append(f"no teacher result for {', '.join(lacking)}: no % for {heading(s)} there")
+    return {
+        "schema": REPORT_SCHEMA,
+        "title": title,
+        "game_order": game_order,
+        "columns": columns,
+        "headings": {lab: heading(lab) for lab in columns},
+        "students": students,
+        "games": games,
+        "geo_mean_pct": {s: geometric_mean_pct([p for _, p, _ in pcts[s]]) for s in students},
+        "geo_mean_pct_normalised": {s: geometric_mean_pct([q for _, _, q in pcts[s]]) for s in students},
+        "geo_mean_games": {
+            s: {
+                "pct_of_teacher": [g for g, p, _ in pcts[s] if p is not None],
+                "normalised": [g for g, _, q in pcts[s] if q is not None],
+            }
+            for s in students
+        },
+        "protocols": protocols,
+        "sources": sources,
+        "rules": {
+            "pct_of_teacher": "100 * student / teacher; only where the teacher's mean is > 0",
+            "normalised": "100 * (student - random) / (teacher - random); only where teacher > random",
+            "geometric_mean": f"over games where defined; values below {GEOMEAN_FLOOR_PCT:g}% "
+            f"(zero and negative included) are raised to {GEOMEAN_FLOOR_PCT:g}% first",
+            "floor_pct": GEOMEAN_FLOOR_PCT,
+            "std": "population standard deviation (ddof=0) over cycles or episodes",
+        },
+        "warnings": warnings,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Rendering
+
+
+def format_score(mean: float, std: float) -> str:
+    """``mean ± std`` with decimals fitting the mean's size (2.7e5 -> ``270,000``; 15.9 -> ``15.9``)."""
+    size = abs(mean)
+    decimals = 0 if size >= 100 else 1 if size >= 10 else 2
+    return f"{mean:,.{decimals}f} ± {std:,.{decimals}f}"
+
+
+def format_pct(p: float | None) -> str:
+    """A percentage with one decimal, or ``n/a`` when undefined."""
+    return "n/a" if p is None else f"{p:.1f}%"
+
+
+def _pct_pair(p: float | None, q: float | None) -> str:
+    return f"{format_pct(p)} ({format_pct(q)})"
+
+
+def table_rows(table: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and body rows (plain strings) of the table, the geometric-mean row last."""
+    header = ["Game"]
+    for lab in table["columns"]:
+        header.append(heading(lab))
+        if lab in table["students"]:
+            header.append("% of teacher (normalised)")
+    body: list[list[str]] = []
+    for game in table["game_order"]:
+        row = [game]
+        for lab in table["columns"]:
+            cell = table["games"][game].get(lab)
+            row.append(format_score(cell["mean"], cell["std"]) if cell else "—")
+            if lab in table["students"]:
+                row.append(_pct_pair(cell.get("pct_of_teacher"), cell.get("pct_normalised")) if cell else "—")
+        body.append(row)
+    if table["students"]:
+        geo = ["Geometric mean"]
+        for lab in table["columns"]:
+            geo.append("")
+            if lab in table["students"]:
+                geo.append(_pct_pair(table["geo_mean_pct"][lab], table["geo_mean_pct_normalised"][lab]))
+        body.append(geo)
+    return header, body
+
+
+def footnotes(table: Mapping[str, Any]) -> list[str]:
+    """The table's notes: what the numbers are and the rules behind the percentages."""
+    by_protocol: dict[str, list[str]] = {}
+    for lab, ps in table["protocols"].items():
+        for p in ps:
+            by_protocol.setdefault(p, []).append(heading(lab))
+    if len(by_protocol) == 1:
+        protos = next(iter(by_protocol))
+    else:
+        protos = "; ".join(f"{p} ({', '.join(labs)})" for p, labs in by_protocol.items())
+    notes = [
+        f"Scores are raw game points, mean ± standard deviation (ddof=0) over cycles or episodes ({protos}).",
+        "% of teacher = 100·student/teacher, shown only where the teacher's mean is positive; in brackets "
+        "the normalised % = 100·(student − random)/(teacher − random), shown only where the teacher beats "
+        "random.",
+        f"Geometric mean over the games where a percentage is defined; percentages below "
+        f"{GEOMEAN_FLOOR_PCT:g}% (zero and negative included) are raised to {GEOMEAN_FLOOR_PCT:g}% first.",
+    ]
+    return notes + [f"Warning: {w}." for w in table["warnings"]]
+
+
+def render_markdown(table: Mapping[str, Any]) -> str:
+    """The report as Markdown (a title, the table, its footnotes)."""
+    header, body = table_rows(table)
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    align = ["---"] + ["---:"] * (len(header) - 1)
+    out = [f"# {table['title']}", "", line(header), "| " + " | ".join(align) + " |"]
+    out += [line(r) for r in body]
+    out += [""] + [f"{i}. {n}" for i, n in enumerate(footnotes(table), 1)]
+    return "\n".join(out) + "\n"
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5rem;color:#222}
+table{border-collapse:collapse;margin:1rem 0}
+th,td{border:1px solid #ccc;padding:.35rem .6rem;text-align:right}
+th:first-child,td:first-child{text-align:left}
+th{background:#f3f3f3}
+tr.geo td{font-weight:600;background:#fafafa}
+ol{font-size:.9rem;color:#444}
+img{max-width:100%}
+"""
+
+
+def render_html(table: Mapping[str, Any], chart_png: bytes | None = None) -> str:
+    """A self-contained HTML page: the table, its footnotes and the chart inlined as base64 (the Kubeflow UI
+    shows an ``Output[HTML]`` without fetching other files)."""
+    header, body = table_rows(table)
+    e = html.escape
+    rows = ["<tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>"]
+    for i, r in enumerate(body):
+        cls = " class='geo'" if table["students"] and i == len(body) - 1 else ""
+        rows.append(f"<tr{cls}>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>")
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{e(table['title'])}</title><style>{_CSS}</style></head><body>",
+        f"<h2>{e(table['title'])}</h2>",
+        "<table>" + "".join(rows) + "</table>",
+        "<ol>" + "".join(f"<li>{e(n)}</li>" for n in footnotes(table)) + "</ol>",
+    ]
+    if chart_png:
+        data = base64.b64encode(chart_png).decode("ascii")
+        parts.append(f"<p><img alt='scores as % of teacher' src='data:image/png;base64,{data}'></p>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _chart(table: Mapping[str, Any], path: Path) -> Path:
+    """Bars of each student's % of teacher per game (and the geometric mean); 100% dashed."""
+    from .plots import bar_chart
+
+    nan = float("nan")
+    labels = [*table["game_order"], "geo. mean"]
+    groups: dict[str, list[float]] = {}
+    for s in table["students"]:
+        vals = []
+        for g in table["game_order"]:
+            p = table["games"][g].get(s, {}).get("pct_of_teacher")
+            vals.append(nan if p is None else p)
+        geo = table["geo_mean_pct"][s]
+        groups[heading(s)] = [*vals, nan if geo is None else geo]
+    if not groups:  # nothing to compare yet: an empty chart still shows the reference line
+        labels = list(table["game_order"])
+    return bar_chart(labels, groups, path, table["title"], "score as % of teacher", reference=100.0)
+
+
+def write_report(
+    results: Sequence[Mapping[str, Any] | str | Path], out_dir: str | Path, title: str = DEFAULT_TITLE
+) -> dict[str, Path]:
+    """Write the results table for ``results`` (results dicts, ``scores.json`` files or directories holding
+    one) into ``out_dir``: ``report.md``, ``report.html`` (self-contained), ``report.json`` (every number)
+    and ``chart.png`` (each student's score as % of its teacher per game). Files are written atomically.
+
+    Returns ``{"markdown", "html", "json", "chart"}`` -> path.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"--out {out} is a file; give a directory for the report")
+    table = build_table(results, title)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {k: out / name for k, name in FILES.items()}
+    _chart(table, paths["chart"])
+    atomic_write_json(paths["json"], table)
+    atomic_write_bytes(paths["markdown"], render_markdown(table).encode())
+    atomic_write_bytes(paths["html"], render_html(table, paths["chart"].read_bytes()).encode())
+    return paths

@@ -1,0 +1,512 @@
+"""Autoencoder: training on real frames, latent datasets, decoding for distillation, and bad inputs.
+
+One short autoencoder run on the tiny Breakout teacher's dataset (module fixture) and one encode of that
+dataset are shared by most tests; everything runs on CPU in well under a minute besides the teacher fixture.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from polydistill import config as C
+from polydistill.autoencoder import (
+    AUTOENCODER_DIR,
+    AutoencoderError,
+    LatentDecoder,
+    changed_mask,
+    code_bytes,
+    encode_buffer,
+    evaluate_reconstruction,
+    load_autoencoder,
+    reconstruct,
+    reconstruction_loss,
+    roundtrip_codes,
+    train_autoencoder,
+)
+from polydistill.buffer import DatasetError, DatasetWriter, Manifest, open_dataset
+from polydistill.checkpoint import CheckpointError, load_state_dict, save_checkpoint
+from polydistill.networks import ConvAutoencoder, NatureTorso
+from polydistill.sampling import iter_split
+from polydistill.teacher import load_teacher
+
+# Smoke profile, smaller: 8 optimizer steps of 32 states per epoch, ~75 held-out states.
+AE_OVERRIDES = {
+    "epochs": 2,
+    "max_train_states": 256,
+    "batch_size": 32,
+    "learning_rate": 2e-3,
+    "holdout_fraction": 0.1,
+    "device": "cpu",
+}
+
+
+def ae_config(**overrides):
+    return C.resolve("autoencoder", "smoke", overrides={**AE_OVERRIDES, **overrides})
+
+
+def _dataset(teacher_runs, game: str = "Breakout") -> str:
+    return str(teacher_runs[game] / "dataset")
+
+
+@pytest.fixture(scope="module")
+def ae_run(teacher_runs, tmp_path_factory):
+    calls: list[tuple[dict, int]] = []
+    res = train_autoencoder(
+        _dataset(teacher_runs),
+        ae_config(),
+        tmp_path_factory.mktemp("ae") / "run",
+        on_metrics=lambda m, s: calls.append((m, s)),
+    )
+    return res, calls
+
+
+@pytest.fixture(scope="module")
+def latent(teacher_runs, ae_run, tmp_path_factory) -> str:
+    dest = str(tmp_path_factory.mktemp("latent") / "breakout")
+    encode_buffer(_dataset(teacher_runs), ae_run[0].out_dir, teacher_runs["Breakout"], dest, device="cpu")
+    return dest
+
+
+def _history(res) -> list[dict[str, float]]:
+    with open(res.history_csv) as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+# ----------------------------------------------------------------------------------------------- units
+
+
+def test_shapes_dtypes_and_code_sizes():
+    torch.manual_seed(0)
+    model = ConvAutoencoder(latent_dim=48)
+    x = torch.randint(0, 256, (3, 4, 84, 84), dtype=torch.uint8)
+    z = model.encode(x)
+    assert z.shape == (3, 48) and z.dtype == torch.float32
+    r = model.decode(z)
+    assert r.shape == (3, 4, 84, 84) and r.dtype == torch.float32
+    assert float(r.min()) >= 0.0 and float(r.max()) <= 1.0
+    assert reconstruct(model, x.numpy(), "int8").shape == (3, 4, 84, 84)
+    assert changed_mask(x).dtype == torch.bool and changed_mask(x).shape == x.shape
+    assert code_bytes(64, "float32") == 256  # the seed paper's 64 float32 codes
+    assert code_bytes(64, "float16") == 128
+    assert code_bytes(64, "int8") == 68  # 64 bytes + a float32 scale
+    assert code_bytes(128, "float16") == 256
+    with pytest.raises(AutoencoderError, match="bfloat16"):
+        code_bytes(64, "bfloat16")
+
+
+def test_changed_mask_marks_a_moving_ball_and_ignores_padding():
+    x = torch.zeros(2, 4, 84, 84, dtype=torch.uint8)
+    x[:, :, 70:72, 30:40] = 100  # a static paddle
+    for k in range(4):
+        x[:, k, 20 + k, 10 + k] = 200  # a ball moving one pixel diagonally per frame
+    x[1, :2] = 0  # state 1 starts an episode: two padding frames
+    mask = changed_mask(x)
+    # State 0: in every frame, the ball's position and its neighbours' positions; never the paddle.
+    assert not mask[0, :, 70:72, 30:40].any()
+    for k in range(4):
+        assert mask[0, k, 20 + k, 10 + k]
+        if k > 0:
+            assert mask[0, k, 20 + k - 1, 10 + k - 1]  # where it was in frame k-1
+    assert int(mask[0].sum()) == 2 + 3 + 3 + 2
+    # State 1: the jump from padding to the first real frame is not change; frames 2-3 still are.
+    assert not mask[1, :2].any()
+    assert mask[1, 2, 22, 12] and mask[1, 3, 23, 13] and int(mask[1].sum()) == 4
+
+
+def test_weighted_loss_weights_changed_pixels():
+    target = torch.zeros(1, 4, 84, 84)
+    recon = target.clone()
+    changed = torch.zeros_like(target, dtype=torch.bool)
+    changed[0, 3, 10, 10] = True
+    recon[0, 3, 10, 10] = 1.0  # the whole error sits on the one changed pixel
+    plain = reconstruction_loss(recon, target, None)
+    weighted = reconstruction_loss(recon, target, changed, changed_weight=20.0)
+    n = target.numel()
+    assert float(plain) == pytest.approx(1.0 / n)
+    assert float(weighted) == pytest.approx(20.0 / (n - 1 + 20.0))
+    # An error on a static pixel costs less under the weighted loss than under plain MSE.
+    recon2 = target.clone()
+    recon2[0, 0, 0, 0] = 1.0
+    assert float(reconstruction_loss(recon2, target, changed, 20.0)) < float(
+        reconstruction_loss(recon2, target, None)
+    )
+
+
+# ----------------------------------------------------------------------------------------------- training
+
+
+def test_short_training_lowers_the_loss_on_real_frames(ae_run, teacher_runs):
+    res, calls = ae_run
+    hist = _history(res)
+    assert [h["epoch"] for h in hist] == [0, 1, 2]
+    assert hist[-1]["mse"] < 0.5 * hist[0]["mse"], hist
+    assert hist[-1]["psnr"] > hist[0]["psnr"] + 3.0
+    assert hist[-1]["changed_mse"] < hist[0]["changed_mse"]
+    assert hist[2]["train_loss"] < hist[1]["train_loss"]
+    m = res.metrics
+    assert m["mse"] == pytest.approx(hist[-1]["mse"])
+    assert m["psnr"] == pytest.approx(10 * np.log10(1 / m["mse"]))
+    assert m["bytes_per_state"] == 128.0 and 0 < m["changed_fraction"] < 0.2
+    # on_metrics: once per epoch (at the optimizer step) and once at the end.
+    assert [s for _, s in calls] == [8, 16, 16]
+    assert calls[-1][0]["psnr"] == pytest.approx(m["psnr"])
+    for p in (res.grid_png, res.loss_png, res.history_csv):
+        assert p.is_file() and p.stat().st_size > 0
+    assert res.grid_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_checkpoint_metadata_follows_the_contract(ae_run, teacher_runs):
+    res, _ = ae_run
+    model, meta = load_autoencoder(res.out_dir, "cpu")
+    assert isinstance(model, ConvAutoencoder) and not model.training
+    assert meta["kind"] == "autoencoder" and meta["game"] == "Breakout"
+    assert meta["latent_dim"] == 64 and meta["code_dtype"] == "float16"
+    assert meta["observation"]["frame_stack"] == 4
+    assert set(meta["metrics"]) >= {"mse", "psnr", "changed_mse", "bytes_per_state"}
+    manifest_bytes = (teacher_runs["Breakout"] / "dataset" / "manifest.json").read_bytes()
+    assert meta["dataset_sha256"] == hashlib.sha256(manifest_bytes).hexdigest()
+    assert meta["dataset"].endswith("/dataset")
+    assert meta["config"]["max_train_states"] == 256 and meta["steps"] == 16
+    assert load_autoencoder(res.checkpoint_dir)[1]["sha256"] == meta["sha256"]
+
+
+def test_resume_after_a_kill_matches_an_unbroken_run_and_extends(teacher_runs, tmp_path):
+    cfg = ae_config(max_train_states=64)  # 2 steps per epoch
+    ds = _dataset(teacher_runs)
+    whole = train_autoencoder(ds, cfg, tmp_path / "whole", max_val_states=32)
+    with pytest.raises(KeyboardInterrupt):
+        train_autoencoder(ds, cfg, tmp_path / "broken", max_val_states=32, stop_after_epochs=1)
+    assert not (tmp_path / "broken" / "checkpoint").exists()
+    assert int(load_state_dict(tmp_path / "broken" / "resume.pt")["epoch"]) == 1
+    resumed = train_autoencoder(ds, cfg, tmp_path / "broken", max_val_states=32)
+    a = load_state_dict(whole.checkpoint_dir / "model.pt")
+    b = load_state_dict(resumed.checkpoint_dir / "model.pt")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+    assert resumed.steps == whole.steps == 4
+    assert [h["epoch"] for h in _history(resumed)] == [0, 1, 2]
+
+    # A finished run is reused as is ...
+    mtime = (whole.checkpoint_dir / "model.pt").stat().st_mtime_ns
+    again = train_autoencoder(ds, cfg, tmp_path / "whole", max_val_states=32)
+    assert again.metrics == whole.metrics and (whole.checkpoint_dir / "model.pt").stat().st_mtime_ns == mtime
+    # ... and extended when more epochs are asked for.
+    longer = train_autoencoder(
+        ds, ae_config(max_train_states=64, epochs=3), tmp_path / "whole", max_val_states=32
+    )
+    hist = _history(longer)
+    assert [h["epoch"] for h in hist] == [0, 1, 2, 3] and longer.steps == 6
+    assert hist[:3] == _history(whole)[:3] or hist[2]["mse"] == pytest.approx(_history(whole)[2]["mse"])
+
+
+# ----------------------------------------------------------------------------------------------- latents
+
+
+def test_latent_manifest_and_checksums(latent, teacher_runs, ae_run, tmp_path):
+    src = open_dataset(_dataset(teacher_runs))
+    ds = open_dataset(latent)
+    m = ds.manifest
+    assert m.codec == "latent" and m.codec_params == {"dtype": "float16"}
+    assert m.q_values == {"dtype": "float16"}
+    # One row per source step: step indices, valid states and episodes line up with the source.
+    assert (m.num_steps, m.num_valid_states, m.num_episodes) == (
+        src.manifest.num_steps,
+        src.manifest.num_valid_states,
+        src.manifest.num_episodes,
+    )
+    assert m.game == "Breakout" and m.action_meanings == src.manifest.action_meanings
+    _, ae_meta = load_autoencoder(ae_run[0].out_dir)
+    _, t_meta = load_teacher(teacher_runs["Breakout"])
+    s = m.source
+    assert s["autoencoder_sha256"] == ae_meta["sha256"]
+    assert s["latent_dim"] == 64 and s["code_dtype"] == "float16" and s["code_bytes_per_state"] == 128
+    assert s["teacher_sha256"] == t_meta["sha256"]
+    assert s["source_bytes_per_state"] == pytest.approx(src.manifest.bytes_per_state, rel=1e-3)
+    assert s["dataset"] == src.uri
+    root = Path(latent)
+    assert (
+        hashlib.sha256((root / AUTOENCODER_DIR / "model.pt").read_bytes()).hexdigest()
+        == s["autoencoder_sha256"]
+    )
+    assert ds.verify_all() == []
+    # A corrupted shard is named by the verification.
+    bad = tmp_path / "bad"
+    shutil.copytree(root, bad)
+    shard = bad / m.shards[0].name
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    problems = open_dataset(str(bad)).verify_all()
+    assert len(problems) == 1 and m.shards[0].name in problems[0]
+
+
+def _aligned(teacher_runs, latent):
+    """(source batches, latent batches) of all states, in step order."""
+    src = iter_split(open_dataset(_dataset(teacher_runs)), "all", 0.1, 256)
+    lat = iter_split(open_dataset(latent), "all", 0.1, 256)
+    np.testing.assert_array_equal(
+        np.concatenate([b.steps for b in src]), np.concatenate([b.steps for b in lat])
+    )
+    return src, lat
+
+
+def test_encode_decode_round_trip(latent, teacher_runs, ae_run):
+    res, _ = ae_run
+    model, _ = load_autoencoder(res.out_dir)
+    decoder = LatentDecoder.from_dataset(open_dataset(latent), "cpu")
+    assert decoder.game == "Breakout" and decoder.latent_dim == 64
+    src, lat = _aligned(teacher_runs, latent)
+    se, n = 0.0, 0
+    for s, z in zip(src, lat, strict=True):
+        with torch.no_grad():
+            codes = model.encode(torch.from_numpy(s.states))
+        # Stored codes are the model's codes, up to float16 rounding.
+        torch.testing.assert_close(torch.from_numpy(z.latents), codes, rtol=2e-3, atol=2e-3)
+        out = decoder.decode(z.latents)
+        assert out.dtype == torch.float32 and out.shape == s.states.shape and out.device.type == "cpu"
+        # Decoding the stored codes gives the reconstruction the model itself makes through float16 codes.
+        torch.testing.assert_close(out, reconstruct(model, s.states, "float16"), atol=1e-5, rtol=0)
+        se += float((out - torch.from_numpy(s.states).float() / 255).square().sum())
+        n += out.numel()
+    hist = _history(res)
+    mse = se / n
+    assert mse < 0.5 * hist[0]["mse"]  # close to the original: far below the untrained network's error
+    assert mse == pytest.approx(hist[-1]["mse"], rel=0.3)  # and in line with the held-out figure
+
+
+def test_decode_is_batched_and_usable_by_autograd(latent):
+    decoder = LatentDecoder.from_dataset(open_dataset(latent), "cpu", batch_size=7)
+    sh = open_dataset(latent).shard(0)
+    z = sh.latents[sh.valid_index[:20]]
+    whole = LatentDecoder.from_dataset(open_dataset(latent), "cpu").decode(torch.from_numpy(z))
+    batched = decoder.decode(z.astype(np.float16))
+    torch.testing.assert_close(batched, whole, atol=2e-3, rtol=0)
+    assert not batched.requires_grad and not batched.is_inference()
+    student = NatureTorso()
+    student(batched).sum().backward()  # a student can train on decoded states as they come
+    assert student.net[0].weight.grad is not None
+    with pytest.raises(ValueError, match=r"\(B, 64\)"):
+        decoder.decode(np.zeros((3, 32), dtype=np.float32))
+
+
+def test_stored_q_values_equal_the_teacher_on_original_frames(latent, teacher_runs):
+    teacher, _ = load_teacher(teacher_runs["Breakout"])
+    src, lat = _aligned(teacher_runs, latent)
+    for s, z in zip(src, lat, strict=True):
+        with torch.no_grad():
+            q = teacher(torch.from_numpy(s.states)).numpy()
+        assert z.q is not None and z.q.shape == q.shape
+        np.testing.assert_allclose(z.q, q, rtol=1e-3, atol=1e-4)  # float16 storage
+
+
+def test_quantisation_error_is_bounded(ae_run, teacher_runs):
+    model, _ = load_autoencoder(ae_run[0].out_dir)
+    states = iter_split(open_dataset(_dataset(teacher_runs)), "holdout", 0.1, 128)[0].states
+    with torch.no_grad():
+        z = model.encode(torch.from_numpy(states))
+    assert torch.equal(roundtrip_codes(z, "float32"), z)
+    half = roundtrip_codes(z, "float16")
+    assert bool(((half - z).abs() <= z.abs() * 2.0**-11 + 1e-7).all())
+    q8 = roundtrip_codes(z, "int8")
+    step = z.abs().amax(dim=1, keepdim=True) / 127.0
+    assert bool(((q8 - z).abs() <= step / 2 + 1e-6).all())
+    assert float((q8 - z).abs().max()) > 0  # int8 really rounds
+    full = evaluate_reconstruction(model, [states], "float32")
+    for dtype, max_loss_db in (("float16", 0.05), ("int8", 1.0)):
+        got = evaluate_reconstruction(model, [states], dtype)
+        assert got["psnr"] > full["psnr"] - max_loss_db, (dtype, got, full)
+
+
+def test_refuses_a_latent_dataset_whose_autoencoder_does_not_match(latent, tmp_path):
+    def copy(name: str) -> Path:
+        d = tmp_path / name
+        shutil.copytree(latent, d)
+        return d
+
+    # Tampered weights.
+    d = copy("weights")
+    model_file = d / AUTOENCODER_DIR / "model.pt"
+    state = load_state_dict(model_file)
+    state["to_latent.bias"] = state["to_latent.bias"] + 0.5
+    torch.save(state, model_file)
+    with pytest.raises(DatasetError, match=r"does not match.*refusing") as e:
+        LatentDecoder.from_dataset(open_dataset(str(d)), "cpu")
+    assert str(d) in str(e.value)
+    # Tampered metadata (weights intact).
+    d = copy("metadata")
+    meta_file = d / AUTOENCODER_DIR / "metadata.json"
+    meta = json.loads(meta_file.read_text())
+    meta["game"] = "Pong"
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(DatasetError, match="does not match"):
+        LatentDecoder.from_dataset(open_dataset(str(d)), "cpu")
+    # Another, self-consistent autoencoder swapped in.
+    d = copy("swapped")
+    save_checkpoint(d / AUTOENCODER_DIR, ConvAutoencoder(64), {**meta, "game": "Breakout"})
+    with pytest.raises(DatasetError, match="does not match"):
+        LatentDecoder.from_dataset(open_dataset(str(d)), "cpu")
+    # Missing autoencoder.
+    d = copy("missing")
+    shutil.rmtree(d / AUTOENCODER_DIR)
+    with pytest.raises(DatasetError, match="lacks its autoencoder"):
+        LatentDecoder.from_dataset(open_dataset(str(d)), "cpu")
+
+
+# ----------------------------------------------------------------------------------------------- bad inputs
+
+
+def _empty_dataset(teacher_runs, path: Path) -> str:
+    """A well-formed dataset with rows but no valid state."""
+    src = open_dataset(_dataset(teacher_runs)).manifest
+    man = Manifest(
+        game=src.game,
+        num_actions=src.num_actions,
+        action_meanings=src.action_meanings,
+        observation=src.observation,
+        codec="zstd",
+    )
+    w = DatasetWriter(str(path), man, shard_steps=10)
+    n = 3
+    w.add(
+        actions=np.zeros(n),
+        rewards=np.zeros(n),
+        terminated=np.zeros(n, bool),
+        truncated=np.zeros(n, bool),
+        first=np.zeros(n, bool),
+        valid=np.zeros(n, bool),
+        frames=np.zeros((n, 84, 84), np.uint8),
+    )
+    w.close()
+    return str(path)
+
+
+def test_training_refuses_bad_inputs(teacher_runs, ae_run, latent, tmp_path):
+    cfg = ae_config()
+    missing = tmp_path / "nowhere"
+    with pytest.raises(DatasetError, match="no dataset at") as e:
+        train_autoencoder(str(missing), cfg, tmp_path / "o1")
+    assert str(missing) in str(e.value) and not missing.exists()
+    with pytest.raises(DatasetError, match="no dataset at"):
+        train_autoencoder(missing.as_uri(), cfg, tmp_path / "o1")
+    with pytest.raises(DatasetError, match="latent dataset") as e:
+        train_autoencoder(latent, cfg, tmp_path / "o2")
+    assert latent in str(e.value)
+    empty = _empty_dataset(teacher_runs, tmp_path / "empty")
+    with pytest.raises(DatasetError, match="empty") as e:
+        train_autoencoder(empty, cfg, tmp_path / "o3")
+    assert "empty" in str(e.value)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(AutoencoderError, match="is a file"):
+        train_autoencoder(_dataset(teacher_runs), cfg, tmp_path / "afile")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x.txt").write_text("x")
+    with pytest.raises(AutoencoderError, match="not empty"):
+        train_autoencoder(_dataset(teacher_runs), cfg, tmp_path / "full")
+    with pytest.raises(AutoencoderError, match="latent_dim=64 there vs 32 now"):
+        train_autoencoder(_dataset(teacher_runs), ae_config(latent_dim=32), ae_run[0].out_dir)
+    with pytest.raises(AutoencoderError, match="another dataset"):
+        train_autoencoder(_dataset(teacher_runs, "Pong"), cfg, ae_run[0].out_dir)
+    for p in ("o1", "o2", "o3"):
+        assert not (tmp_path / p).exists()  # refused before anything was written
+
+
+def test_encoding_refuses_bad_inputs(teacher_runs, ae_run, latent, tmp_path):
+    ae = ae_run[0].out_dir
+    breakout, pong = _dataset(teacher_runs), _dataset(teacher_runs, "Pong")
+    dest = str(tmp_path / "out")
+    with pytest.raises(AutoencoderError, match=r"teacher .* is for Pong.* is Breakout"):
+        encode_buffer(breakout, ae, teacher_runs["Pong"], dest, device="cpu")
+    with pytest.raises(AutoencoderError, match=r"autoencoder .* is for Breakout.* is Pong"):
+        encode_buffer(pong, ae, teacher_runs["Pong"], dest, device="cpu")
+    with pytest.raises(CheckpointError, match="not an autoencoder"):
+        encode_buffer(breakout, teacher_runs["Breakout"], teacher_runs["Breakout"], dest, device="cpu")
+    with pytest.raises(CheckpointError, match="not found"):
+        encode_buffer(breakout, tmp_path / "no-ae", teacher_runs["Breakout"], dest, device="cpu")
+    with pytest.raises(DatasetError, match="latent dataset"):
+        encode_buffer(latent, ae, teacher_runs["Breakout"], dest, device="cpu")
+    with pytest.raises(AutoencoderError, match="is the source dataset"):
+        encode_buffer(breakout, ae, teacher_runs["Breakout"], breakout, device="cpu")
+    with pytest.raises(AutoencoderError, match="q_dtype"):
+        encode_buffer(breakout, ae, teacher_runs["Breakout"], dest, q_dtype="int8", device="cpu")
+    with pytest.raises(AutoencoderError, match="code dtype"):
+        encode_buffer(breakout, ae, teacher_runs["Breakout"], dest, code_dtype="int4", device="cpu")
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    with pytest.raises(DatasetError, match="not 'latent'"):
+        LatentDecoder.from_dataset(open_dataset(breakout), "cpu")
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_encode_int8_and_reuse_a_finished_run(teacher_runs, ae_run, tmp_path):
+    from polydistill.cli import main
+
+    runner = CliRunner()
+    dest = str(tmp_path / "lat8")
+    args = [
+        "encode-buffer",
+        "--dataset",
+        _dataset(teacher_runs),
+        "--autoencoder",
+        str(ae_run[0].out_dir),
+        "--teacher",
+        str(teacher_runs["Breakout"]),
+        "--to",
+        dest,
+        "--code-dtype",
+        "int8",
+        "--device",
+        "cpu",
+        "--shard-steps",
+        "300",
+    ]
+    r = runner.invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert "int8 codes" in r.output
+    ds = open_dataset(dest)
+    assert (
+        ds.codec == "latent"
+        and ds.manifest.codec_params == {"dtype": "int8"}
+        and len(ds.manifest.shards) == 3
+    )
+    assert "latent_scale" in ds.shard(1).arrays and ds.shard(1).arrays["latents"].dtype == np.int8
+    assert LatentDecoder.from_dataset(ds, "cpu").decode(ds.shard(2).latents[:4]).shape == (4, 4, 84, 84)
+
+    bad = runner.invoke(main, [*args[:7], str(teacher_runs["Pong"]), *args[8:]])
+    assert bad.exit_code != 0 and "is for Pong" in bad.output and "Traceback" not in bad.output
+
+    flags = [
+        "--profile",
+        "smoke",
+        "--epochs",
+        "2",
+        "--max-train-states",
+        "256",
+        "--batch-size",
+        "32",
+        "--learning-rate",
+        "0.002",
+        "--holdout-fraction",
+        "0.1",
+        "--device",
+        "cpu",
+    ]
+    r = runner.invoke(
+        main,
+        ["train-autoencoder", "--dataset", _dataset(teacher_runs), "--out", str(ae_run[0].out_dir), *flags],
+    )
+    assert r.exit_code == 0, r.output
+    assert "2 epochs, 16 steps" in r.output
+    r = runner.invoke(
+        main, ["train-autoencoder", "--dataset", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), *flags]
+    )
+    assert r.exit_code != 0 and "no dataset at" in r.output and "Traceback" not in r.output
