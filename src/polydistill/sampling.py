@@ -24,8 +24,8 @@ from .buffer import DatasetError, ExperienceDataset, holdout_mask
 @dataclass
 class Batch:
     """A minibatch: ``states`` uint8 (B, 4, 84, 84) for frame datasets, or ``latents`` float32 (B, D) for
-    latent    datasets; ``actions`` int64 (B,); ``q`` float32 (B, A) when the dataset stores Q-values; ``steps`` the
-    global step indices (B,)."""
+    latent datasets; ``actions`` int64 (B,); ``q`` float32 (B, A) when the dataset stores Q-values;
+    ``steps`` the global step indices (B,)."""
 
     actions: np.ndarray
     steps: np.ndarray

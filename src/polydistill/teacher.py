@@ -77,7 +77,8 @@ class TeacherResult:
 
 
 def linear_schedule(start: float, end: float, duration: int, t: int) -> float:
-    """Value at step ``t`` of a linear anneal from ``start`` to ``end`` over ``duration`` steps, then ``end``."""
+    """Value at step ``t`` of a linear anneal from ``start`` to ``end`` over ``duration`` steps, then ``end``.
+    """
     slope = (end - start) / max(1, duration)
     return max(slope * t + start, end) if end <= start else min(slope * t + start, end)
 
