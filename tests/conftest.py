@@ -10,7 +10,7 @@ import pytest
 
 from polydistill import config as C
 
-pytest_plugins = ["tests.conftest_store"]
+pytest_plugins = ["tests.conftest_store", "tests.conftest_mlflow"]
 
 os.environ.setdefault("POLYDISTILL_PROGRESS", "log")
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -42,6 +42,8 @@ def teacher_runs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("teachers")
     runs = {}
     for game in TEST_GAMES:
-        res = train_teacher(game, tiny_teacher_config(), root / game)
+        # Pong gets a few thousand steps (a real short training); Breakout stays tiny.
+        extra = {"total_steps": 2_000} if game == "Pong" else {}
+        res = train_teacher(game, tiny_teacher_config(**extra), root / game)
         runs[game] = res.out_dir
     return runs

@@ -158,12 +158,10 @@ class FrameReplay:
         Returns dataset columns (frames, actions, rewards, terminated, truncated, first, valid). The first
         rows of each stream that lack stack history are context rows (``valid=False``).
         """
-        per = -(-steps // self.num_envs)
+        take = self._allocate(min(steps, len(self)))
         parts: dict[str, list[np.ndarray]] = {}
-        remaining = steps
         for e in range(self.num_envs):
-            n = int(min(per, self.size[e], remaining))
-            remaining -= n
+            n = int(take[e])
             if n == 0:
                 continue
             idx = (self.pos[e] - n + np.arange(n)) % self.per_env
@@ -183,6 +181,24 @@ class FrameReplay:
             for k, v in cols.items():
                 parts.setdefault(k, []).append(v)
         return {k: np.concatenate(v) for k, v in parts.items()}
+
+    def _allocate(self, total: int) -> np.ndarray:
+        """Rows to take from each stream: as even as the streams' sizes allow, summing to ``total``."""
+        take = np.zeros(self.num_envs, dtype=np.int64)
+        left = total
+        while left > 0:
+            room = self.size - take
+            open_ = np.flatnonzero(room > 0)
+            if len(open_) == 0:
+                break
+            share = max(1, left // len(open_))
+            for e in open_:
+                add = int(min(share, room[e], left))
+                take[e] += add
+                left -= add
+                if left == 0:
+                    break
+        return take
 
     # --------------------------------------------------------------------------------------------- resume
     def save(self, directory: Path) -> None:

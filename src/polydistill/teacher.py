@@ -319,10 +319,13 @@ def _train_loop(
             actions = np.where(explore, rng.integers(0, online.num_actions[0], size=n), greedy)
         next_obs, rewards, terminated, truncated, info = envs.step(actions.astype(np.int64))
         ended = stats.update(rewards, terminated, truncated)
-        recorder.record(obs, actions, rewards, terminated, truncated, np.asarray(info["lives"]))
+        stored = recorder.record(obs, actions, rewards, terminated, truncated, np.asarray(info["lives"]))
         obs = next_obs
-        step += n
-        bar.update(n)
+        # Only envs that acted took an agent step: a NEXT_STEP reset ignores its action. Counting this way
+        # makes the replay hold exactly `step` rows, whatever the episode boundaries (and across resumes).
+        k = int(stored.sum())
+        step += k
+        bar.update(k)
         for _, ret, length in ended:
             curve.append((step, ret, length, eps))
             recent.append(ret)
@@ -330,16 +333,16 @@ def _train_loop(
                 on_metrics({"episode_return": ret, "episode_length": float(length), "epsilon": eps}, step)
 
         if step >= cfg.learning_starts and len(replay) > cfg.batch_size:
-            for _ in range(_crossings(step, n, cfg.train_frequency)):
+            for _ in range(_crossings(step, k, cfg.train_frequency)):
                 loss_val = _learn(cfg, online, target, opt, replay, rng, device)
                 updates += 1
-            if _crossings(step, n, cfg.target_network_frequency):
+            if _crossings(step, k, cfg.target_network_frequency):
                 target.load_state_dict(online.state_dict())
 
         if step - last_ckpt >= cfg.checkpoint_every and step < cfg.total_steps:
             _save_resume(out, step, online, target, opt, replay, rng, curve, updates)
             last_ckpt = step
-        if _crossings(step, n, 1000):
+        if _crossings(step, k, 1000):
             sps = (step - steps0) / max(time.monotonic() - t0, 1e-9)
             mean_ret = float(np.mean(recent)) if recent else float("nan")
             bar.set_postfix(eps=f"{eps:.3f}", ret=f"{mean_ret:.1f}", loss=f"{loss_val:.4f}")

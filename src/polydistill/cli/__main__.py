@@ -1,0 +1,5 @@
+"""``python -m polydistill.cli``."""
+
+from . import main
+
+main()

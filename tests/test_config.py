@@ -1,0 +1,65 @@
+"""Config resolution: profiles, files, overrides, validation, pipeline parameters."""
+
+from __future__ import annotations
+
+import pytest
+
+from polydistill import config as C
+
+
+def test_defaults_are_the_published_values() -> None:
+    t = C.TeacherConfig()
+    assert (t.learning_rate, t.gamma, t.batch_size, t.target_network_frequency) == (1e-4, 0.99, 32, 1000)
+    assert (t.start_e, t.end_e, t.max_grad_norm, t.train_frequency) == (1.0, 0.01, 10.0, 4)
+    assert C.DistillConfig().tau == 0.01
+
+
+def test_precedence_profile_file_flags(tmp_path) -> None:
+    f = tmp_path / "t.yaml"
+    f.write_text("total_steps: 1234\nlearning_rate: 0.5\nenv:\n  sticky_actions: 0.25\n")
+    cfg = C.resolve("teacher", "smoke", f, {"learning_rate": 0.001, "num_envs": None})
+    assert cfg.total_steps == 1234  # file over profile
+    assert cfg.learning_rate == 0.001  # flag over file
+    assert cfg.num_envs == C.PROFILE_OVERRIDES["smoke"]["teacher"]["num_envs"]  # unset flag ignored
+    assert cfg.env.sticky_actions == 0.25
+
+
+def test_dotted_overrides_reach_nested_settings() -> None:
+    assert C.resolve("teacher", "cpu", overrides={"env.noop_max": 7}).env.noop_max == 7
+
+
+@pytest.mark.parametrize(
+    ("stage", "overrides", "match"),
+    [
+        ("teacher", {"total_steps": 0}, "total_steps"),
+        ("teacher", {"learnin_rate": 1.0}, "learnin_rate"),
+        ("distill", {"loss": "hinge"}, "loss"),
+        ("teacher", {"start_e": 0.1, "end_e": 0.5}, "end_e"),
+    ],
+)
+def test_invalid_values_name_the_key(stage, overrides, match) -> None:
+    with pytest.raises(C.ConfigError, match=match):
+        C.resolve(stage, "smoke", overrides=overrides)
+
+
+def test_unknown_profile_and_bad_file(tmp_path) -> None:
+    with pytest.raises(C.ConfigError, match="Did you mean 'smoke'"):
+        C.resolve("teacher", "smok")
+    bad = tmp_path / "b.yaml"
+    bad.write_text("- a list\n")
+    with pytest.raises(C.ConfigError, match="mapping"):
+        C.resolve("teacher", "cpu", bad)
+    with pytest.raises(C.ConfigError, match="does not exist"):
+        C.resolve("teacher", "cpu", tmp_path / "missing.yaml")
+
+
+def test_pipeline_parameters_resolve_with_sentinels() -> None:
+    out = C.resolve_pipeline("smoke", {"teacher_steps": -1, "tau": 0.5, "distill_loss": ""})
+    assert out["teacher"]["total_steps"] == C.PROFILE_OVERRIDES["smoke"]["teacher"]["total_steps"]
+    assert out["distill"]["tau"] == 0.5 and out["distill"]["loss"] == "kl"
+    assert set(out) == set(C.STAGES)
+    with pytest.raises(C.ConfigError, match="unknown pipeline parameter"):
+        C.resolve_pipeline("smoke", {"nope": 1})
+    # Every pipeline parameter targets a real setting.
+    for stage, key in C.PIPELINE_PARAMETERS.values():
+        assert key in C.STAGES[stage].model_fields

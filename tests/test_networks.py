@@ -1,0 +1,68 @@
+"""Network shapes, dueling aggregation, width multiplier, checkpoints loaded with weights_only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from polydistill.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from polydistill.networks import ConvAutoencoder, DuelingQNetwork, count_parameters
+
+
+def test_dueling_output_shapes_and_heads() -> None:
+    net = DuelingQNetwork([6, 4])
+    x = torch.randint(0, 256, (3, 4, 84, 84), dtype=torch.uint8)
+    assert net(x, head=0).shape == (3, 6)
+    assert net(x, head=1).shape == (3, 4)
+    _q, f = net.forward_with_features(x)
+    assert f.shape == (3, net.feature_dim) and net.feature_dim == 64 * 7 * 7
+
+
+def test_dueling_aggregation_is_value_plus_centred_advantage() -> None:
+    torch.manual_seed(0)
+    net = DuelingQNetwork(5)
+    x = torch.rand(2, 4, 84, 84)
+    f = net.torso(x)
+    v = net.heads[0].value(f)
+    a = net.heads[0].advantage(f)
+    q = net(x)
+    torch.testing.assert_close(q, v + a - a.mean(1, keepdim=True))
+    # The mean advantage is removed: Q averages to V.
+    torch.testing.assert_close(q.mean(1, keepdim=True), v)
+
+
+def test_uint8_and_scaled_float_inputs_agree() -> None:
+    net = DuelingQNetwork(4)
+    x = torch.randint(0, 256, (2, 4, 84, 84), dtype=torch.uint8)
+    torch.testing.assert_close(net(x), net(x.float() / 255))
+
+
+def test_width_multiplier_shrinks_the_network() -> None:
+    full, quarter = DuelingQNetwork(6), DuelingQNetwork(6, width=0.25)
+    assert count_parameters(quarter) < 0.1 * count_parameters(full)
+    assert quarter(torch.zeros(1, 4, 84, 84, dtype=torch.uint8)).shape == (1, 6)
+
+
+def test_autoencoder_shapes() -> None:
+    ae = ConvAutoencoder(latent_dim=64)
+    x = torch.randint(0, 256, (2, 4, 84, 84), dtype=torch.uint8)
+    z = ae.encode(x)
+    assert z.shape == (2, 64)
+    y = ae.decode(z)
+    assert y.shape == (2, 4, 84, 84) and y.min() >= 0 and y.max() <= 1
+
+
+def test_checkpoint_round_trip_and_tamper_detection(tmp_path) -> None:
+    net = DuelingQNetwork(6, width=0.5)
+    meta = save_checkpoint(tmp_path / "ck", net, {"kind": "teacher", "game": "Pong"})
+    model, got = load_checkpoint(tmp_path / "ck")
+    assert got["architecture"] == net.architecture() and got["sha256"] == meta["sha256"]
+    x = torch.randint(0, 256, (2, 4, 84, 84), dtype=torch.uint8)
+    torch.testing.assert_close(model(x), net.eval()(x))
+    (tmp_path / "ck" / "model.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="sha256"):
+        load_checkpoint(tmp_path / "ck")
+    with pytest.raises(CheckpointError, match="could not be loaded"):
+        load_checkpoint(tmp_path / "ck", verify=False)
+    with pytest.raises(CheckpointError, match="not a polydistill checkpoint"):
+        load_checkpoint(tmp_path / "nothing")

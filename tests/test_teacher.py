@@ -1,0 +1,148 @@
+"""Teacher training: schedule, Double-DQN targets, a real short run, kill-and-resume, bad inputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from polydistill.buffer import ExperienceDataset
+from polydistill.teacher import (
+    TeacherRunError,
+    double_dqn_targets,
+    linear_schedule,
+    load_teacher,
+    train_teacher,
+)
+from tests.conftest import TINY_TEACHER, tiny_teacher_config
+
+
+def test_linear_epsilon_schedule() -> None:
+    assert linear_schedule(1.0, 0.01, 100, 0) == 1.0
+    assert linear_schedule(1.0, 0.01, 100, 50) == pytest.approx(0.505)
+    assert linear_schedule(1.0, 0.01, 100, 100) == pytest.approx(0.01)
+    assert linear_schedule(1.0, 0.01, 100, 10_000) == pytest.approx(0.01)
+
+
+class _Fixed(torch.nn.Module):
+    def __init__(self, q: list[list[float]]) -> None:
+        super().__init__()
+        self.q = torch.tensor(q)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.q[: len(x)]
+
+
+def test_double_dqn_target_by_hand() -> None:
+    online = _Fixed([[1.0, 5.0, 2.0], [9.0, 0.0, 3.0]])  # argmax: action 1, action 0
+    target = _Fixed([[10.0, 20.0, 30.0], [40.0, 50.0, 60.0]])
+    y = double_dqn_targets(
+        online, target, torch.zeros(2, 1), torch.tensor([1.0, -1.0]), torch.tensor([0.0, 1.0]), gamma=0.5
+    )
+    # Row 0: 1 + 0.5 * target[0, argmax online = 1] = 1 + 10; row 1 is terminal: -1.
+    assert y.tolist() == [11.0, -1.0]
+
+
+def test_short_real_run_outputs(teacher_runs) -> None:
+    run = teacher_runs["Pong"]
+    model, meta = load_teacher(run)
+    assert meta["game"] == "Pong" and meta["action_meanings"][0][0] == "NOOP"
+    assert meta["steps"] == 2_000 and meta["observation"]["frame_stack"] == 4
+    assert model(torch.zeros(1, 4, 84, 84, dtype=torch.uint8)).shape == (1, 6)
+    ds = ExperienceDataset(str(run / "dataset"))
+    assert ds.game == "Pong" and ds.manifest.num_steps == TINY_TEACHER["record_steps"]
+    assert ds.verify_all() == []
+    with open(run / "curve.csv") as f:
+        header = next(csv.reader(f))
+    assert header == ["step", "episode_return", "episode_length", "epsilon"]
+    assert (run / "curve.png").stat().st_size > 5_000
+    # Breakout's episodes are short: its curve has points, with raw (unclipped) returns.
+    with open(teacher_runs["Breakout"] / "curve.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and all(float(r["episode_return"]) >= 0 for r in rows)
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "polydistill.cli", *args]
+
+
+def test_killed_run_resumes_to_the_same_result(teacher_runs, tmp_path) -> None:
+    cfg_file = tmp_path / "tiny.yaml"
+    cfg_file.write_text(yaml.safe_dump({**TINY_TEACHER, "checkpoint_every": 200}))
+    out = tmp_path / "run"
+    args = _cli(
+        "train-teacher",
+        "--game",
+        "Breakout",
+        "--out",
+        str(out),
+        "--profile",
+        "smoke",
+        "--config",
+        str(cfg_file),
+    )
+    env = {**os.environ, "POLYDISTILL_PROGRESS": "off"}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    latest = out / "resume" / "LATEST"
+    deadline = time.monotonic() + 300
+    while not latest.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # waiting for a condition (the first resume point), not for time
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert latest.exists(), proc.stdout.read().decode()[-2000:]
+    assert json.loads((out / "run.json").read_text()).get("status") != "finished"
+
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming Breakout teacher from step" in done.stderr
+    _, meta = load_teacher(out)
+    unbroken = ExperienceDataset(str(teacher_runs["Breakout"] / "dataset"))
+    resumed = ExperienceDataset(str(out / "dataset"))
+    assert meta["steps"] == TINY_TEACHER["total_steps"]
+    assert resumed.manifest.num_steps == unbroken.manifest.num_steps
+    assert not (out / "resume").exists()
+
+
+def test_bad_inputs_fail_before_training(teacher_runs, tmp_path) -> None:
+    r = subprocess.run(
+        _cli("train-teacher", "--game", "Pongg", "--out", str(tmp_path / "a")), capture_output=True, text=True
+    )
+    assert r.returncode != 0 and "Did you mean 'Pong'" in r.stderr
+    assert not (tmp_path / "a").exists()
+    r = subprocess.run(
+        _cli("train-teacher", "--game", "Pong", "--steps", "0", "--out", str(tmp_path / "b")),
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode != 0 and "total_steps" in r.stderr
+    with pytest.raises(TeacherRunError, match="holds a teacher run for 'Pong'"):
+        train_teacher("Breakout", tiny_teacher_config(), teacher_runs["Pong"])
+    with pytest.raises(TeacherRunError, match="record_steps"):
+        train_teacher("Pong", tiny_teacher_config(record_steps=5_000), tmp_path / "c")
+
+
+def test_unreadable_resume_checkpoint(tmp_path) -> None:
+    out = tmp_path / "run"
+    cfg = tiny_teacher_config(checkpoint_every=200)
+    with pytest.raises(KeyboardInterrupt):
+        train_teacher("Breakout", cfg, out, stop_after=250)
+    latest = out / "resume" / (out / "resume" / "LATEST").read_text().strip()
+    (latest / "state.pt").write_bytes(b"garbage")
+    with pytest.raises(TeacherRunError, match="cannot resume"):
+        train_teacher("Breakout", cfg, out)
+
+
+def test_teacher_loads_with_weights_only(teacher_runs) -> None:
+    state = torch.load(Path(teacher_runs["Breakout"]) / "checkpoint" / "model.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    assert np.isfinite(np.concatenate([v.numpy().ravel() for v in state.values()])).all()
