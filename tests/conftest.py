@@ -42,8 +42,8 @@ def teacher_runs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("teachers")
     runs = {}
     for game in TEST_GAMES:
-        # Pong gets a few thousand steps (a real short training); Breakout stays tiny.
-        extra = {"total_steps": 2_000} if game == "Pong" else {}
+        # Pong gets a few thousand steps (a real short training); Breakout enough for whole episodes.
+        extra = {"total_steps": 2_000} if game == "Pong" else {"total_steps": 1_000}
         res = train_teacher(game, tiny_teacher_config(**extra), root / game)
         runs[game] = res.out_dir
     return runs

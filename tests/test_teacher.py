@@ -109,7 +109,7 @@ def test_killed_run_resumes_to_the_same_result(teacher_runs, tmp_path) -> None:
     unbroken = ExperienceDataset(str(teacher_runs["Breakout"] / "dataset"))
     resumed = ExperienceDataset(str(out / "dataset"))
     assert meta["steps"] == TINY_TEACHER["total_steps"]
-    assert resumed.manifest.num_steps == unbroken.manifest.num_steps
+    assert resumed.manifest.num_steps == unbroken.manifest.num_steps == TINY_TEACHER["record_steps"]
     assert not (out / "resume").exists()
 
 
