@@ -1,4 +1,4 @@
-"""MLflow tracking against a real ``mlflow server`` on 127.0.0.1 and against SQLite (tests/conftest_mlflow.py).
+"""MLflow tracking against a real ``mlflow server`` on 127.0.0.1 and against SQLite (conftest_mlflow.py).
 
 Covered: parent and child runs, metrics with steps, pt2 models that load back with the same outputs, registry
 aliases, ``compare`` ranking in three formats (library and CLI), no credential in any param, tag or
@@ -15,8 +15,10 @@ import logging
 import re
 import secrets
 import socket
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -34,6 +36,15 @@ pytest_plugins = ["tests.conftest_mlflow"]
 
 SENTINEL = f"sentinel-secret-{secrets.token_hex(8)}"
 GAMES = ["Breakout", "Pong"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_store_in_cwd() -> Iterator[None]:
+    """Nothing may fall back to MLflow's default store (./mlflow.db, ./mlruns) in the current directory."""
+    before = {p: p.exists() for p in (Path.cwd() / "mlflow.db", Path.cwd() / "mlruns")}
+    yield
+    created = [str(p) for p, existed in before.items() if not existed and p.exists()]
+    assert not created, f"a tracking call used MLflow's default store: {created}"
 
 
 def _client(uri: str) -> MlflowClient:
@@ -67,13 +78,29 @@ def test_resolve_tracking_uri_precedence(tmp_path: Path, monkeypatch: pytest.Mon
     assert T.resolve_tracking_uri("http://other:1", tmp_path) == "http://other:1"
 
 
+def test_secret_key_names() -> None:
+    for name in (
+        "secret_key",
+        "AWS_SECRET_ACCESS_KEY",
+        "accesskey",
+        "MLFLOW_TRACKING_TOKEN",
+        "apiKey",
+        "password",
+    ):
+        assert T.is_secret_key(name), name
+    for name in ("TOKENIZERS_PARALLELISM", "max_tokens", "latent_dim", "key", "sticky_actions"):
+        assert not T.is_secret_key(name), name
+
+
 def test_flatten_params_drops_and_redacts_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SENTINEL)
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "false")  # a setting-like value is not treated as a secret
     flat = T.flatten_params(
         {
             "distill": {"loss": "kl", "tau": 0.01, "games": ["Pong", "Breakout"]},
             "store": {"secret_key": "literal-value", "endpoint": f"http://user:pw-{SENTINEL}@minio:9000"},
             "note": f"prefix {SENTINEL} suffix",
+            "env": {"episodic_life": "false"},
             "MLFLOW_TRACKING_TOKEN": "abcdef",
         }
     )
@@ -81,24 +108,52 @@ def test_flatten_params_drops_and_redacts_secrets(monkeypatch: pytest.MonkeyPatc
     assert json.loads(flat["distill.games"]) == ["Pong", "Breakout"]
     assert "store.secret_key" not in flat and "MLFLOW_TRACKING_TOKEN" not in flat
     assert flat["store.endpoint"] == "http://user:***@minio:9000"
-    assert flat["note"] == "prefix *** suffix"
+    assert flat["note"] == "prefix *** suffix" and flat["env.episodic_life"] == "false"
     assert T.safe_tracking_uri(f"https://bob:{SENTINEL}@mlflow:443/?token=x") == "https://bob:***@mlflow:443/"
 
 
-def test_report_metrics_shape() -> None:
-    report = {
+def _result(label: str, means: dict[str, float]) -> dict:
+    """An evaluation results dict (docs/CONTRACTS.md) with the given mean score per game."""
+    return {
+        "agent": {"path": f"/runs/{label}", "kind": label, "label": label, "source": label},
+        "protocol": "episodes",
+        "config": {"protocol": "episodes", "episodes": 1, "epsilon": 0.05},
         "games": {
-            "Pong": {"teacher": {"mean": 20.0, "std": 1.0}, "student_subset": {"mean": 10.0, "pct_of_teacher": 40.0}},
-            "Breakout": {"teacher": {"mean": 30.0}, "student_subset": {"mean": 9.0, "pct_of_teacher": 90.0}},
+            g: {"mean": m, "std": 0.0, "scores": [m], "episodes": 1, "steps": 10} for g, m in means.items()
         },
-        "bytes_per_state": {"student_subset": {"Pong": 30.0, "Breakout": 50.0}},
     }
-    m = T.report_metrics(report)
-    assert m["pct_of_teacher/subset/Pong"] == 40.0 and m["pct_of_teacher/subset/Breakout"] == 90.0
-    assert m["geo_mean_pct/subset"] == pytest.approx(60.0)  # sqrt(40 * 90), computed when absent
-    assert m["score/teacher/Pong"] == 20.0 and m["bytes_per_state/subset"] == 40.0
-    report["geo_mean_pct"] = {"student_subset": 55.5}  # the report's own value wins
-    assert T.report_metrics(report)["geo_mean_pct/subset"] == 55.5
+
+
+def test_report_metrics_from_a_real_report_json() -> None:
+    from polydistill.report import build_table
+
+    table = build_table(
+        [
+            _result("random", {"Pong": 0.0, "Breakout": 2.0}),
+            _result("teacher", {"Pong": 10.0, "Breakout": 20.0}),
+            _result("student_subset", {"Pong": 4.0, "Breakout": 18.0}),  # 40 % and 90 % of teacher
+            _result("student_latent", {"Pong": 12.0, "Breakout": -1.0}),  # 120 % and -5 % (floored to 1 %)
+        ]
+    )
+    report = json.loads(json.dumps(table))  # exactly what report.json holds
+    m = T.report_metrics(
+        report, bytes_per_state={"subset": 37.0, "student_latent": {"Pong": 128, "Breakout": 130}}
+    )
+    assert m["pct_of_teacher/subset/Pong"] == pytest.approx(40.0)
+    assert m["pct_of_teacher/subset/Breakout"] == pytest.approx(90.0)
+    assert m["geo_mean_pct/subset"] == pytest.approx(60.0)  # sqrt(40 * 90)
+    assert m["pct_of_teacher/latent/Breakout"] == pytest.approx(-5.0)
+    assert m["geo_mean_pct/latent"] == pytest.approx((120.0 * 1.0) ** 0.5)
+    assert m["pct_normalised/subset/Breakout"] == pytest.approx(100 * 16 / 18)
+    assert m["score/teacher/Pong"] == 10.0 and m["score/random/Breakout"] == 2.0
+    assert m["bytes_per_state/subset"] == 37.0 and m["bytes_per_state/latent"] == 129.0
+    # A teacher that never scores above 0 leaves % of teacher undefined: nothing is logged for it.
+    weak = json.loads(
+        json.dumps(
+            build_table([_result("teacher", {"Pong": -5.0}), _result("student_subset", {"Pong": -3.0})])
+        )
+    )
+    assert not any(k.startswith(("pct_of_teacher/", "geo_mean_pct/")) for k in T.report_metrics(weak))
 
 
 def test_compare_missing_database_is_a_clear_error(tmp_path: Path) -> None:
@@ -114,7 +169,10 @@ def test_compare_missing_database_is_a_clear_error(tmp_path: Path) -> None:
 def test_parent_and_child_runs(mlflow_tracking_uri: str, mlflow_experiment: str) -> None:
     uri = mlflow_tracking_uri
     parent = T.start_pipeline_run(
-        uri, mlflow_experiment, "pipeline-a", {"kfp.run_id": "kfp-123", "profile": "smoke", "games": GAMES},
+        uri,
+        mlflow_experiment,
+        "pipeline-a",
+        {"kfp.run_id": "kfp-123", "profile": "smoke", "games": GAMES},
         {"distill": {"loss": "kl"}},
     )
     assert parent
@@ -122,7 +180,10 @@ def test_parent_and_child_runs(mlflow_tracking_uri: str, mlflow_experiment: str)
         teacher.log_metrics({"episode_return": 1.0}, 1)
     with T.StageRun(uri, parent, "distill", "subset", mlflow_experiment):
         pass
-    with pytest.raises(ValueError, match="boom"), T.StageRun(uri, parent, "evaluate", None, mlflow_experiment):
+    with (
+        pytest.raises(ValueError, match="boom"),
+        T.StageRun(uri, parent, "evaluate", None, mlflow_experiment),
+    ):
         raise ValueError("boom")  # a failing stage: the run ends FAILED and the error propagates
     T.end_pipeline_run(uri, parent)
 
@@ -153,9 +214,10 @@ def test_metrics_with_steps(
             loss = float("nan") if step == 30 else 1.0 / (step + 1)
             on_metrics({"td_loss": loss, "epsilon": 1.0 - step / 100, "steps_per_second": 500.0 + step}, step)
 
-    with caplog.at_level(logging.WARNING), T.StageRun(
-        mlflow_tracking_uri, None, "train-teacher", "Pong", mlflow_experiment
-    ) as run:
+    with (
+        caplog.at_level(logging.WARNING),
+        T.StageRun(mlflow_tracking_uri, None, "train-teacher", "Pong", mlflow_experiment) as run,
+    ):
         fake_training(run.log_metrics)
         run_id = run.run_id
     client = _client(mlflow_tracking_uri)
@@ -179,7 +241,11 @@ def logged_student(mlflow_tracking_uri: str) -> SimpleNamespace:
     net = DuelingQNetwork([4, 6], width=0.25).eval()
     config = {
         "distill": {"loss": "kl", "tau": 0.01},
-        "store": {"uri": "s3://bucket/run", "secret_key": SENTINEL, "endpoint": f"http://ak:{SENTINEL}@minio"},
+        "store": {
+            "uri": "s3://bucket/run",
+            "secret_key": SENTINEL,
+            "endpoint": f"http://ak:{SENTINEL}@minio",
+        },
         "aws_secret_access_key": SENTINEL,
         "note": f"copied {SENTINEL} by mistake",
     }
@@ -193,7 +259,7 @@ def logged_student(mlflow_tracking_uri: str) -> SimpleNamespace:
             run.set_tags({"note": f"x{SENTINEL}x", "password": "hunter22"})
             run.log_dict({"config": config}, "config/resolved.json")
             with contextlib.ExitStack() as stack:
-                tmp = Path(stack.enter_context(__import__("tempfile").TemporaryDirectory()))
+                tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
                 (tmp / "notes.md").write_text(f"endpoint secret: {SENTINEL}\n")
                 run.log_artifact(tmp / "notes.md", "report")
             started = time.monotonic()
@@ -210,7 +276,12 @@ def logged_student(mlflow_tracking_uri: str) -> SimpleNamespace:
         T.end_pipeline_run(uri, parent)
     assert model_uri, "log_model failed; see the warning above"
     return SimpleNamespace(
-        uri=uri, experiment=experiment, parent=parent, run_id=run.run_id, model_uri=model_uri, net=net,
+        uri=uri,
+        experiment=experiment,
+        parent=parent,
+        run_id=run.run_id,
+        model_uri=model_uri,
+        net=net,
         log_model_seconds=seconds,
     )
 
@@ -277,7 +348,10 @@ def test_registry_aliases(logged_student: SimpleNamespace) -> None:
 
 
 def _leaks_in_artifacts(uri: str, artifact_uri_or_run: dict[str, str], tmp: Path) -> list[str]:
-    local = Path(mlflow.artifacts.download_artifacts(**artifact_uri_or_run, dst_path=str(tmp), tracking_uri=uri))
+    with _global_uri(uri):  # models:/ URIs resolve through the global tracking URI
+        local = Path(
+            mlflow.artifacts.download_artifacts(**artifact_uri_or_run, dst_path=str(tmp), tracking_uri=uri)
+        )
     files = [local] if local.is_file() else [p for p in local.rglob("*") if p.is_file()]
     assert files
     return [str(p) for p in files if SENTINEL.encode() in p.read_bytes()]
@@ -297,7 +371,9 @@ def test_no_secret_in_params_tags_or_artifacts(logged_student: SimpleNamespace, 
     leaks = []
     for i, run in enumerate(runs):
         leaks += _leaks_in_artifacts(logged_student.uri, {"run_id": run.info.run_id}, tmp_path / f"run{i}")
-    leaks += _leaks_in_artifacts(logged_student.uri, {"artifact_uri": logged_student.model_uri}, tmp_path / "m")
+    leaks += _leaks_in_artifacts(
+        logged_student.uri, {"artifact_uri": logged_student.model_uri}, tmp_path / "m"
+    )
     assert leaks == []
     model_id = logged_student.model_uri.split("/")[-1]
     logged = client.get_logged_model(model_id)
@@ -313,10 +389,18 @@ def _report(pcts: dict[str, dict[str, float]], geo: dict[str, float] | None = No
     return {"games": games, **({"geo_mean_pct": geo} if geo else {})}
 
 
-def _pipeline(uri: str, experiment: str, name: str, games: list[str], distill: dict, report: dict,
-              bytes_per_state: dict[str, float]) -> str:
-    parent = T.start_pipeline_run(uri, experiment, name, {"kfp.run_id": name, "profile": "cpu", "games": games},
-                                  {"distill": distill})
+def _pipeline(
+    uri: str,
+    experiment: str,
+    name: str,
+    games: list[str],
+    distill: dict,
+    report: dict,
+    bytes_per_state: dict[str, float],
+) -> str:
+    parent = T.start_pipeline_run(
+        uri, experiment, name, {"kfp.run_id": name, "profile": "cpu", "games": games}, {"distill": distill}
+    )
     T.log_report_to_parent(uri, parent, report, {}, bytes_per_state=bytes_per_state)
     T.end_pipeline_run(uri, parent)
     return parent
@@ -326,21 +410,51 @@ def test_compare_ranks_runs_in_all_formats(mlflow_tracking_uri: str, mlflow_expe
     uri, exp = mlflow_tracking_uri, mlflow_experiment
     # Run A: subset 90/10 (arithmetic mean 50, geometric 30) and latent 60/60; run B: subset 45/45.
     # Ranked by geometric mean: A/latent 60, B/subset 45, A/subset 30 (an arithmetic ranking would differ).
-    _pipeline(uri, exp, "run-A", ["Pong", "Breakout"], {"loss": "kl", "tau": 0.01, "width": 1.0, "actions": "per-game"},
-              _report({"subset": {"Pong": 90.0, "Breakout": 10.0}, "latent": {"Pong": 60.0, "Breakout": 60.0}}),
-              {"subset": 37.0, "latent": 128.0})
-    _pipeline(uri, exp, "run-B", ["Breakout", "Pong"], {"loss": "mse", "tau": 0.05, "width": 0.5, "actions": "shared"},
-              _report({"subset": {"Pong": 45.0, "Breakout": 45.0}}, geo={"student_subset": 45.0}), {"subset": 41.0})
-    _pipeline(uri, exp, "run-C", ["Pong", "Seaquest"], {"loss": "kl", "tau": 0.01, "width": 1.0, "actions": "union"},
-              _report({"subset": {"Pong": 99.0, "Seaquest": 99.0}}), {"subset": 30.0})
+    _pipeline(
+        uri,
+        exp,
+        "run-A",
+        ["Pong", "Breakout"],
+        {"loss": "kl", "tau": 0.01, "width": 1.0, "actions": "per-game"},
+        _report({"subset": {"Pong": 90.0, "Breakout": 10.0}, "latent": {"Pong": 60.0, "Breakout": 60.0}}),
+        {"subset": 37.0, "latent": 128.0},
+    )
+    _pipeline(
+        uri,
+        exp,
+        "run-B",
+        ["Breakout", "Pong"],
+        {"loss": "mse", "tau": 0.05, "width": 0.5, "actions": "shared"},
+        _report({"subset": {"Pong": 45.0, "Breakout": 45.0}}, geo={"student_subset": 45.0}),
+        {"subset": 41.0},
+    )
+    _pipeline(
+        uri,
+        exp,
+        "run-C",
+        ["Pong", "Seaquest"],
+        {"loss": "kl", "tau": 0.01, "width": 1.0, "actions": "union"},
+        _report({"subset": {"Pong": 99.0, "Seaquest": 99.0}}),
+        {"subset": 30.0},
+    )
 
     expected = [("run-A", "latent", 60.0), ("run-B", "subset", 45.0), ("run-A", "subset", 30.0)]
     text = T.compare_runs(uri, exp, ["Pong", "Breakout"], "csv")
     rows = list(csv.DictReader(io.StringIO(text)))
     assert [(r["run"], r["source"], round(float(r["geo_mean_pct"]), 6)) for r in rows] == expected
     b = rows[1]
-    assert (b["profile"], b["loss"], b["tau"], b["actions"], b["width"]) == ("cpu", "mse", "0.05", "shared", "0.5")
-    assert float(b["bytes_per_state"]) == 41.0 and float(b["pct/Pong"]) == 45.0 and float(b["pct/Breakout"]) == 45.0
+    assert (b["profile"], b["loss"], b["tau"], b["actions"], b["width"]) == (
+        "cpu",
+        "mse",
+        "0.05",
+        "shared",
+        "0.5",
+    )
+    assert (
+        float(b["bytes_per_state"]) == 41.0
+        and float(b["pct/Pong"]) == 45.0
+        and float(b["pct/Breakout"]) == 45.0
+    )
     assert float(rows[2]["pct/Pong"]) == 90.0 and float(rows[2]["pct/Breakout"]) == 10.0
 
     table = T.compare_runs(uri, exp, ["Pong", "Breakout"], "table").splitlines()
@@ -354,13 +468,24 @@ def test_compare_ranks_runs_in_all_formats(mlflow_tracking_uri: str, mlflow_expe
     assert [(c[0], c[9], c[-1]) for c in cells] == [(n, s, f"{g:.1f}") for n, s, g in expected]
 
     everything = list(csv.DictReader(io.StringIO(T.compare_runs(uri, exp, None, "csv"))))
-    assert [r["run"] for r in everything][0] == "run-C"  # 99 % over other games, shown without a filter
+    assert everything[0]["run"] == "run-C"  # 99 % over other games, shown without a filter
     assert len(everything) == 4
 
     from polydistill.cli import main
 
     result = CliRunner().invoke(
-        main, ["compare", "--tracking-uri", uri, "--experiment", exp, "--games", "Pong,Breakout", "--format", "csv"]
+        main,
+        [
+            "compare",
+            "--tracking-uri",
+            uri,
+            "--experiment",
+            exp,
+            "--games",
+            "Pong,Breakout",
+            "--format",
+            "csv",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert result.output == text
@@ -401,7 +526,10 @@ def test_unreachable_server_warns_once_and_no_ops(caplog: pytest.LogCaptureFixtu
 
 
 def test_failure_mid_run_warns_once_and_stage_finishes(
-    mlflow_sqlite_uri: str, mlflow_experiment: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    mlflow_sqlite_uri: str,
+    mlflow_experiment: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     calls = []
 
@@ -409,9 +537,10 @@ def test_failure_mid_run_warns_once_and_stage_finishes(
         calls.append(1)
         raise ConnectionError("connection reset by peer")
 
-    with caplog.at_level(logging.WARNING), T.StageRun(
-        mlflow_sqlite_uri, None, "distill", "latent", mlflow_experiment
-    ) as run:
+    with (
+        caplog.at_level(logging.WARNING),
+        T.StageRun(mlflow_sqlite_uri, None, "distill", "latent", mlflow_experiment) as run,
+    ):
         run.log_metrics({"loss": 1.0}, 0)
         monkeypatch.setattr(run._client, "log_batch", broken)
         monkeypatch.setattr(run._client, "set_terminated", broken)

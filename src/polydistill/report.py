@@ -282,14 +282,21 @@ def footnotes(table: Mapping[str, Any]) -> list[str]:
     else:
         protos = "; ".join(f"{p} ({', '.join(labs)})" for p, labs in by_protocol.items())
     notes = [
-        f"Scores are raw game points, mean ± standard deviation (ddof=0) over cycles or episodes ({protos}).",
+        f"Scores are raw game points, mean ± standard deviation (ddof=0) over cycles or episodes ({protos})."
+    ]
+    if table["students"]:
+        notes += _pct_notes()
+    return notes + [f"Warning: {w}." for w in table["warnings"]]
+
+
+def _pct_notes() -> list[str]:
+    return [
         "% of teacher = 100·student/teacher, shown only where the teacher's mean is positive; in brackets "
         "the normalised % = 100·(student − random)/(teacher − random), shown only where the teacher beats "
         "random.",
         f"Geometric mean over the games where a percentage is defined; percentages below "
         f"{GEOMEAN_FLOOR_PCT:g}% (zero and negative included) are raised to {GEOMEAN_FLOOR_PCT:g}% first.",
     ]
-    return notes + [f"Warning: {w}." for w in table["warnings"]]
 
 
 def render_markdown(table: Mapping[str, Any]) -> str:
@@ -342,22 +349,24 @@ def render_html(table: Mapping[str, Any], chart_png: bytes | None = None) -> str
 
 
 def _chart(table: Mapping[str, Any], path: Path) -> Path:
-    """Bars of each student's % of teacher per game (and the geometric mean); 100% dashed."""
+    """Bars of each student's % of teacher per game and their geometric mean, 100% dashed; with no student
+    to compare yet, the raw mean scores per agent instead."""
     from .plots import bar_chart
 
     nan = float("nan")
-    labels = [*table["game_order"], "geo. mean"]
-    groups: dict[str, list[float]] = {}
+    games = list(table["game_order"])
+    if not table["students"]:
+        groups = {
+            heading(lab): [table["games"][g].get(lab, {}).get("mean", nan) for g in games]
+            for lab in table["columns"]
+        }
+        return bar_chart(games, groups, path, table["title"], "mean score (raw points)")
+    groups = {}
     for s in table["students"]:
-        vals = []
-        for g in table["game_order"]:
-            p = table["games"][g].get(s, {}).get("pct_of_teacher")
-            vals.append(nan if p is None else p)
-        geo = table["geo_mean_pct"][s]
-        groups[heading(s)] = [*vals, nan if geo is None else geo]
-    if not groups:  # nothing to compare yet: an empty chart still shows the reference line
-        labels = list(table["game_order"])
-    return bar_chart(labels, groups, path, table["title"], "score as % of teacher", reference=100.0)
+        vals = [table["games"][g].get(s, {}).get("pct_of_teacher") for g in games]
+        vals.append(table["geo_mean_pct"][s])
+        groups[heading(s)] = [nan if v is None else v for v in vals]
+    return bar_chart([*games, "geo. mean"], groups, path, table["title"], "score as % of teacher", 100.0)
 
 
 def write_report(

@@ -32,7 +32,14 @@ metric ``pct_of_teacher/<source>/<GAME>``         student score as % of the teac
 metric ``geo_mean_pct/<source>``                  geometric mean over games of that %
 metric ``bytes_per_state/<source>``               bytes stored per training state (mean over games)
 metric ``score/<label>/<GAME>``                   mean evaluation score of agent ``label`` (not compared)
+metric ``pct_normalised/<source>/<GAME>``         100 (s - random) / (t - random) (not compared)
+metric ``geo_mean_pct_normalised/<source>``       its geometric mean (not compared)
 ============================================  ==========================================================
+
+The percentages and geometric means are the report's (:mod:`polydistill.report`: % of teacher only where
+the teacher's mean is > 0; geometric mean over the games where defined, values below 1% raised to 1%).
+``report.json`` carries no storage figures: the pipeline passes ``bytes_per_state`` to
+:func:`log_report_to_parent`.
 
 Parameters are the flattened config with dotted keys (``{"distill": {"loss": "kl"}}`` -> ``distill.loss``),
 so passing the resolved stage configs (:func:`polydistill.config.resolve_pipeline`) to
@@ -60,6 +67,7 @@ import copy
 import csv
 import html
 import io
+import itertools
 import json
 import logging
 import math
@@ -138,12 +146,16 @@ _MAX_TAG_LEN = 8000
 _MAX_KEY_LEN = 250
 _BATCH = 100  # params/tags per log_batch call
 
-# Key names that hold credentials. "key" alone is too broad (latent keys, dict keys), so only its
-# credential forms are listed.
-_SECRET_NAME = re.compile(
-    r"secret|passw(?:or)?d|token|credential|authorization|api[_-]?key|access[_-]?key|private[_-]?key",
-    re.IGNORECASE,
-)
+# Words of a key name (split at non-alphanumerics and camelCase) that mark a credential. Whole words, so
+# TOKENIZERS_PARALLELISM or max_tokens are not secrets; "key" only in its credential pairs (latent keys
+# and dict keys are not secrets).
+_SECRET_WORDS = frozenset({
+    "secret", "secrets", "password", "passwd", "pwd", "token", "credential", "credentials", "authorization",
+    "secretkey", "accesskey", "apikey", "privatekey", "sessiontoken",
+})  # fmt: skip
+_SECRET_PAIRS = frozenset({("access", "key"), ("secret", "key"), ("api", "key"), ("private", "key")})
+# Values of secret-named env vars that are settings, not secrets (replacing every "true" would garble text).
+_NOT_SECRET_VALUES = frozenset({"true", "false", "yes", "no", "none", "null", "on", "off"})
 # user:password@ in a URI.
 _URI_PASSWORD = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^/\s:@]*):[^@/\s]*@")
 _MIN_SECRET_LEN = 4  # shorter values are not treated as secrets (replacing "ab" everywhere protects nothing)
@@ -182,7 +194,12 @@ def resolve_tracking_uri(uri: str | None, run_dir: str | Path | None) -> str:
 
 def _secret_values() -> list[str]:
     """Credential values to hide: env vars whose name looks secret, and the store's known credentials."""
-    values = {v for k, v in os.environ.items() if v and len(v) >= _MIN_SECRET_LEN and _SECRET_NAME.search(k)}
+    values = {
+        v
+        for k, v in os.environ.items()
+        if len(v) >= _MIN_SECRET_LEN and v.lower() not in _NOT_SECRET_VALUES and not v.isdigit()
+        and is_secret_key(k)
+    }
     with contextlib.suppress(ImportError, AttributeError):
         from . import store
 
@@ -207,8 +224,11 @@ def safe_tracking_uri(uri: str) -> str:
 
 
 def is_secret_key(name: str) -> bool:
-    """Whether a parameter/tag/metadata key names a credential."""
-    return bool(_SECRET_NAME.search(name))
+    """Whether a parameter/tag/metadata key or an env var name names a credential (``secret_key``,
+    ``AWS_SECRET_ACCESS_KEY``, ``accesskey``, ``password``, ``MLFLOW_TRACKING_TOKEN``, ``apiKey``)."""
+    words = re.split(r"[^a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower())
+    pairs = set(itertools.pairwise(words))
+    return bool(_SECRET_WORDS.intersection(words) or _SECRET_PAIRS.intersection(pairs))
 
 
 def _to_plain(obj: Any) -> Any:
@@ -649,10 +669,10 @@ class StageRun:
         Non-numeric and non-finite values (NaN, inf) are skipped with one warning per key, so a diverging
         loss never breaks logging; keys MLflow would reject are cleaned (odd characters become ``_``).
         """
-        from mlflow.entities import Metric
-
+        if self._disabled:  # cheap exit: a training loop calls this thousands of times
+            return
         ts = int(time.time() * 1000)
-        items = []
+        items: list[tuple[str, float]] = []
         for key, value in metrics.items():
             try:
                 v = float(value)
@@ -667,13 +687,16 @@ class StageRun:
                         name, self.run_name, v, step,
                     )
                 continue
-            items.append(Metric(name, v, ts, int(step)))
+            items.append((name, v))
         if not items:
             return
 
         def do() -> None:
-            for i in range(0, len(items), 1000):
-                self._client.log_batch(self._run_id, metrics=items[i : i + 1000])
+            from mlflow.entities import Metric
+
+            batch = [Metric(k, v, ts, int(step)) for k, v in items]
+            for i in range(0, len(batch), 1000):
+                self._client.log_batch(self._run_id, metrics=batch[i : i + 1000])
 
         self._call("logging metrics", do)
 
@@ -815,11 +838,16 @@ def _source_of(label: str) -> str | None:
     return label[len("student_") :] if label.startswith("student_") else None
 
 
-def _geo_mean(values: Sequence[float]) -> float | None:
-    """Geometric mean of positive values; None if any value is not positive (undefined)."""
-    if not values or any(not (v > 0 and math.isfinite(v)) for v in values):
-        return None
-    return float(math.exp(sum(math.log(v) for v in values) / len(values)))
+def _geo_mean(values: Sequence[float | None]) -> float | None:
+    """Geometric mean of percentages by the report's rule (:func:`polydistill.report.geometric_mean_pct`:
+    undefined values skipped, values below 1% raised to 1%); None when no value is defined."""
+    from .report import geometric_mean_pct
+
+    return geometric_mean_pct(list(values))
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def report_metrics(
@@ -827,45 +855,54 @@ def report_metrics(
 ) -> dict[str, float]:
     """The parent-run metrics (names in the module docstring) in a report JSON.
 
-    Accepted shape (``report.json`` written by :mod:`polydistill.report`)::
+    Reads ``report.json`` as written by :func:`polydistill.report.build_table`::
 
-        {"games": {GAME: {LABEL: {"mean": float, "std": float, "pct_of_teacher": float?}, ...}, ...},
-         "geo_mean_pct": {LABEL: float, ...},            # optional; computed when all % are > 0
-         "bytes_per_state": {LABEL_or_SOURCE: float | {GAME: float}}}   # optional
+        {"games": {GAME: {LABEL: {"mean", "std", "pct_of_teacher": float|None,
+                                  "pct_normalised": float|None, ...}}},
+         "geo_mean_pct": {STUDENT_LABEL: float|None},
+         "geo_mean_pct_normalised": {STUDENT_LABEL: float|None},
+         "bytes_per_state": {LABEL_or_SOURCE: float | {GAME: float}}}    # optional, not written by report
 
-    LABEL is ``teacher``, ``random`` or ``student_<source>``; only student labels give % metrics.
+    LABEL is ``random``, ``teacher`` or ``student_<source>``; only student labels give % metrics. A
+    geometric mean the report gives (also None: undefined) is used as is; one it lacks is computed by the
+    report's rule. Undefined (None) percentages are not logged. Metrics: ``score/<label>/<GAME>``,
+    ``pct_of_teacher/<source>/<GAME>``, ``pct_normalised/<source>/<GAME>``, ``geo_mean_pct/<source>``,
+    ``geo_mean_pct_normalised/<source>``, ``bytes_per_state/<source>``.
     """
     out: dict[str, float] = {}
-    pct_by_source: dict[str, list[float]] = {}
-    games = report_json.get("games") or {}
-    for game, agents in games.items():
+    pcts: dict[str, dict[str, list[float | None]]] = {"pct_of_teacher": {}, "pct_normalised": {}}
+    for game, agents in (report_json.get("games") or {}).items():
         if not isinstance(agents, Mapping):
             continue
         for label, entry in agents.items():
             if not isinstance(entry, Mapping):
                 continue
-            mean = entry.get("mean")
-            if isinstance(mean, int | float) and math.isfinite(mean):
-                out[_clean_name(f"score/{label}/{game}")] = float(mean)
+            if _finite(entry.get("mean")):
+                out[_clean_name(f"score/{label}/{game}")] = float(entry["mean"])
             source = _source_of(str(label))
-            pct = entry.get("pct_of_teacher")
-            if source and isinstance(pct, int | float) and math.isfinite(pct):
-                out[_clean_name(f"pct_of_teacher/{source}/{game}")] = float(pct)
-                pct_by_source.setdefault(source, []).append(float(pct))
-    given = report_json.get("geo_mean_pct") or {}
-    for source, pcts in pct_by_source.items():
-        value = given.get(f"student_{source}", given.get(source))
-        if not isinstance(value, int | float) or not math.isfinite(value):
-            value = _geo_mean(pcts)
-        if value is not None:
-            out[_clean_name(f"geo_mean_pct/{source}")] = float(value)
+            if not source:
+                continue
+            for kind, per_source in pcts.items():
+                if kind not in entry:
+                    continue
+                value = entry[kind]
+                per_source.setdefault(source, []).append(float(value) if _finite(value) else None)
+                if _finite(value):
+                    out[_clean_name(f"{kind}/{source}/{game}")] = float(value)
+    for kind, geo_key in (("pct_of_teacher", "geo_mean_pct"), ("pct_normalised", "geo_mean_pct_normalised")):
+        given = report_json.get(geo_key) or {}
+        for source, values in pcts[kind].items():
+            key = next((k for k in (f"student_{source}", source) if k in given), None)
+            value = given[key] if key is not None else _geo_mean(values)
+            if _finite(value):
+                out[_clean_name(f"{geo_key}/{source}")] = float(value)
     bps = {**(report_json.get("bytes_per_state") or {}), **(bytes_per_state or {})}
     for key, value in bps.items():
         source = _source_of(str(key)) or str(key)
         if isinstance(value, Mapping):
-            vals = [float(v) for v in value.values() if isinstance(v, int | float)]
+            vals = [float(v) for v in value.values() if _finite(v)]
             value = sum(vals) / len(vals) if vals else None
-        if isinstance(value, int | float) and math.isfinite(value):
+        if _finite(value):
             out[_clean_name(f"bytes_per_state/{source}")] = float(value)
     return out
 
@@ -888,9 +925,9 @@ def log_report_to_parent(
     metrics = report_metrics(report_json, bytes_per_state)
     secrets = _secret_values()
     try:
+        _check_reachable(tracking_uri)
         from mlflow.entities import Metric
 
-        _check_reachable(tracking_uri)
         client = _client(tracking_uri)
         existing = client.get_run(parent_run_id).data.params
         flat = {k: v for k, v in flatten_params(params or {}).items() if k not in existing}
@@ -950,11 +987,11 @@ def register_student(
 
     Returns the new version number, or None when MLflow failed (a warning says why).
     """
-    from mlflow.exceptions import MlflowException
-
     key = _games_key(games)
     try:
         _check_reachable(tracking_uri)
+        from mlflow.exceptions import MlflowException
+
         client = _client(tracking_uri)
         logged = _find_logged_model(client, run_id, artifact_name)
         try:
