@@ -88,9 +88,10 @@ def test_shapes_dtypes_and_code_sizes():
     torch.manual_seed(0)
     model = ConvAutoencoder(latent_dim=48)
     x = torch.randint(0, 256, (3, 4, 84, 84), dtype=torch.uint8)
-    z = model.encode(x)
+    with torch.no_grad():
+        z = model.encode(x)
+        r = model.decode(z)
     assert z.shape == (3, 48) and z.dtype == torch.float32
-    r = model.decode(z)
     assert r.shape == (3, 4, 84, 84) and r.dtype == torch.float32
     assert float(r.min()) >= 0.0 and float(r.max()) <= 1.0
     assert reconstruct(model, x.numpy(), "int8").shape == (3, 4, 84, 84)
@@ -180,7 +181,7 @@ def test_checkpoint_metadata_follows_the_contract(ae_run, teacher_runs):
 
 
 def test_resume_after_a_kill_matches_an_unbroken_run_and_extends(teacher_runs, tmp_path):
-    cfg = ae_config(max_train_states=64)  # 2 steps per epoch
+    cfg = ae_config(max_train_states=32, batch_size=16)  # 2 steps per epoch
     ds = _dataset(teacher_runs)
     whole = train_autoencoder(ds, cfg, tmp_path / "whole", max_val_states=32)
     with pytest.raises(KeyboardInterrupt):
@@ -200,12 +201,15 @@ def test_resume_after_a_kill_matches_an_unbroken_run_and_extends(teacher_runs, t
     again = train_autoencoder(ds, cfg, tmp_path / "whole", max_val_states=32)
     assert again.metrics == whole.metrics and (whole.checkpoint_dir / "model.pt").stat().st_mtime_ns == mtime
     # ... and extended when more epochs are asked for.
+    before = _history(whole)
     longer = train_autoencoder(
-        ds, ae_config(max_train_states=64, epochs=3), tmp_path / "whole", max_val_states=32
+        ds, ae_config(max_train_states=32, batch_size=16, epochs=3), tmp_path / "whole", max_val_states=32
     )
     hist = _history(longer)
     assert [h["epoch"] for h in hist] == [0, 1, 2, 3] and longer.steps == 6
-    assert hist[:3] == _history(whole)[:3] or hist[2]["mse"] == pytest.approx(_history(whole)[2]["mse"])
+    keys = ("epoch", "steps", "train_loss", "mse", "changed_mse")  # the earlier epochs are kept, not redone
+    assert [[h[k] for k in keys] for h in hist[1:3]] == [[h[k] for k in keys] for h in before[1:3]]
+    assert hist[3]["mse"] != before[2]["mse"]
 
 
 # ----------------------------------------------------------------------------------------------- latents
@@ -266,7 +270,7 @@ def test_encode_decode_round_trip(latent, teacher_runs, ae_run):
     assert decoder.game == "Breakout" and decoder.latent_dim == 64
     src, lat = _aligned(teacher_runs, latent)
     se, n = 0.0, 0
-    for s, z in zip(src, lat, strict=True):
+    for s, z in zip(src[:1], lat[:1], strict=True):  # 256 states are plenty
         with torch.no_grad():
             codes = model.encode(torch.from_numpy(s.states))
         # Stored codes are the model's codes, up to float16 rounding.
@@ -481,7 +485,7 @@ def test_cli_encode_int8_and_reuse_a_finished_run(teacher_runs, ae_run, tmp_path
     assert "latent_scale" in ds.shard(1).arrays and ds.shard(1).arrays["latents"].dtype == np.int8
     assert LatentDecoder.from_dataset(ds, "cpu").decode(ds.shard(2).latents[:4]).shape == (4, 4, 84, 84)
 
-    bad = runner.invoke(main, [*args[:7], str(teacher_runs["Pong"]), *args[8:]])
+    bad = runner.invoke(main, [*args[:6], str(teacher_runs["Pong"]), *args[7:]])
     assert bad.exit_code != 0 and "is for Pong" in bad.output and "Traceback" not in bad.output
 
     flags = [
