@@ -66,3 +66,15 @@ def test_checkpoint_round_trip_and_tamper_detection(tmp_path) -> None:
         load_checkpoint(tmp_path / "ck", verify=False)
     with pytest.raises(CheckpointError, match="not a polydistill checkpoint"):
         load_checkpoint(tmp_path / "nothing")
+
+
+def test_subpixel_decoder_equals_the_transposed_convolution() -> None:
+    from polydistill.networks import subpixel_decoder
+
+    torch.manual_seed(0)
+    ae = ConvAutoencoder(latent_dim=16).eval()
+    z = torch.randn(5, 16)
+    fast = subpixel_decoder(ae)
+    assert fast is not None
+    with torch.no_grad():
+        torch.testing.assert_close(fast(z), ae.decode(z), atol=1e-5, rtol=1e-5)

@@ -51,8 +51,13 @@ class Agent:
     kind: str = ""
     label: str = ""
 
-    def __init__(self, games: list[str], device: torch.device, path: str | None = None,
-                 metadata: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        games: list[str],
+        device: torch.device,
+        path: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
         self.games = list(games)
         self.device = device
         self.path = path
@@ -210,4 +215,8 @@ def load_agent(path: str | Path, device: str | torch.device = "cpu") -> Agent:
     if not isinstance(model, DuelingQNetwork):
         raise AgentError(f"{d}: a {kind} checkpoint must hold a Dueling Q-network")
     model.requires_grad_(False)
-    return TeacherAgent(model, meta, dev, str(d)) if kind == "teacher" else StudentAgent(model, meta, dev, str(d))
+    return (
+        TeacherAgent(model, meta, dev, str(d))
+        if kind == "teacher"
+        else StudentAgent(model, meta, dev, str(d))
+    )

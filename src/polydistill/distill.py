@@ -1,4 +1,4 @@
-"""Multi-task policy distillation: one student learns every game from its teacher, offline, from recorded states.
+"""Multi-task policy distillation: one student learns every game from its teacher, offline, from states.
 
 The algorithm, top to bottom (Rusu et al. 2015, "Policy Distillation"; Parisotto et al. 2015, "Actor-Mimic";
 the seed paper):
@@ -9,16 +9,17 @@ the seed paper):
    ``actions``: ``shared`` (one head, all games have the same number of actions), ``per-game`` (one head per
    game, selected by task id) or ``union`` (one head over the 18 ALE actions; each game's illegal actions
    masked). Initialised at random or as a copy of one teacher (``init=teacher:GAME``, the seed paper).
-3. Every optimizer step draw ``batch_size`` states per game from a :class:`~polydistill.sampling.StreamingSampler`
-   (bounded memory: a pool of decoded shards; ``source`` = ``full`` all of the dataset, ``subset`` its most
-   recent ``subset_fraction``, ``latent`` autoencoder codes decoded on the training device). Teacher
-   targets are the Q-values stored in the dataset when present, else the teacher's forward pass on the
-   same states.
+3. Every optimizer step draw ``batch_size`` states per game from a
+   :class:`~polydistill.sampling.StreamingSampler` (bounded memory: a pool of decoded shards; ``source``:
+   ``full`` all of the dataset, ``subset`` its most recent ``subset_fraction``, ``latent`` autoencoder
+   codes decoded on the training device). Teacher targets are the Q-values stored in the dataset when
+   present, else the teacher's forward pass on the same states.
 4. One loss per game (``kl`` / ``nll`` / ``mse`` / ``actor_mimic``, see :mod:`polydistill.losses`), then the
    gradient of their sum (``schedule=sum``, the seed) or of one game per step in turn (``round_robin``,
    Policy Distillation). Adam. Actor-Mimic trains a per-game feature regressor jointly.
 5. Every ``eval_every`` steps: action agreement with the teacher (argmax match) and the loss on up to
-   :data:`VALIDATION_STATES` held-out states per game; logged through ``on_metrics`` and the progress bar.
+   :data:`VALIDATION_STATES` held-out states per game (the sampler's held-out split of the trained range,
+   spread over the dataset); logged through ``on_metrics`` and the progress bar.
 6. Every ``checkpoint_every`` steps a resume point (student, optimizer, regressors, step, RNG, sampler seeds);
    a run killed and restarted with the same ``out_dir`` resumes there and ends at the same step count. The
    minibatch stream after a resume is seeded from the resume step: reproducible, not bit-identical to an
@@ -34,9 +35,11 @@ import csv
 import io
 import json
 import logging
+import math
 import shutil
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +50,7 @@ from torch import nn
 
 from . import __version__
 from . import losses as L
-from .buffer import DatasetError, ExperienceDataset, open_dataset
+from .buffer import DatasetError, ExperienceDataset, holdout_mask, open_dataset
 from .checkpoint import (
     CheckpointError,
     atomic_torch_save,
@@ -62,7 +65,7 @@ from .config import DistillConfig
 from .envs import FULL_ACTION_MEANINGS, UnknownGameError, canonical_game
 from .networks import DuelingQNetwork, count_parameters, pick_device
 from .progress import progress
-from .sampling import Batch, StreamingSampler, iter_split
+from .sampling import Batch, StreamingSampler, batch_from_rows
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,7 @@ CURVES_PNG = "curves.png"
 REGRESSORS_FILE = "regressors.pt"
 VALIDATION_STATES = 512  # held-out states per game scored at each validation pass
 VALIDATION_BATCH = 256
+VALIDATION_SHARDS = 16  # shards (evenly spaced) the held-out states are drawn from
 # Settings that may change when a run is resumed; every other setting must match the interrupted run.
 RESUME_FREE_KEYS = frozenset({"device", "eval_every", "checkpoint_every", "cache_shards"})
 
@@ -153,20 +157,34 @@ def plan_layout(actions: str, meanings: Mapping[str, list[str]]) -> StudentLayou
                 f"actions=shared needs games with the same number of actions, got {listed}; pair games with "
                 f"equal action counts, or use --actions per-game or --actions union"
             )
-        return StudentLayout(games, actions, [counts[games[0]]], dict.fromkeys(games, 0),
-                             {g: list(meanings[g]) for g in games})
+        return StudentLayout(
+            games, actions, [counts[games[0]]], dict.fromkeys(games, 0), {g: list(meanings[g]) for g in games}
+        )
     if actions == "per-game":
-        return StudentLayout(games, actions, [counts[g] for g in games], {g: i for i, g in enumerate(games)},
-                             {g: list(meanings[g]) for g in games})
+        return StudentLayout(
+            games,
+            actions,
+            [counts[g] for g in games],
+            {g: i for i, g in enumerate(games)},
+            {g: list(meanings[g]) for g in games},
+        )
     if actions == "union":
         amap: dict[str, list[int]] = {}
         for g in games:
             unknown = [m for m in meanings[g] if m not in FULL_ACTION_MEANINGS]
             if unknown:
-                raise DistillError(f"{g}: actions {unknown} are not ALE actions; cannot place them in the union head")
+                raise DistillError(
+                    f"{g}: actions {unknown} are not ALE actions; cannot place them in the union head"
+                )
             amap[g] = [FULL_ACTION_MEANINGS.index(m) for m in meanings[g]]
-        return StudentLayout(games, actions, [len(FULL_ACTION_MEANINGS)], dict.fromkeys(games, 0),
-                             {g: list(meanings[g]) for g in games}, amap)
+        return StudentLayout(
+            games,
+            actions,
+            [len(FULL_ACTION_MEANINGS)],
+            dict.fromkeys(games, 0),
+            {g: list(meanings[g]) for g in games},
+            amap,
+        )
     raise DistillError(f"unknown actions={actions!r}; choose shared, per-game or union")
 
 
@@ -186,12 +204,15 @@ def parse_init(init: str, games: list[str]) -> str | None:
     return g
 
 
-def _check_init(init_game: str | None, layout: StudentLayout, cfg: DistillConfig, teacher_widths: dict[str, float]) -> None:
+def _check_init(
+    init_game: str | None, layout: StudentLayout, cfg: DistillConfig, teacher_widths: dict[str, float]
+) -> None:
     if init_game is None:
         return
     if cfg.width != teacher_widths[init_game]:
         raise DistillError(
-            f"init=teacher:{init_game} copies the teacher's weights, so the student needs the teacher's width "
+            f"init=teacher:{init_game} copies the teacher's weights, so the student needs the teacher's "
+            f"width "
             f"({teacher_widths[init_game]}), got width={cfg.width}; use --init random for a resized student"
         )
     head = layout.head_sizes[layout.head_for_game[init_game]]
@@ -199,7 +220,8 @@ def _check_init(init_game: str | None, layout: StudentLayout, cfg: DistillConfig
     if head != n:
         raise DistillError(
             f"init=teacher:{init_game}: the student's head for {init_game} has {head} outputs "
-            f"(actions={layout.actions}) but the teacher has {n}; use --init random or --actions per-game/shared"
+            f"(actions={layout.actions}) but the teacher has {n}; use --init random or "
+            f"--actions per-game/shared"
         )
 
 
@@ -209,8 +231,10 @@ def build_student(
     teachers: Mapping[str, DuelingQNetwork] | None = None,
     frame_stack: int = 4,
 ) -> DuelingQNetwork:
-    """A student network for ``layout``, seeded by ``cfg.seed``; ``cfg.init=teacher:GAME`` copies that teacher's
-    torso and head into the student (every head of the teacher's shape), so the student starts as the teacher.
+    """A student network for ``layout``, seeded by ``cfg.seed``.
+
+    ``cfg.init=teacher:GAME`` copies that teacher's torso and head into the student (every head of the
+    teacher's shape), so the student starts as the teacher.
     """
     init_game = parse_init(cfg.init, layout.games)
     torch.manual_seed(cfg.seed)
@@ -336,7 +360,8 @@ def _prepare_games(
         problems += [f"no teacher for {g}" for g in sorted(set(d) - set(t))]
         raise DistillError(
             f"teachers are for {', '.join(sorted(t)) or 'no game'} but datasets for "
-            f"{', '.join(sorted(d)) or 'no game'}: {'; '.join(problems)}. Give one teacher and one dataset per game"
+            f"{', '.join(sorted(d)) or 'no game'}: {'; '.join(problems)}. "
+            f"Give one teacher and one dataset per game"
         )
     games: list[_Game] = []
     for g in sorted(t):
@@ -346,7 +371,9 @@ def _prepare_games(
         except CheckpointError as e:
             raise DistillError(f"teacher for {g}: {e}") from None
         if meta.get("kind") != "teacher":
-            raise DistillError(f"teacher for {g}: {tdir} holds a {meta.get('kind')!r} checkpoint, not a teacher")
+            raise DistillError(
+                f"teacher for {g}: {tdir} holds a {meta.get('kind')!r} checkpoint, not a teacher"
+            )
         if canonical_game(meta.get("game", "?")) != g:
             raise DistillError(f"the teacher given for {g} ({tdir}) was trained on {meta.get('game')}")
         uri = str(d[g])
@@ -363,29 +390,37 @@ def _prepare_games(
             )
         if cfg.source != "latent" and ds.codec == "latent":
             raise DistillError(
-                f"source={cfg.source} needs frame datasets, but the {g} dataset {ds.uri} is a latent dataset; "
+                f"source={cfg.source} needs frame datasets, but the {g} dataset {ds.uri} is a latent "
+                f"dataset; "
                 f"use --source latent or give the exported buffer"
             )
         t_meanings = list(meta["action_meanings"][0])
         if list(ds.manifest.action_meanings) != t_meanings:
             raise DistillError(
-                f"{g}: the teacher's actions {t_meanings} differ from the dataset's {ds.manifest.action_meanings}"
+                f"{g}: the teacher's actions {t_meanings} differ from the dataset's "
+                f"{ds.manifest.action_meanings}"
+            )
+        q_teacher = ds.manifest.source.get("teacher_sha256")
+        if ds.has_q and q_teacher and meta.get("sha256") and q_teacher != meta["sha256"]:
+            # Stored targets from another teacher would silently distill that one instead.
+            raise DistillError(
+                f"{g}: the dataset {ds.uri} stores Q-values of teacher {q_teacher[:12]}, but the teacher "
+                f"given ({tdir}) is {meta['sha256'][:12]}; give the teacher the dataset was exported with"
             )
         t_stack = int(meta.get("observation", {}).get("frame_stack", 4))
         if ds.manifest.frame_stack != t_stack:
-            raise DistillError(f"{g}: the teacher stacks {t_stack} frames, the dataset {ds.manifest.frame_stack}")
+            raise DistillError(
+                f"{g}: the teacher stacks {t_stack} frames, the dataset {ds.manifest.frame_stack}"
+            )
         games.append(_Game(g, tdir, meta, ds.uri, ds))
     layout = plan_layout(cfg.actions, {x.game: list(x.teacher_meta["action_meanings"][0]) for x in games})
     init_game = parse_init(cfg.init, layout.games)
     widths = {x.game: float(x.teacher_meta.get("architecture", {}).get("width", 1.0)) for x in games}
     _check_init(init_game, layout, cfg, widths)
     if len({x.dataset.manifest.frame_stack for x in games}) > 1:
-        raise DistillError("the datasets stack different numbers of frames; one student needs one input shape")
-    if cfg.source == "latent":
-        try:
-            from .autoencoder import LatentDecoder  # noqa: F401 - availability check before any work
-        except ImportError as e:
-            raise DistillError(f"source=latent needs polydistill.autoencoder ({e})") from None
+        raise DistillError(
+            "the datasets stack different numbers of frames; one student needs one input shape"
+        )
     return games, layout, init_game
 
 
@@ -414,14 +449,18 @@ def _prepare_out_dir(out: Path, record: dict[str, Any]) -> dict[str, Any] | None
             raise DistillError(f"{run_file} is corrupt ({e}); use a new --out directory") from e
         if prev.get("games") != record["games"]:
             raise DistillError(
-                f"--out {out} holds a distillation of {prev.get('games')}, not {record['games']}; use another directory"
+                f"--out {out} holds a distillation of {prev.get('games')}, not {record['games']}; "
+                "use another directory"
             )
         if prev.get("teachers") != record["teachers"]:
-            raise DistillError(f"--out {out} was distilled from other teacher checkpoints; use another directory")
+            raise DistillError(
+                f"--out {out} was distilled from other teacher checkpoints; use another directory"
+            )
         for key, value in record["config"].items():
             if key not in RESUME_FREE_KEYS and prev.get("config", {}).get(key) != value:
                 raise DistillError(
-                    f"--out {out} holds a run with {key}={prev['config'].get(key)!r}, this run asks for {value!r}; "
+                    f"--out {out} holds a run with {key}={prev['config'].get(key)!r}, this run asks for "
+                    f"{value!r}; "
                     f"resume with the same settings or use a new directory"
                 )
         return prev
@@ -472,8 +511,9 @@ def _curve_columns(games: list[str]) -> list[str]:
     return cols
 
 
-def _write_curves(out: Path, games: list[str], rows: list[dict[str, float]], chance: dict[str, float],
-                  plot: bool = True) -> tuple[Path, Path]:
+def _write_curves(
+    out: Path, games: list[str], rows: list[dict[str, float]], chance: dict[str, float], plot: bool = True
+) -> tuple[Path, Path]:
     cols = _curve_columns(games)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
@@ -485,7 +525,9 @@ def _write_curves(out: Path, games: list[str], rows: list[dict[str, float]], cha
     return out / CURVES_CSV, out / CURVES_PNG
 
 
-def _plot_curves(path: Path, games: list[str], rows: list[dict[str, float]], chance: dict[str, float]) -> None:
+def _plot_curves(
+    path: Path, games: list[str], rows: list[dict[str, float]], chance: dict[str, float]
+) -> None:
     """Held-out loss and action agreement per game against optimizer steps (two panels)."""
     import matplotlib
 
@@ -496,9 +538,11 @@ def _plot_curves(path: Path, games: list[str], rows: list[dict[str, float]], cha
     steps = [r["step"] for r in rows]
     for g in games:
         line = ax_l.plot(steps, [r[f"loss/{g}"] for r in rows], label=f"{g} held-out")[0]
-        tl = [(r["step"], r[f"train_loss/{g}"]) for r in rows if np.isfinite(r.get(f"train_loss/{g}", np.nan))]
+        tl = [
+            (r["step"], r[f"train_loss/{g}"]) for r in rows if np.isfinite(r.get(f"train_loss/{g}", np.nan))
+        ]
         if tl:
-            ax_l.plot(*zip(*tl, strict=True), ls=":", color=line.get_color(), label=f"{g} train")
+            ax_l.plot(*zip(*tl, strict=True), ls=":", marker=".", color=line.get_color(), label=f"{g} train")
         a = ax_a.plot(steps, [r[f"agreement/{g}"] for r in rows], label=g)[0]
         ax_a.axhline(chance[g], color=a.get_color(), ls="--", lw=0.8)
     ax_l.set_xlabel("optimizer steps")
@@ -539,7 +583,9 @@ def _targets(
     q = f = None
     if q_stored is not None:
         if q_stored.shape[1] != n:
-            raise DistillError(f"{g.dataset_uri}: stored Q-values have {q_stored.shape[1]} columns, the game {n} actions")
+            raise DistillError(
+                f"{g.dataset_uri}: stored Q-values have {q_stored.shape[1]} columns, the game {n} actions"
+            )
         q = torch.from_numpy(q_stored).to(device, non_blocking=True)
     if q is None or need_features:
         assert g.teacher is not None
@@ -549,6 +595,22 @@ def _targets(
         q = q_t.clone() if q is None else q
         f = f_t.clone() if need_features else None
     return q, f
+
+
+def _attach_decoders(games: list[_Game], device: torch.device) -> None:
+    """Each latent dataset's own autoencoder decoder (checked against the manifest's hashes) on ``device``."""
+    from .autoencoder import LatentDecoder
+
+    for g in games:
+        try:
+            g.decoder = LatentDecoder.from_dataset(g.dataset, device)
+        except DatasetError as e:
+            raise DistillError(f"latent dataset for {g.game}: {e}") from None
+        if g.decoder.frame_stack != g.dataset.manifest.frame_stack:
+            raise DistillError(
+                f"{g.game}: the autoencoder decodes {g.decoder.frame_stack}-frame states, the dataset "
+                f"stacks {g.dataset.manifest.frame_stack}"
+            )
 
 
 # ----------------------------------------------------------------------------------------------- validation
@@ -573,7 +635,7 @@ def _validate(
                 q_s, f_s = student.forward_with_features(x, layout.head_for_game[g.game])
                 mask = layout.mask(g.game, device)
                 q_th = to_head_columns(layout, g.game, q_t)
-                reg = regressors[g.game] if g.game in regressors else None
+                reg = regressors[g.game] if len(regressors) else None  # Actor-Mimic: one per game
                 loss = game_loss(cfg, q_th, q_s, mask, f_s, f_t, reg)
                 agree = L.action_agreement(q_th, q_s, mask)
                 b = len(q_t)
@@ -584,12 +646,41 @@ def _validate(
     return out
 
 
+def validation_batches(
+    ds: ExperienceDataset, fraction: float, holdout_fraction: float, limit: int = VALIDATION_STATES
+) -> list[Batch]:
+    """Up to ``limit`` held-out states (the sampler's step-hash split, never trained on) from the most recent
+    ``fraction`` of ``ds``, spread evenly over its shards so they span the whole range, not its first
+    episodes. Reads at most :data:`VALIDATION_SHARDS` shards, once."""
+    m = ds.manifest
+    cutoff = round(m.num_steps * (1.0 - fraction))  # as StreamingSampler's fraction
+    shards = [i for i, s in enumerate(m.shards) if s.stop > cutoff and s.valid_states > 0]
+    if len(shards) > VALIDATION_SHARDS:  # bounds the startup cost on long datasets
+        shards = [shards[j] for j in np.linspace(0, len(shards) - 1, VALIDATION_SHARDS).round().astype(int)]
+    per_shard = math.ceil(limit / max(1, len(shards)))
+    out: list[Batch] = []
+    for i in shards:
+        sh = ds.shard(i)
+        rows = sh.valid_index
+        steps = sh.info.start - sh.info.context + rows
+        rows = rows[(steps >= cutoff) & holdout_mask(steps, holdout_fraction)]
+        if len(rows) > per_shard:
+            rows = rows[np.linspace(0, len(rows) - 1, per_shard).round().astype(np.int64)]
+        out += [
+            batch_from_rows(ds, i, rows[s : s + VALIDATION_BATCH])
+            for s in range(0, len(rows), VALIDATION_BATCH)
+        ]
+    return out
+
+
 def _load_validation(g: _Game, cfg: DistillConfig, device: torch.device) -> None:
-    """Held-out states (by step hash) of one game, with the teacher's targets computed once."""
-    batches = iter_split(g.dataset, "holdout", cfg.holdout_fraction, VALIDATION_BATCH, limit=VALIDATION_STATES)
+    """Held-out states of one game, with the teacher's targets computed once."""
+    fraction = cfg.subset_fraction if cfg.source == "subset" else 1.0
+    batches = validation_batches(g.dataset, fraction, cfg.holdout_fraction)
     if not batches:
         raise DistillError(
-            f"dataset {g.dataset_uri} has no held-out {g.game} states at holdout_fraction={cfg.holdout_fraction}; "
+            f"dataset {g.dataset_uri} has no held-out {g.game} states at "
+            f"holdout_fraction={cfg.holdout_fraction}; "
             f"raise --holdout-fraction or record more steps"
         )
     for b in batches:
@@ -614,7 +705,8 @@ def distill(
 
     Args:
         teachers: ``{game: teacher run or checkpoint directory}``.
-        datasets: ``{game: dataset URI}`` (frame datasets for ``full``/``subset``, latent ones for ``latent``).
+        datasets: ``{game: dataset URI}`` (frame datasets for ``full``/``subset``, latent ones for
+            ``latent``).
         cfg: the resolved distillation config.
         out_dir: run directory; an interrupted run there is resumed, a finished one reused.
         on_metrics: called with ``(metrics, step)`` at each validation: ``agreement/GAME``, ``loss/GAME``,
@@ -626,14 +718,20 @@ def distill(
     out = Path(out_dir)
     record = _run_record(games, cfg)
     prev = _prepare_out_dir(out, record)
-    if prev is not None and prev.get("status") == "finished" and (out / "checkpoint" / "metadata.json").is_file():
+    if (
+        prev is not None
+        and prev.get("status") == "finished"
+        and (out / "checkpoint" / "metadata.json").is_file()
+    ):
         log.info("distillation in %s is already finished; reusing it", out)
         return _result_from_disk(out)
+    device = pick_device(cfg.device)
+    if cfg.source == "latent":
+        _attach_decoders(games, device)  # a bad latent dataset fails here, before the run directory exists
     out.mkdir(parents=True, exist_ok=True)
     if prev is None:
         atomic_write_json(out / RUN_FILE, {**record, "status": "running"})
 
-    device = pick_device(cfg.device)
     names = [g.game for g in games]
     frame_stack = games[0].dataset.manifest.frame_stack
     for g in games:
@@ -641,14 +739,11 @@ def distill(
         if cfg.loss == "actor_mimic" or not g.dataset.has_q or g.game == init_game:
             g.teacher, _ = load_checkpoint(g.teacher_dir, device)  # type: ignore[assignment]
             g.teacher.requires_grad_(False)
-        if cfg.source == "latent":
-            from .autoencoder import LatentDecoder
-
-            g.decoder = LatentDecoder.from_dataset(g.dataset, device)
         _load_validation(g, cfg, device)
 
-    student = build_student(layout, cfg, {g.game: g.teacher for g in games if g.teacher is not None},
-                            frame_stack).to(device)
+    student = build_student(
+        layout, cfg, {g.game: g.teacher for g in games if g.teacher is not None}, frame_stack
+    ).to(device)
     regressors = nn.ModuleDict()
     if cfg.loss == "actor_mimic":
         for g in games:
@@ -664,7 +759,9 @@ def distill(
             state = load_state_dict(point / "state.pt")
             extra = json.loads((point / "extra.json").read_text())
         except (CheckpointError, json.JSONDecodeError) as e:
-            raise DistillError(f"cannot resume from {point}: {e}. Delete {out / 'resume'} to start over") from e
+            raise DistillError(
+                f"cannot resume from {point}: {e}. Delete {out / 'resume'} to start over"
+            ) from e
         student.load_state_dict(state["student"])
         regressors.load_state_dict(state["regressors"])
         opt.load_state_dict(state["optimizer"])
@@ -677,8 +774,13 @@ def distill(
     fraction = cfg.subset_fraction if cfg.source == "subset" else 1.0
     for g in games:
         g.sampler = StreamingSampler(
-            g.dataset, cfg.batch_size, fraction=fraction, split="train", holdout_fraction=cfg.holdout_fraction,
-            pool_shards=cfg.cache_shards, seed=seeds[g.game],
+            g.dataset,
+            cfg.batch_size,
+            fraction=fraction,
+            split="train",
+            holdout_fraction=cfg.holdout_fraction,
+            pool_shards=cfg.cache_shards,
+            seed=seeds[g.game],
         )
     chance = {g: 1.0 / layout.num_actions(g) for g in names}
 
@@ -690,8 +792,12 @@ def distill(
             "torch_rng": torch.get_rng_state(),
             "step": torch.tensor(at),
         }
-        extra = {"curve": curve, "train_seconds": train_seconds, "samples": samples,
-                 "sampler_seeds": {g: _sampler_seed(cfg.seed, i, at) for i, g in enumerate(names)}}
+        extra = {
+            "curve": curve,
+            "train_seconds": train_seconds,
+            "samples": samples,
+            "sampler_seeds": {g: _sampler_seed(cfg.seed, i, at) for i, g in enumerate(names)},
+        }
         _save_resume(out, at, state, extra)
 
     def evaluate(at: int) -> dict[str, tuple[float, float]]:
@@ -704,8 +810,8 @@ def distill(
             row[f"train_loss/{g}"] = train_sum[g] / n if n else float("nan")
         curve.append(row)
         _write_curves(out, names, curve, chance, plot=False)
-        if on_metrics:
-            on_metrics({k: float(v) for k, v in row.items() if k != "step"}, at)
+        if on_metrics:  # NaN (no training yet at step 0) is left out rather than logged
+            on_metrics({k: float(v) for k, v in row.items() if k != "step" and math.isfinite(v)}, at)
         return val
 
     train_sum = dict.fromkeys(names, 0.0)
@@ -714,43 +820,58 @@ def distill(
         evaluate(0)  # the untrained student's agreement: where the curve starts
     start_step = step
     bar = progress(cfg.steps, "distill", "step", initial=step)
-    while step < cfg.steps:
-        t0 = time.perf_counter()
-        active = games if cfg.schedule == "sum" else [games[step % len(games)]]
+    need_features = cfg.loss == "actor_mimic"
+
+    def prepare(
+        at: int,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, torch.Tensor | None]]]:
+        """Step ``at``'s inputs and teacher targets: sampling, decoding, stored or computed targets. None of
+        it depends on the student, so it runs one step ahead on a worker thread (like a one-worker
+        DataLoader): decoding latents or the teacher's forward pass overlaps the student's update."""
+        active = games if cfg.schedule == "sum" else [games[at % len(games)]]
         inputs, targets = {}, {}
         for g in active:
             assert g.sampler is not None
             batch = next(g.sampler)
             x = _inputs(g, batch, device)
             inputs[g.game] = x
-            targets[g.game] = _targets(g, batch.q, x, cfg.loss == "actor_mimic", device)
-        per_game = compute_losses(student, layout, cfg, inputs, targets, regressors)
-        total = torch.stack(list(per_game.values())).sum()
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
-        for g, v in per_game.items():
-            train_sum[g] += float(v.detach())
-            train_count[g] += 1
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        train_seconds += time.perf_counter() - t0
-        samples += sum(len(x) for x in inputs.values())
-        step += 1
-        bar.update(1)
+            targets[g.game] = _targets(g, batch.q, x, need_features, device)
+        return inputs, targets
 
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            val = evaluate(step)
-            train_sum = dict.fromkeys(names, 0.0)
-            train_count = dict.fromkeys(names, 0)
-            post = {"sps": f"{samples / max(train_seconds, 1e-9):.0f}"}
-            post.update({f"agree_{g}": f"{a:.2f}" for g, (_, a) in val.items()})
-            bar.set_postfix(post)
-        if step % cfg.checkpoint_every == 0 and step < cfg.steps:
-            snapshot(step)
-        if stop_after is not None and step - start_step >= stop_after and step < cfg.steps:
-            bar.close()
-            raise KeyboardInterrupt(f"stop_after={stop_after} reached at step {step}")
+    # One worker, one batch in flight: the samplers are drawn in step order, so runs stay reproducible.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="distill-batches") as worker:
+        pending = worker.submit(prepare, step) if step < cfg.steps else None
+        while pending is not None:
+            t0 = time.perf_counter()
+            inputs, targets = pending.result()
+            pending = worker.submit(prepare, step + 1) if step + 1 < cfg.steps else None
+            per_game = compute_losses(student, layout, cfg, inputs, targets, regressors)
+            total = torch.stack(list(per_game.values())).sum()
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+            for g, v in per_game.items():
+                train_sum[g] += float(v.detach())
+                train_count[g] += 1
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            train_seconds += time.perf_counter() - t0
+            samples += sum(len(x) for x in inputs.values())
+            step += 1
+            bar.update(1)
+
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                val = evaluate(step)
+                train_sum = dict.fromkeys(names, 0.0)
+                train_count = dict.fromkeys(names, 0)
+                post = {"sps": f"{samples / max(train_seconds, 1e-9):.0f}"}
+                post.update({f"agree_{g}": f"{a:.2f}" for g, (_, a) in val.items()})
+                bar.set_postfix(post)
+            if step % cfg.checkpoint_every == 0 and step < cfg.steps:
+                snapshot(step)
+            if stop_after is not None and step - start_step >= stop_after and step < cfg.steps:
+                bar.close()
+                raise KeyboardInterrupt(f"stop_after={stop_after} reached at step {step}")
     bar.close()
     if not curve or curve[-1]["step"] != cfg.steps:
         evaluate(cfg.steps)  # resumed exactly at the end, or steps == 0 after a resume
@@ -798,14 +919,30 @@ def _finish(
         meta["union_action_map"] = layout.union_action_map
     save_checkpoint(out / "checkpoint", student, meta)
     if len(regressors):
-        atomic_torch_save({k: v.detach().cpu() for k, v in regressors.state_dict().items()}, out / REGRESSORS_FILE)
+        atomic_torch_save(
+            {k: v.detach().cpu() for k, v in regressors.state_dict().items()}, out / REGRESSORS_FILE
+        )
     csv_path, png = _write_curves(out, names, curve, chance)
     atomic_write_json(out / RUN_FILE, {**_run_record(games, cfg), "status": "finished"})
     shutil.rmtree(out / "resume", ignore_errors=True)
-    log.info("distilled %s into %s: agreement %s, %.0f samples/s", ", ".join(names), out / "checkpoint",
-             {g: round(a, 3) for g, a in agreement.items()}, sps)
-    return DistillResult(out, out / "checkpoint", csv_path, png, agreement, final_loss, sps,
-                         count_parameters(student), cfg.steps)
+    log.info(
+        "distilled %s into %s: agreement %s, %.0f samples/s",
+        ", ".join(names),
+        out / "checkpoint",
+        {g: round(a, 3) for g, a in agreement.items()},
+        sps,
+    )
+    return DistillResult(
+        out,
+        out / "checkpoint",
+        csv_path,
+        png,
+        agreement,
+        final_loss,
+        sps,
+        count_parameters(student),
+        cfg.steps,
+    )
 
 
 def _result_from_disk(out: Path) -> DistillResult:

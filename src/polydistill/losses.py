@@ -24,7 +24,9 @@ import torch.nn.functional as F
 LOSSES = ("kl", "nll", "mse", "actor_mimic")
 
 
-def _check(q_teacher: torch.Tensor, q_student: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
+def _check(
+    q_teacher: torch.Tensor, q_student: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor | None:
     if q_teacher.shape != q_student.shape or q_teacher.dim() != 2:
         raise ValueError(
             f"teacher and student Q-values must both be (batch, actions); got {tuple(q_teacher.shape)} and "
@@ -78,7 +80,9 @@ def kl_loss(
     return _legal_sum(log_pt.exp() * (log_pt - log_ps), mask).mean()
 
 
-def nll_loss(q_teacher: torch.Tensor, q_student: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def nll_loss(
+    q_teacher: torch.Tensor, q_student: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Policy Distillation's NLL loss, mean over the batch: ``-log softmax(q_S)[argmax_a q_T(a)]``.
 
     The teacher's best action and the student's softmax are taken over legal actions only. In nats.
@@ -91,8 +95,10 @@ def nll_loss(q_teacher: torch.Tensor, q_student: torch.Tensor, mask: torch.Tenso
     return -_masked_log_softmax(q_student.float(), mask).gather(1, best).squeeze(1).mean()
 
 
-def mse_loss(q_teacher: torch.Tensor, q_student: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Policy Distillation's MSE loss, mean over the batch of ``sum_a (q_T(a) - q_S(a))^2`` over legal actions.
+def mse_loss(
+    q_teacher: torch.Tensor, q_student: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Policy Distillation's MSE loss: mean over the batch of ``sum_a (q_T(a) - q_S(a))^2``, legal actions.
 
     In squared Q-value units (the teacher's clipped-reward return scale).
     """
@@ -126,7 +132,8 @@ def feature_regression_loss(
     pred = regressor(student_features)
     if pred.shape != teacher_features.shape:
         raise ValueError(
-            f"regressor output {tuple(pred.shape)} does not match teacher features {tuple(teacher_features.shape)}"
+            f"regressor output {tuple(pred.shape)} does not match teacher features "
+            f"{tuple(teacher_features.shape)}"
         )
     return ((pred.float() - teacher_features.float()) ** 2).sum(dim=1).mean()
 
@@ -155,7 +162,7 @@ def actor_mimic_loss(
 def action_agreement(
     q_teacher: torch.Tensor, q_student: torch.Tensor, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Fraction of states (0..1) where the student's greedy action equals the teacher's, over legal actions."""
+    """Fraction of states (0..1) where the student's greedy action equals the teacher's (legal actions)."""
     mask = _check(q_teacher, q_student, mask)
     qt, qs = q_teacher.float(), q_student.float()
     if mask is not None:

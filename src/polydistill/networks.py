@@ -9,7 +9,7 @@ References: Mnih et al. 2015 (Nature-DQN torso), Wang et al. 2016 (dueling aggre
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -153,6 +153,41 @@ class ConvAutoencoder(nn.Module):
             "frame_stack": self.frame_stack,
             "width": self.width,
         }
+
+
+def subpixel_decoder(model: ConvAutoencoder) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """An inference-only copy of ``model.decode`` whose last transposed convolution (kernel = 2 x stride, no
+    padding) runs as a 2x2 convolution followed by a pixel shuffle: the same function up to float rounding,
+    about twice as fast on CPU because it avoids the col2im path. Returns None when the decoder does not end
+    that way. The weights are copied now: rebuild it after training the model further.
+    """
+    last = model.decoder[-2]
+    if not isinstance(last, nn.ConvTranspose2d):
+        return None
+    s, k = last.stride[0], last.kernel_size[0]
+    if k != 2 * s or last.padding != (0, 0):
+        return None
+    w = last.weight.detach()  # (Cin, Cout, k, k)
+    cout = w.shape[1]
+    kern = torch.empty(cout * s * s, w.shape[0], 2, 2, device=w.device, dtype=w.dtype)
+    channels = torch.arange(cout, device=w.device) * s * s
+    # Output pixel (s*i + ry, s*j + rx) sums input (i - 1 + ty, j - 1 + tx) through kernel tap
+    # (ry + s*(1 - ty), rx + s*(1 - tx)): one 2x2 conv per sub-pixel phase (ry, rx).
+    for ry in range(s):
+        for rx in range(s):
+            for ty in range(2):
+                for tx in range(2):
+                    kern[channels + ry * s + rx, :, ty, tx] = w[:, :, ry + s * (1 - ty), rx + s * (1 - tx)].T
+    bias = last.bias.detach().repeat_interleave(s * s)
+    head = list(model.decoder)[:-2]
+
+    def decode(z: torch.Tensor) -> torch.Tensor:
+        h = model.from_latent(z.float()).view(len(z), model._c3, 7, 7)
+        for layer in head:
+            h = layer(h)
+        return torch.sigmoid(nn.functional.pixel_shuffle(nn.functional.conv2d(h, kern, bias, padding=1), s))
+
+    return decode
 
 
 def build_network(arch: dict[str, Any]) -> nn.Module:

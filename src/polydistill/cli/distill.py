@@ -6,11 +6,14 @@ from pathlib import Path
 
 import click
 
+from ..config import DistillConfig
 from . import main
 from .options import config_options, fail, run_guarded
 
 
-def _pair_by_game(teacher_dirs: tuple[str, ...], dataset_uris: tuple[str, ...]) -> tuple[dict[str, str], dict[str, str]]:
+def _pair_by_game(
+    teacher_dirs: tuple[str, ...], dataset_uris: tuple[str, ...]
+) -> tuple[dict[str, str], dict[str, str]]:
     """``({game: teacher dir}, {game: dataset URI})`` from each checkpoint's and manifest's own game."""
     from ..buffer import DatasetError, open_dataset
     from ..checkpoint import CheckpointError, read_metadata
@@ -42,15 +45,37 @@ def _pair_by_game(teacher_dirs: tuple[str, ...], dataset_uris: tuple[str, ...]) 
 
 
 @main.command("distill")
-@click.option("--teacher", "teacher_dirs", multiple=True, required=True, type=click.Path(exists=True),
-              help="Teacher run or checkpoint directory; repeat once per game.")
-@click.option("--dataset", "dataset_uris", multiple=True, required=True,
-              help="Experience dataset URI (s3://..., file:///..., or a path); repeat once per game. Paired with "
-                   "teachers by the game in each manifest, not by order. Latent datasets for --source latent.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Run directory (an interrupted run there is resumed; a finished one is reused).")
+@click.option(
+    "--teacher",
+    "teacher_dirs",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True),
+    help="Teacher run or checkpoint directory; repeat once per game.",
+)
+@click.option(
+    "--dataset",
+    "dataset_uris",
+    multiple=True,
+    required=True,
+    help="Experience dataset URI (s3://..., file:///..., or a path); repeat once per game. Paired with "
+    "teachers by the game in each manifest, not by order. Latent datasets for --source latent.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Run directory (an interrupted run there is resumed; a finished one is reused).",
+)
 @config_options("distill")
-def distill_cmd(teacher_dirs: tuple[str, ...], dataset_uris: tuple[str, ...], out_dir: str, cfg, profile: str) -> None:  # noqa: ANN001
+def distill_cmd(
+    teacher_dirs: tuple[str, ...],
+    dataset_uris: tuple[str, ...],
+    out_dir: str,
+    cfg: DistillConfig,
+    profile: str,
+) -> None:
     """Distill one multi-task student from per-game teachers and their recorded states.
 
     Writes checkpoint/ (the student), curves.csv and curves.png (held-out loss and agreement per game)
@@ -68,7 +93,10 @@ def distill_cmd(teacher_dirs: tuple[str, ...], dataset_uris: tuple[str, ...], ou
         lambda: distill(teachers, datasets, cfg, Path(out_dir)),
         (DistillError, DatasetError, CheckpointError, UnknownGameError),
     )
-    lines = [f"{res.out_dir}: {res.steps} steps, {res.parameters:,} parameters, {res.samples_per_second:.0f} samples/s"]
+    lines = [
+        f"{res.out_dir}: {res.steps} steps, {res.parameters:,} parameters, "
+        f"{res.samples_per_second:.0f} samples/s"
+    ]
     for g in sorted(res.agreement):
         lines.append(f"  {g}: agreement {res.agreement[g]:.3f}, held-out loss {res.final_loss[g]:.4f}")
     lines += [f"  checkpoint {res.checkpoint_dir}", f"  curves     {res.curves_png}"]

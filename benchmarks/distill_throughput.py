@@ -1,0 +1,194 @@
+"""Distillation throughput: training states per second for the full, subset and latent sources, and the
+latent/full time ratio (the seed paper found latents slower because every batch is decoded; target <= 1.2x).
+
+    python benchmarks/distill_throughput.py [--work DIR] [--games Breakout,Pong] [--steps 40] [--rounds 2]
+        [--batch-size 32] [--width 1.0] [--torch-threads N] [--device cpu] [--teacher-run DIR ...]
+
+What it builds (reused from --work on a second run): a short teacher per game (or --teacher-run), its buffer
+exported with the teacher's Q-values (what the pipeline's export-buffer writes), a smoke-sized autoencoder
+and the latent dataset (codes + the same Q-values). Then it distills one per-game student per source with the
+same settings and reports ``DistillResult.samples_per_second`` (training loop only: sampling, decoding,
+targets, forward, backward, Adam; validation and checkpoints excluded), summed over games. Sources are run
+in turn for --rounds rounds and the best round of each is kept, so a burst of load from other processes
+does not decide the ratio. "full (teacher forward)" is the teacher's raw dataset without stored Q-values,
+for reference: its targets cost a teacher forward pass per batch. A breakdown then times one batch of each
+stage alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from polydistill import config as C
+from polydistill.buffer import open_dataset
+from polydistill.checkpoint import load_checkpoint, read_metadata
+from polydistill.distill import distill
+from polydistill.export import export_buffer
+from polydistill.networks import DuelingQNetwork
+from polydistill.sampling import StreamingSampler
+from polydistill.teacher import train_teacher
+
+
+def _teacher(game: str, root: Path) -> Path:
+    cfg = C.resolve("teacher", "smoke", overrides={
+        "total_steps": 2_000, "num_envs": 4, "buffer_size": 2_000, "record_steps": 2_000,
+        "learning_starts": 400, "exploration_fraction": 0.5, "checkpoint_every": 10**9})  # fmt: skip
+    return train_teacher(game, cfg, root / "teachers" / game).out_dir
+
+
+def _exported(game: str, run: Path, root: Path) -> str:
+    dest = root / "buffers" / game
+    if not (dest / "manifest.json").is_file():
+        cfg = C.resolve("export", "cpu", overrides={"q_dtype": "float16", "shard_steps": 1_000})
+        export_buffer(run, str(dest), run, cfg, device="cpu")
+    return str(dest)
+
+
+def _latent(game: str, buffer: str, teacher: Path, root: Path) -> str | None:
+    try:
+        from polydistill.autoencoder import encode_buffer, train_autoencoder
+    except ImportError as e:
+        print(f"latent source: polydistill.autoencoder is missing ({e}); skipping it")
+        return None
+    dest = root / "latents" / game
+    if not (dest / "manifest.json").is_file():
+        cfg = C.resolve("autoencoder", "smoke", overrides={"device": "cpu"})
+        ae = train_autoencoder(buffer, cfg, root / "autoencoders" / game)
+        encode_buffer(buffer, ae.out_dir, teacher, str(dest), device="cpu")
+    return str(dest)
+
+
+def _ms(fn, repeat: int) -> float:
+    fn()  # warm-up
+    t = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - t) / repeat * 1e3
+
+
+def breakdown(game: str, run: Path, buffer: str, latent: str | None, batch: int, width: float) -> None:
+    """Milliseconds per batch of each stage of a training step, timed alone."""
+    frames = StreamingSampler(open_dataset(buffer), batch, seed=0)
+    rows = [("sample frames + stack (zstd shard cached)", _ms(lambda: next(frames), 20))]
+    x = torch.from_numpy(next(frames).states)
+    if latent is not None:
+        from polydistill.autoencoder import LatentDecoder
+
+        lds = open_dataset(latent)
+        codes = StreamingSampler(lds, batch, seed=0)
+        rows.append(("sample latents", _ms(lambda: next(codes), 20)))
+        dec = LatentDecoder.from_dataset(lds, "cpu")
+        z = torch.from_numpy(next(codes).latents)
+        rows.append(("decode latents (LatentDecoder.decode, sub-pixel last layer)", _ms(lambda: dec.decode(z), 10)))
+
+        def plain() -> None:
+            with torch.no_grad():
+                dec.model.decode(z)
+
+        rows.append(("  same with the plain ConvTranspose2d last layer", _ms(plain, 10)))
+    teacher, _ = load_checkpoint(run / "checkpoint")
+
+    def teacher_fwd() -> None:
+        with torch.inference_mode():
+            teacher(x)
+
+    rows.append(("teacher forward (no stored Q)", _ms(teacher_fwd, 10)))
+    student = DuelingQNetwork([teacher.num_actions[0]], width=width)
+    opt = torch.optim.Adam(student.parameters(), lr=1e-4)
+
+    def update() -> None:
+        loss = student(x).logsumexp(1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    rows.append((f"student forward+backward+Adam (width {width})", _ms(update, 10)))
+    print(f"\n{game}: one batch of {batch} states, stage by stage")
+    for name, ms in rows:
+        print(f"  {name:<58} {ms:8.1f} ms")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=None, help="Directory for teachers, buffers, latents (reused).")
+    ap.add_argument("--games", default="Breakout,Pong", help="Comma-separated games.")
+    ap.add_argument("--teacher-run", action="append", default=[], help="Finished teacher run dir (repeatable).")
+    ap.add_argument("--steps", type=int, default=40, help="Optimizer steps per source and round.")
+    ap.add_argument("--rounds", type=int, default=2, help="Rounds over all sources; the best is kept.")
+    ap.add_argument("--batch-size", type=int, default=32, help="States per game per step.")
+    ap.add_argument("--width", type=float, default=1.0, help="Student width multiplier.")
+    ap.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads (0 = default).")
+    ap.add_argument("--device", default="cpu", help="Training device.")
+    args = ap.parse_args()
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    os.environ.setdefault("POLYDISTILL_PROGRESS", "off")
+    work = args.work or Path(tempfile.mkdtemp(prefix="distill-bench-"))
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(
+        f"host: {platform.machine()}, {os.cpu_count()} cores (load {load:.1f}), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, device {args.device}; work dir {work}"
+    )
+
+    runs = {read_metadata(Path(r) / "checkpoint")["game"]: Path(r) for r in args.teacher_run}
+    t0 = time.perf_counter()
+    for g in args.games.split(","):
+        if g not in runs:
+            runs[g] = _teacher(g, work)
+    buffers = {g: _exported(g, r, work) for g, r in runs.items()}
+    latents = {g: _latent(g, buffers[g], r, work) for g, r in runs.items()}
+    have_latent = all(v is not None for v in latents.values())
+    states = ", ".join(f"{g} {open_dataset(buffers[g]).manifest.num_valid_states} states" for g in runs)
+    print(f"inputs ready in {time.perf_counter() - t0:.0f} s: {states}")
+
+    variants: list[tuple[str, str, dict[str, str]]] = [
+        ("full (stored Q)", "full", buffers),
+        ("subset 0.5 (stored Q)", "subset", buffers),
+    ]
+    if have_latent:
+        variants.append(("latent (stored Q)", "latent", latents))  # type: ignore[arg-type]
+    variants.append(("full (teacher forward)", "full", {g: str(r / "dataset") for g, r in runs.items()}))
+    teachers = {g: str(r) for g, r in runs.items()}
+    sps: dict[str, list[float]] = {label: [] for label, _, _ in variants}
+    for _ in range(args.rounds):
+        for label, source, data in variants:
+            cfg = C.resolve("distill", "cpu", overrides={
+                "source": source, "subset_fraction": 0.5, "steps": args.steps, "batch_size": args.batch_size,
+                "width": args.width, "eval_every": args.steps, "checkpoint_every": 10**9,
+                "device": args.device})  # fmt: skip
+            out = work / "runs" / f"{source}-{time.time_ns()}"
+            sps[label].append(distill(teachers, data, cfg, out).samples_per_second)
+            shutil.rmtree(out, ignore_errors=True)
+
+    print(
+        f"\n{len(runs)} games, per-game heads, KL, batch {args.batch_size} per game, {args.steps} steps, "
+        f"width {args.width}, best of {args.rounds} rounds"
+    )
+    print(f"{'source':<26}{'samples/s':>12}{'ms/step':>10}   all rounds (samples/s)")
+    best = {label: max(v) for label, v in sps.items()}
+    for label, v in sps.items():
+        per_step = 1e3 * args.batch_size * len(runs) / best[label]
+        print(f"{label:<26}{best[label]:>12.1f}{per_step:>10.1f}   {', '.join(f'{x:.1f}' for x in v)}")
+    if have_latent:
+        ratio = best["full (stored Q)"] / best["latent (stored Q)"]
+        verdict = "meets" if ratio <= 1.2 else "misses"
+        print(f"\nlatent/full time per sample: {ratio:.2f}x ({verdict} the <= 1.2x target)")
+        ratio_tf = best["full (teacher forward)"] / best["latent (stored Q)"]
+        print(f"latent/full time per sample when the frame dataset has no stored Q-values: {ratio_tf:.2f}x")
+    else:
+        print("\nlatent source: not measured (polydistill.autoencoder missing)")
+    g0 = next(iter(runs))
+    breakdown(g0, runs[g0], buffers[g0], latents[g0], args.batch_size, args.width)
+    print(f"\ntotal {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
