@@ -61,7 +61,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,13 +97,12 @@ from .checkpoint import (
 )
 from .config import AutoencoderConfig
 from .networks import FRAME_SIZE, ConvAutoencoder, build_network, pick_device, subpixel_decoder
-from .progress import progress
+from .progress import MetricsCallback, progress
 from .sampling import Batch, StreamingSampler, iter_split
 from .store import ObjectNotFoundError, open_store, redact
 
 log = logging.getLogger(__name__)
 
-MetricsCallback = Callable[[dict[str, float], int], None]
 
 RUN_FILE = "run.json"
 RESUME_FILE = "resume.pt"

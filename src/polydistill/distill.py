@@ -38,7 +38,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,12 +64,11 @@ from .checkpoint import (
 from .config import DistillConfig
 from .envs import FULL_ACTION_MEANINGS, UnknownGameError, canonical_game
 from .networks import DuelingQNetwork, count_parameters, pick_device
-from .progress import progress
+from .progress import MetricsCallback, progress
 from .sampling import Batch, StreamingSampler, batch_from_rows
 
 log = logging.getLogger(__name__)
 
-MetricsCallback = Callable[[dict[str, float], int], None]
 RUN_FILE = "run.json"
 CURVES_CSV = "curves.csv"
 CURVES_PNG = "curves.png"

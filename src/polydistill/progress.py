@@ -9,9 +9,14 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("polydistill.progress")
+
+#: ``on_metrics(metrics, step)``: every training function reports scalars through one of these (MLflow in
+#: the pipeline, nothing by default); ``step`` is the stage's own counter (agent steps, epochs, updates).
+MetricsCallback = Callable[[dict[str, float], int], None]
 
 
 class LogProgress:

@@ -25,7 +25,6 @@ import logging
 import shutil
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,7 @@ from .checkpoint import (
 from .config import TeacherConfig
 from .envs import EpisodeStats, action_meanings, canonical_game, make_vector_env, observation_spec
 from .networks import DuelingQNetwork, pick_device
-from .progress import progress
+from .progress import MetricsCallback, progress
 from .replay import FrameReplay, StepRecorder
 from .store import open_store
 
@@ -55,7 +54,6 @@ log = logging.getLogger(__name__)
 RUN_FILE = "run.json"
 CURVE_CSV = "curve.csv"
 CURVE_PNG = "curve.png"
-MetricsCallback = Callable[[dict[str, float], int], None]
 
 
 class TeacherRunError(ValueError):

@@ -85,6 +85,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from .progress import MetricsCallback
+
 __all__ = [
     "CONNECT_TIMEOUT_S",
     "DEFAULT_EXPERIMENT",
@@ -106,7 +108,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MetricsCallback = Callable[[dict[str, float], int], None]
 
 #: Experiment used when none is given.
 DEFAULT_EXPERIMENT = "polydistill"
