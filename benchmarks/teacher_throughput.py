@@ -18,7 +18,7 @@ from polydistill import config as C
 from polydistill.envs import make_vector_env
 from polydistill.networks import DuelingQNetwork, pick_device
 from polydistill.replay import FrameReplay, StepRecorder
-from polydistill.teacher import _learn, train_teacher
+from polydistill.teacher import _learn, _Learner, train_teacher
 
 
 def env_steps_per_second(game: str, num_envs: int, steps: int) -> float:
@@ -59,13 +59,14 @@ def learner_updates_per_second(updates: int, device: torch.device) -> float:
         )
     online, target = DuelingQNetwork(6).to(device), DuelingQNetwork(6).to(device)
     opt = torch.optim.Adam(online.parameters(), lr=1e-4)
+    lr = _Learner(online, target, opt, replay, rng, device, curve=[])
     for _ in range(5):  # warm-up (allocator, kernels)
-        _learn(cfg, online, target, opt, replay, rng, device)
+        _learn(cfg, lr)
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(updates):
-        _learn(cfg, online, target, opt, replay, rng, device)
+        _learn(cfg, lr)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return updates / (time.perf_counter() - t0)

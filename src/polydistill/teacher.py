@@ -74,9 +74,23 @@ class TeacherResult:
     final_return_mean: float
 
 
+@dataclass
+class _Learner:
+    """Everything a resume point must restore, in one place."""
+
+    online: DuelingQNetwork
+    target: DuelingQNetwork
+    opt: torch.optim.Optimizer
+    replay: FrameReplay
+    rng: np.random.Generator
+    device: torch.device
+    curve: list[tuple[int, float, int, float]]
+    step: int = 0
+    updates: int = 0
+
+
 def linear_schedule(start: float, end: float, duration: int, t: int) -> float:
-    """Value at step ``t`` of a linear anneal from ``start`` to ``end`` over ``duration`` steps, then ``end``.
-    """
+    """Value at step ``t`` of a linear anneal from ``start`` to ``end`` over ``duration`` steps, then ``end``."""
     slope = (end - start) / max(1, duration)
     return max(slope * t + start, end) if end <= start else min(slope * t + start, end)
 
@@ -131,36 +145,26 @@ def _latest_resume(out: Path) -> Path | None:
     return d if d.is_dir() else None
 
 
-def _save_resume(
-    out: Path,
-    step: int,
-    online: torch.nn.Module,
-    target: torch.nn.Module,
-    opt: torch.optim.Optimizer,
-    replay: FrameReplay,
-    rng: np.random.Generator,
-    curve: list[tuple[int, float, int, float]],
-    updates: int,
-) -> None:
+def _save_resume(out: Path, lr: _Learner) -> None:
     """Write a complete resume point under a new name, then move the LATEST pointer (atomic switch)."""
     root = out / "resume"
-    name = f"step-{step:012d}"
+    name = f"step-{lr.step:012d}"
     tmp = root / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     atomic_torch_save(
         {
-            "online": online.state_dict(),
-            "target": target.state_dict(),
-            "optimizer": opt.state_dict(),
+            "online": lr.online.state_dict(),
+            "target": lr.target.state_dict(),
+            "optimizer": lr.opt.state_dict(),
             "torch_rng": torch.get_rng_state(),
-            "step": torch.tensor(step),
-            "updates": torch.tensor(updates),
+            "step": torch.tensor(lr.step),
+            "updates": torch.tensor(lr.updates),
         },
         tmp / "state.pt",
     )
-    replay.save(tmp / "replay")
-    atomic_write_json(tmp / "extra.json", {"numpy_rng": rng.bit_generator.state, "curve": curve})
+    lr.replay.save(tmp / "replay")
+    atomic_write_json(tmp / "extra.json", {"numpy_rng": lr.rng.bit_generator.state, "curve": lr.curve})
     final = root / name
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
@@ -229,92 +233,76 @@ def train_teacher(
     online = DuelingQNetwork(n_actions, frame_stack=cfg.env.frame_stack).to(device)
     target = DuelingQNetwork(n_actions, frame_stack=cfg.env.frame_stack).to(device)
     target.load_state_dict(online.state_dict())
-    opt = torch.optim.Adam(online.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps)
-    replay = FrameReplay(cfg.buffer_size, cfg.num_envs, cfg.env.frame_stack)
-    rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
-    curve: list[tuple[int, float, int, float]] = []
-    step, updates = 0, 0
+    lr = _Learner(
+        online=online,
+        target=target,
+        opt=torch.optim.Adam(online.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps),
+        replay=FrameReplay(cfg.buffer_size, cfg.num_envs, cfg.env.frame_stack),
+        rng=np.random.default_rng(cfg.seed),
+        device=device,
+        curve=[],
+    )
 
     point = _latest_resume(out) if resuming else None
     if point is not None:
-        try:
-            state = load_state_dict(point / "state.pt")
-        except CheckpointError as e:
-            raise TeacherRunError(
-                f"cannot resume from {point}: {e}. Delete {out / 'resume'} to start over"
-            ) from e
-        online.load_state_dict(state["online"])
-        target.load_state_dict(state["target"])
-        opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        step, updates = int(state["step"]), int(state["updates"])
-        replay.load(point / "replay")
-        replay.mark_cut()
-        extra = json.loads((point / "extra.json").read_text())
-        rng.bit_generator.state = extra["numpy_rng"]
-        curve = [tuple(c) for c in extra["curve"]]  # type: ignore[misc]
-        log.info("resuming %s teacher from step %d (%s)", game, step, point)
+        _load_resume(point, lr, out)
+        log.info("resuming %s teacher from step %d (%s)", game, lr.step, point)
 
-    if step < cfg.total_steps:
-        _train_loop(
-            game,
-            cfg,
-            out,
-            envs,
-            online,
-            target,
-            opt,
-            replay,
-            rng,
-            curve,
-            step,
-            updates,
-            device,
-            on_metrics,
-            stop_after,
-        )
+    if lr.step < cfg.total_steps:
+        _train_loop(game, cfg, out, envs, lr, on_metrics, stop_after)
     envs.close()
-    return _finish(game, cfg, out, online, replay, meanings, curve)
+    return _finish(game, cfg, out, lr.online, lr.replay, meanings, lr.curve)
+
+
+def _load_resume(point: Path, lr: _Learner, out: Path) -> None:
+    """Restore a resume point written by :func:`_save_resume` into ``lr``."""
+    try:
+        state = load_state_dict(point / "state.pt")
+    except CheckpointError as e:
+        raise TeacherRunError(f"cannot resume from {point}: {e}. Delete {out / 'resume'} to start over") from e
+    lr.online.load_state_dict(state["online"])
+    lr.target.load_state_dict(state["target"])
+    lr.opt.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    lr.step, lr.updates = int(state["step"]), int(state["updates"])
+    lr.replay.load(point / "replay")
+    lr.replay.mark_cut()  # the envs restart from reset: the interrupted episodes end here
+    extra = json.loads((point / "extra.json").read_text())
+    lr.rng.bit_generator.state = extra["numpy_rng"]
+    lr.curve[:] = [tuple(c) for c in extra["curve"]]
 
 
 def _train_loop(
-    game,
-    cfg,
-    out,
-    envs,
-    online,
-    target,
-    opt,
-    replay,
-    rng,
-    curve,
-    step,
-    updates,
-    device,
-    on_metrics,
-    stop_after,
+    game: str,
+    cfg: TeacherConfig,
+    out: Path,
+    envs: Any,
+    lr: _Learner,
+    on_metrics: MetricsCallback | None,
+    stop_after: int | None,
 ) -> None:
+    """Act, record, learn and checkpoint until ``cfg.total_steps`` agent steps (see the module docstring)."""
     n = cfg.num_envs
-    obs, info = envs.reset(seed=cfg.seed + step)  # a resumed run starts fresh episodes
-    recorder = StepRecorder(replay, np.asarray(info["lives"]))
+    n_actions = lr.online.num_actions[0]
+    obs, info = envs.reset(seed=cfg.seed + lr.step)  # a resumed run starts fresh episodes
+    recorder = StepRecorder(lr.replay, np.asarray(info["lives"]))
     stats = EpisodeStats(n)
-    recent = deque(maxlen=20)
+    recent: deque[float] = deque(maxlen=20)
     anneal = int(cfg.exploration_fraction * cfg.total_steps)
-    start_step = step
-    last_ckpt = step
-    t0, steps0 = time.monotonic(), step
-    bar = progress(cfg.total_steps, f"train-teacher {game}", "step", initial=step)
+    start_step = last_ckpt = steps0 = lr.step
+    t0 = time.monotonic()
+    bar = progress(cfg.total_steps, f"train-teacher {game}", "step", initial=lr.step)
     loss_val = float("nan")
-    while step < cfg.total_steps:
-        eps = linear_schedule(cfg.start_e, cfg.end_e, anneal, step)
-        if step < cfg.learning_starts:
-            actions = rng.integers(0, online.num_actions[0], size=n)
+    while lr.step < cfg.total_steps:
+        eps = linear_schedule(cfg.start_e, cfg.end_e, anneal, lr.step)
+        if lr.step < cfg.learning_starts:
+            actions = lr.rng.integers(0, n_actions, size=n)
         else:
             with torch.no_grad():
-                greedy = online(torch.from_numpy(obs).to(device)).argmax(1).cpu().numpy()
-            explore = rng.random(n) < eps
-            actions = np.where(explore, rng.integers(0, online.num_actions[0], size=n), greedy)
+                greedy = lr.online(torch.from_numpy(obs).to(lr.device)).argmax(1).cpu().numpy()
+            explore = lr.rng.random(n) < eps
+            actions = np.where(explore, lr.rng.integers(0, n_actions, size=n), greedy)
         next_obs, rewards, terminated, truncated, info = envs.step(actions.astype(np.int64))
         ended = stats.update(rewards, terminated, truncated)
         stored = recorder.record(obs, actions, rewards, terminated, truncated, np.asarray(info["lives"]))
@@ -322,35 +310,35 @@ def _train_loop(
         # Only envs that acted took an agent step: a NEXT_STEP reset ignores its action. Counting this way
         # makes the replay hold exactly `step` rows, whatever the episode boundaries (and across resumes).
         k = int(stored.sum())
-        step += k
+        lr.step += k
         bar.update(k)
         for _, ret, length in ended:
-            curve.append((step, ret, length, eps))
+            lr.curve.append((lr.step, ret, length, eps))
             recent.append(ret)
             if on_metrics:
-                on_metrics({"episode_return": ret, "episode_length": float(length), "epsilon": eps}, step)
+                on_metrics({"episode_return": ret, "episode_length": float(length), "epsilon": eps}, lr.step)
 
-        if step >= cfg.learning_starts and len(replay) > cfg.batch_size:
-            for _ in range(_crossings(step, k, cfg.train_frequency)):
-                loss_val = _learn(cfg, online, target, opt, replay, rng, device)
-                updates += 1
-            if _crossings(step, k, cfg.target_network_frequency):
-                target.load_state_dict(online.state_dict())
+        if lr.step >= cfg.learning_starts and len(lr.replay) > cfg.batch_size:
+            for _ in range(_crossings(lr.step, k, cfg.train_frequency)):
+                loss_val = _learn(cfg, lr)
+                lr.updates += 1
+            if _crossings(lr.step, k, cfg.target_network_frequency):
+                lr.target.load_state_dict(lr.online.state_dict())
 
-        if step - last_ckpt >= cfg.checkpoint_every and step < cfg.total_steps:
-            _save_resume(out, step, online, target, opt, replay, rng, curve, updates)
-            last_ckpt = step
-        if _crossings(step, k, 1000):
-            sps = (step - steps0) / max(time.monotonic() - t0, 1e-9)
+        if lr.step - last_ckpt >= cfg.checkpoint_every and lr.step < cfg.total_steps:
+            _save_resume(out, lr)
+            last_ckpt = lr.step
+        if _crossings(lr.step, k, 1000):
+            sps = (lr.step - steps0) / max(time.monotonic() - t0, 1e-9)
             mean_ret = float(np.mean(recent)) if recent else float("nan")
             bar.set_postfix(eps=f"{eps:.3f}", ret=f"{mean_ret:.1f}", loss=f"{loss_val:.4f}")
             if on_metrics:
                 on_metrics(
-                    {"steps_per_second": sps, "td_loss": loss_val, "epsilon": eps, "updates": updates}, step
+                    {"steps_per_second": sps, "td_loss": loss_val, "epsilon": eps, "updates": lr.updates}, lr.step
                 )
-        if stop_after is not None and step - start_step >= stop_after:
+        if stop_after is not None and lr.step - start_step >= stop_after:
             bar.close()
-            raise KeyboardInterrupt(f"stop_after={stop_after} reached at step {step}")
+            raise KeyboardInterrupt(f"stop_after={stop_after} reached at step {lr.step}")
     bar.close()
 
 
@@ -359,8 +347,10 @@ def _crossings(step: int, n: int, every: int) -> int:
     return step // every - (step - n) // every
 
 
-def _learn(cfg, online, target, opt, replay, rng, device) -> float:
-    b = replay.sample(cfg.batch_size, rng, episodic_life=cfg.env.episodic_life)
+def _learn(cfg: TeacherConfig, lr: _Learner) -> float:
+    """One Double-DQN update on a sampled minibatch; returns the Huber loss."""
+    online, target, opt, device = lr.online, lr.target, lr.opt, lr.device
+    b = lr.replay.sample(cfg.batch_size, lr.rng, episodic_life=cfg.env.episodic_life)
     states = torch.from_numpy(b["states"]).to(device)
     next_states = torch.from_numpy(b["next_states"]).to(device)
     rewards = torch.from_numpy(b["rewards"]).to(device)
@@ -455,9 +445,7 @@ def _result_from_disk(out: Path, game: str, cfg: TeacherConfig) -> TeacherResult
     )
 
 
-def load_teacher(
-    directory: str | Path, device: str | torch.device = "cpu"
-) -> tuple[DuelingQNetwork, dict[str, Any]]:
+def load_teacher(directory: str | Path, device: str | torch.device = "cpu") -> tuple[DuelingQNetwork, dict[str, Any]]:
     """Load a teacher checkpoint (a run directory or its ``checkpoint/`` subdirectory)."""
     from .checkpoint import load_checkpoint
 
