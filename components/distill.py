@@ -1,4 +1,5 @@
-"""Component ``distill``: one multi-task student from every game's teacher (:func:`polydistill.distill.distill`)."""
+"""Component ``distill``: one multi-task student from every game's teacher
+(:func:`polydistill.distill.distill`)."""
 
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
@@ -23,10 +24,11 @@ def distill(
 ):
     """Distill the teachers into one student trained on ``source`` states (``subset``: part of each buffer;
     ``latent``: the decoded latent datasets). Teachers and datasets are paired by ``metadata["game"]``."""
+    from polydistill_kfp.components import runtime as rt
+
     from polydistill import config as C
     from polydistill.distill import distill as run_distill
     from polydistill.tracking import StageRun
-    from polydistill_kfp.components import runtime as rt
 
     rt.setup(minio_endpoint)
     cfg = C.from_dict("distill", {**config, "source": source})
@@ -34,11 +36,11 @@ def distill(
     dataset_uris = {d.metadata["game"]: d.metadata["uri"] for d in datasets}
     with (
         rt.work_dir(rt.data_uri(run_root, "work/distill", source)) as work,
-        StageRun(tracking_uri, parent_run_id, "distill", source, experiment) as run,
+        StageRun(tracking_uri, parent_run_id, "distill", source, experiment=experiment) as run,
     ):
         run.log_config({**cfg.model_dump(mode="json"), "datasets": dataset_uris})
         res = run_distill(teacher_dirs, dataset_uris, cfg, work.path,
-                          on_metrics=rt.chain(run.log_metrics, work.maybe_sync))
+                          on_metrics=rt.chain(run, work.maybe_sync))
         rt.copy_dir(res.checkpoint_dir, student.path)
         rt.write_html(curves.path, f"student ({source}): loss and agreement per game", [res.curves_png])
         summary = {
@@ -50,6 +52,8 @@ def distill(
         run.log_metrics(summary, res.steps)
         run.log_artifact(res.curves_png)
         run.log_artifact(res.curves_csv)
-        run.log_model(res.checkpoint_dir, "student")
+        rt.log_checkpoint(run, res.checkpoint_dir, "student")
     rt.log_scalars(metrics, {k.replace("/", "_"): v for k, v in summary.items()})
-    student.metadata.update({"games": sorted(teacher_dirs), "source": source, "parameters": res.parameters})
+    # The report task registers the student from this run (register_student needs the run that logged it).
+    student.metadata.update({"games": sorted(teacher_dirs), "source": source, "parameters": res.parameters,
+                             "mlflow_run_id": run.run_id or ""})

@@ -27,17 +27,18 @@ def encode_buffer(
     shard size and Q precision from the export config); ``latents.metadata["uri"]`` is its URI."""
     import json
 
+    from polydistill_kfp.components import runtime as rt
+
     from polydistill import config as C
     from polydistill.autoencoder import encode_buffer as encode
     from polydistill.tracking import StageRun
-    from polydistill_kfp.components import runtime as rt
 
     rt.setup(minio_endpoint)
     ae_cfg = C.from_dict("autoencoder", autoencoder_config)
     ex_cfg = C.from_dict("export", export_config)
     dest = rt.data_uri(run_root, "latents", game)
     settings = {"code_dtype": ae_cfg.code_dtype, "shard_steps": ex_cfg.shard_steps, "q_dtype": ex_cfg.q_dtype}
-    with StageRun(tracking_uri, parent_run_id, "encode-buffer", game, experiment) as run:
+    with StageRun(tracking_uri, parent_run_id, "encode-buffer", game, experiment=experiment) as run:
         run.log_config({"source": buffer.metadata["uri"], "dest": dest, **settings})
         manifest = encode(buffer.metadata["uri"], autoencoder.path, teacher.path, dest, create_bucket=True,
                           **settings)
@@ -50,4 +51,4 @@ def encode_buffer(
         run.log_metrics(summary, manifest.num_steps)
     rt.log_scalars(metrics, summary)
     rt.write_json(latents.path, {"uri": dest, "manifest": json.loads(manifest.to_json())})
-    latents.metadata.update({"game": game, "uri": dest, "codec": manifest.codec, **summary})
+    latents.metadata.update({"game": game, "uri": dest, "codec": manifest.codec, **rt.finite(summary)})

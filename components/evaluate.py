@@ -21,15 +21,17 @@ def evaluate(
 ):
     """Score ``agent`` (the random policy when no agent is given) on ``games``; ``scores`` is the results JSON
     (docs/CONTRACTS.md) under ``label`` (``teacher``, ``student_subset``, ``student_latent``, ``random``)."""
+    from polydistill_kfp.components import runtime as rt
+
     from polydistill import config as C
     from polydistill.evaluate import evaluate as play
     from polydistill.tracking import StageRun
-    from polydistill_kfp.components import runtime as rt
 
     rt.setup()
     cfg = C.from_dict("evaluate", config)
-    name = label if len(games) != 1 else f"{label}-{games[0]}"
-    with StageRun(tracking_uri, parent_run_id, "evaluate", name, experiment) as run:
+    # Child run names: evaluate/teacher-Pong (one per teacher), evaluate/student_subset, evaluate/random.
+    name = f"{label}-{'-'.join(games)}" if label == "teacher" else label
+    with StageRun(tracking_uri, parent_run_id, "evaluate", name, experiment=experiment) as run:
         run.log_config({**cfg.model_dump(mode="json"), "agent": label, "games": ",".join(games)})
         results = play(agent.path if agent is not None else "random", games, cfg, label=label)
         values = {}

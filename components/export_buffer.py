@@ -27,15 +27,16 @@ def export_buffer(
     """
     import json
 
+    from polydistill_kfp.components import runtime as rt
+
     from polydistill import config as C
     from polydistill.export import export_buffer as export
     from polydistill.tracking import StageRun
-    from polydistill_kfp.components import runtime as rt
 
     rt.setup(minio_endpoint)
     cfg = C.from_dict("export", config)
     dest = rt.data_uri(run_root, "buffers", game)
-    with StageRun(tracking_uri, parent_run_id, "export-buffer", game, experiment) as run:
+    with StageRun(tracking_uri, parent_run_id, "export-buffer", game, experiment=experiment) as run:
         run.log_config(cfg.model_dump(mode="json"))
         manifest = export(experience.path, dest, teacher.path, cfg, create_bucket=True)
         summary = {
@@ -47,5 +48,5 @@ def export_buffer(
         run.log_metrics(summary, manifest.num_steps)
     rt.log_scalars(metrics, summary)
     rt.write_json(buffer.path, {"uri": dest, "manifest": json.loads(manifest.to_json())})
-    buffer.metadata.update({"game": game, "uri": dest, "codec": manifest.codec, **summary})
+    buffer.metadata.update({"game": game, "uri": dest, "codec": manifest.codec, **rt.finite(summary)})
 

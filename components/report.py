@@ -2,7 +2,7 @@
 written as Markdown, HTML and JSON with a chart (:func:`polydistill.report.write_report`)."""
 
 from kfp import dsl
-from kfp.dsl import HTML, Artifact, Input, Markdown, Model, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Model, Output
 
 from .image import IMAGE
 
@@ -15,33 +15,48 @@ def report(
     random_scores: Input[Artifact],
     student_subset: Input[Model],
     student_latent: Input[Model],
+    buffers: Input[list[Dataset]],
+    latents: Input[list[Dataset]],
     tracking_uri: str,
     parent_run_id: str,
-    experiment: str,
+    registered_model: str,
     report_md: Output[Markdown],
     report_html: Output[HTML],
     report_json: Output[Artifact],
 ):
-    """Render the report from every evaluation's results, attach it to the MLflow parent run and register
-    the students in the Model Registry (alias ``candidate``; ``champion`` only when better)."""
-    import shutil
+    """Render the report from every evaluation's results, log its numbers and files to the MLflow parent
+    run, and register both students as versions of ``registered_model`` (alias ``candidate``; ``champion``
+    moves only to a student with a higher geometric-mean % of teacher on the same games)."""
+    import json
+    import logging
     import tempfile
     from pathlib import Path
 
+    from polydistill_kfp.components import runtime as rt
+
     from polydistill.report import write_report
     from polydistill.tracking import log_report_to_parent, register_student
-    from polydistill_kfp.components import runtime as rt
 
     rt.setup()
     results = [a.path for a in teacher_scores]
     results += [student_subset_scores.path, student_latent_scores.path, random_scores.path]
-    out = Path(tempfile.mkdtemp(prefix="polydistill-report-"))
-    files = write_report(results, out)
-    shutil.copyfile(files["markdown"], report_md.path)
-    shutil.copyfile(files["json"], report_json.path)
-    # The chart goes inline so the Kubeflow UI's HTML viewer needs no second file.
-    rt.write_html(report_html.path, "polydistill results", [files["chart"]],
-                  body=Path(files["html"]).read_text())
-    log_report_to_parent(tracking_uri, parent_run_id, files)
-    for student in (student_subset, student_latent):
-        register_student(tracking_uri, parent_run_id, student.path, files["json"], experiment=experiment)
+    files = write_report(results, Path(tempfile.mkdtemp(prefix="polydistill-report-")))
+    rt.copy_file(files["markdown"], report_md.path)
+    rt.copy_file(files["html"], report_html.path)  # self-contained: the chart is inlined
+    rt.copy_file(files["json"], report_json.path)
+    table = json.loads(Path(files["json"]).read_text())
+    bytes_per_state = {
+        source: {d.metadata["game"]: d.metadata["bytes_per_state"] for d in datasets}
+        for source, datasets in (("subset", buffers), ("latent", latents))
+    }
+    metrics = log_report_to_parent(tracking_uri, parent_run_id, table, bytes_per_state=bytes_per_state)
+    log = logging.getLogger("polydistill.pipeline")
+    for source, student in (("subset", student_subset), ("latent", student_latent)):
+        geo = metrics.get(f"geo_mean_pct/{source}")
+        run_id = student.metadata.get("mlflow_run_id")
+        if geo is None or not run_id:
+            log.warning("student (%s) not registered: %s", source,
+                        "no geometric-mean % of teacher" if geo is None else "its MLflow run is missing")
+            continue
+        register_student(tracking_uri, run_id, registered_model, student.metadata["games"], geo)
+    print(Path(files["markdown"]).read_text())

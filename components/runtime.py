@@ -184,11 +184,16 @@ def work_dir(uri: str, sync_seconds: float | None = None) -> Iterator[WorkDir]:
     except BaseException:
         with contextlib.suppress(Exception):
             wd.sync()
+        if wd.remote:  # the mirror has it; the scratch copy is of no use to anyone
+            shutil.rmtree(wd.path, ignore_errors=True)
         raise
     wd.discard()
 
 
-def chain(*callbacks: Callable[[dict[str, float], int], Any] | None) -> Callable[[dict[str, float], int], None]:
+MetricsCallback = Callable[[dict[str, float], int], Any]
+
+
+def chain(*callbacks: MetricsCallback | None) -> MetricsCallback:
     """One ``on_metrics(metrics, step)`` callback calling each of ``callbacks`` in turn."""
     live = [c for c in callbacks if c is not None]
 
@@ -206,6 +211,14 @@ def copy_dir(src: str | Path, dest: str | Path) -> Path:
     return dest
 
 
+def copy_file(src: str | Path, dest: str | Path) -> Path:
+    """Copy the file ``src`` to ``dest`` (an output artifact's path), creating its directory."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dest)
+    return dest
+
+
 def write_html(path: str | Path, title: str, images: list[str | Path] = (), body: str = "") -> None:
     """A self-contained HTML page (PNG images inlined) for an ``Output[HTML]``: the Kubeflow UI shows it."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>",
@@ -220,14 +233,56 @@ def write_html(path: str | Path, title: str, images: list[str | Path] = (), body
     Path(path).write_text("\n".join(parts))
 
 
-def log_scalars(metrics_artifact: Any, values: dict[str, Any]) -> None:
-    """Record the finite numbers of ``values`` on an ``Output[Metrics]`` (shown in the Kubeflow UI)."""
+def finite(values: dict[str, Any]) -> dict[str, float]:
+    """The finite numbers of ``values``: artifact metadata is a protobuf Struct, which rejects NaN and inf
+    (a teacher that finished no episode has a NaN mean return)."""
     import math
 
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            continue
-        metrics_artifact.log_metric(name, float(value))
+    return {k: float(v) for k, v in values.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
+
+
+def log_scalars(metrics_artifact: Any, values: dict[str, Any]) -> None:
+    """Record the finite numbers of ``values`` on an ``Output[Metrics]`` (shown in the Kubeflow UI)."""
+    for name, value in finite(values).items():
+        metrics_artifact.log_metric(name, value)
+
+
+def log_checkpoint(run: Any, checkpoint_dir: str | Path, name: str) -> str | None:
+    """Log the network saved in ``checkpoint_dir`` to the MLflow stage ``run`` as model ``name``.
+
+    MLflow's pt2 format traces the network, so it gets an input example: two blank uint8 states.
+    """
+    if not run.active:  # tracking is off (MLflow unreachable): do not load the network for nothing
+        return None
+    import numpy as np
+
+    from polydistill.checkpoint import load_checkpoint
+
+    model, meta = load_checkpoint(checkpoint_dir)
+    obs = meta.get("observation") or {}
+    shape = (2, int(obs.get("frame_stack", 4)), *[int(x) for x in obs.get("frame_shape", (84, 84))])
+    return run.log_model(model, name, meta, np.zeros(shape, dtype=np.uint8))
+
+
+def find_pipeline_run(tracking_uri: str, experiment: str, kfp_run_id: str) -> str:
+    """The id of the MLflow parent run tagged ``kfp.run_id=kfp_run_id`` ("" when none or MLflow is down)."""
+    try:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri)
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            return ""
+        runs = client.search_runs(
+            [exp.experiment_id],
+            filter_string=f"tags.`kfp.run_id` = '{kfp_run_id}' and tags.`polydistill.kind` = 'pipeline'",
+            max_results=1,
+        )
+        return runs[0].info.run_id if runs else ""
+    except Exception as e:  # tracking must never fail a pipeline step
+        log.warning("could not look up the MLflow parent run of %s: %s", kfp_run_id, e)
+        return ""
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -6,6 +6,7 @@ from kfp import dsl
 
 from .image import IMAGE
 
+
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def start_run(
     profile: str,
@@ -58,10 +59,11 @@ def start_run(
     import collections
     import logging
 
+    from polydistill_kfp.components import runtime as rt
+
     from polydistill import config as C
     from polydistill.envs import canonical_game
     from polydistill.tracking import resolve_tracking_uri, start_pipeline_run
-    from polydistill_kfp.components import runtime as rt
 
     rt.setup()
     params = {name: arguments[name] for name in C.PIPELINE_PARAMETERS}
@@ -70,14 +72,16 @@ def start_run(
     if not store_uri:
         raise ValueError("store_uri is empty: pass s3://bucket/prefix (cluster) or file:///path (local)")
     root = rt.run_root(store_uri, kfp_run_id)
-    uri = resolve_tracking_uri(tracking_uri or None)
+    uri = resolve_tracking_uri(tracking_uri or None, None)  # "" -> $MLFLOW_TRACKING_URI (cluster ConfigMap)
     explicit = {k: v for k, v in params.items() if v != "" and not (isinstance(v, int | float) and v < 0)}
+    # The resolved stage configs as params give the dotted names `polydistill compare` reads (distill.loss).
     parent = start_pipeline_run(
         uri,
         experiment,
         run_name=f"polydistill-{profile}-{kfp_run_id}",
-        tags={"kfp.run_id": kfp_run_id, "profile": profile, "games": ",".join(game_list), "run_root": root},
-        params={"profile": profile, "games": ",".join(game_list), **explicit},
+        tags={"kfp.run_id": kfp_run_id, "profile": profile, "games": game_list, "polydistill.run_root": root},
+        params={"profile": profile, "games": ",".join(game_list), **configs,
+                "pipeline": {k: str(v) for k, v in explicit.items()}},
     )
     log = logging.getLogger("polydistill.pipeline")
     log.info("profile %s, games %s, run root %s, MLflow parent run %s", profile, game_list, root, parent)

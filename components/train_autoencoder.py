@@ -23,23 +23,25 @@ def train_autoencoder(
 ):
     """Train on the dataset at ``buffer.metadata["uri"]``; outputs the checkpoint directory, a page with the
     reconstruction grid and the reconstruction metrics (MSE, PSNR, changed-pixel error, ...)."""
+    from polydistill_kfp.components import runtime as rt
+
     from polydistill import config as C
     from polydistill.autoencoder import train_autoencoder as train
     from polydistill.tracking import StageRun
-    from polydistill_kfp.components import runtime as rt
 
     rt.setup(minio_endpoint)
     cfg = C.from_dict("autoencoder", config)
     with (
         rt.work_dir(rt.data_uri(run_root, "work/autoencoder", game)) as work,
-        StageRun(tracking_uri, parent_run_id, "train-autoencoder", game, experiment) as run,
+        StageRun(tracking_uri, parent_run_id, "train-autoencoder", game, experiment=experiment) as run,
     ):
         run.log_config(cfg.model_dump(mode="json"))
-        res = train(buffer.metadata["uri"], cfg, work.path, on_metrics=rt.chain(run.log_metrics, work.maybe_sync))
+        res = train(buffer.metadata["uri"], cfg, work.path, on_metrics=rt.chain(run, work.maybe_sync))
         rt.copy_dir(res.checkpoint_dir, autoencoder.path)
-        rt.write_html(grid.path, f"{game}: originals and reconstructions", [res.grid_png])
+        rt.write_html(grid.path, f"{game}: originals and reconstructions", [res.grid_png, res.loss_png])
         run.log_artifact(res.grid_png)
         run.log_artifact(res.history_csv)
-        run.log_model(res.checkpoint_dir, "autoencoder")
+        run.log_artifact(res.loss_png)
+        rt.log_checkpoint(run, res.checkpoint_dir, "autoencoder")
     rt.log_scalars(metrics, res.metrics)
-    autoencoder.metadata.update({"game": game, **{k: v for k, v in res.metrics.items() if isinstance(v, int | float)}})
+    autoencoder.metadata.update({"game": game, **rt.finite(res.metrics)})

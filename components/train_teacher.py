@@ -1,4 +1,5 @@
-"""Component ``train-teacher``: a Dueling Double DQN teacher for one game (:func:`polydistill.teacher.train_teacher`)."""
+"""Component ``train-teacher``: a Dueling Double DQN teacher for one game
+(:func:`polydistill.teacher.train_teacher`)."""
 
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Metrics, Model, Output
@@ -26,19 +27,20 @@ def train_teacher(
     the object store by ``export-buffer``), ``curve`` (learning curve page) and ``metrics``. The working
     directory lives under ``run_root/work/teacher/GAME`` so a retried task resumes from its last checkpoint.
     """
+    from polydistill_kfp.components import runtime as rt
+
     from polydistill import config as C
     from polydistill.teacher import train_teacher as train
     from polydistill.tracking import StageRun
-    from polydistill_kfp.components import runtime as rt
 
     rt.setup(minio_endpoint)
     cfg = C.from_dict("teacher", config)
     with (
         rt.work_dir(rt.data_uri(run_root, "work/teacher", game)) as work,
-        StageRun(tracking_uri, parent_run_id, "train-teacher", game, experiment) as run,
+        StageRun(tracking_uri, parent_run_id, "train-teacher", game, experiment=experiment) as run,
     ):
         run.log_config(cfg.model_dump(mode="json"))
-        res = train(game, cfg, work.path, on_metrics=rt.chain(run.log_metrics, work.maybe_sync))
+        res = train(game, cfg, work.path, on_metrics=rt.chain(run, work.maybe_sync))
         rt.copy_dir(res.checkpoint_dir, teacher.path)
         rt.copy_dir(res.out_dir / "dataset", experience.path)
         rt.write_html(curve.path, f"{game}: teacher learning curve", [res.curve_png])
@@ -47,6 +49,6 @@ def train_teacher(
         run.log_metrics({"final_return_mean": res.final_return_mean}, res.steps)
         run.log_artifact(res.curve_png)
         run.log_artifact(res.curve_csv)
-        run.log_model(res.checkpoint_dir, "teacher")
-    teacher.metadata.update({"game": game, **summary})
+        rt.log_checkpoint(run, res.checkpoint_dir, "teacher")
+    teacher.metadata.update({"game": game, **rt.finite(summary)})
     experience.metadata.update({"game": game, "uri": experience.uri, "steps": cfg.record_steps})

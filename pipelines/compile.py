@@ -1,4 +1,4 @@
-"""Compile the pipeline variants to KFP IR YAML (the files under ``pipelines/compiled/`` are these, committed).
+"""Compile the pipeline variants to KFP IR YAML (the committed files under ``pipelines/compiled/``).
 
 ``tests/test_pipeline.py`` recompiles into a temporary directory and fails when a committed file differs, so
 the YAML under version control always matches the code: after changing a component or the DAG, run

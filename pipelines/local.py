@@ -83,7 +83,6 @@ def run_local(
     run_dir: str | Path | None = None,
     params: Mapping[str, Any] | None = None,
     experiment: str | None = None,
-    variant: str = "polydistill",
 ) -> LocalRun:
     """Run the whole DAG on kfp's local runner and return where the results are.
 
@@ -93,15 +92,14 @@ def run_local(
         store_uri: object store for datasets; default ``file://RUN_DIR/store``.
         tracking_uri: MLflow tracking URI; default ``sqlite:///RUN_DIR/mlflow.db``.
         run_dir: where everything goes; default ``runs/<timestamp>-<profile>``.
-        params: pipeline hyperparameters (names of ``config.PIPELINE_PARAMETERS``); unset ones use the profile.
+        params: pipeline hyperparameters (names of ``config.PIPELINE_PARAMETERS``); unset: the profile's.
         experiment: MLflow experiment name; default the pipeline's (``polydistill``).
-        variant: which compiled variant's DAG to run (resource settings are ignored locally).
     Raises:
         RuntimeError: a task failed (the message names it; its log is above it on stdout).
     """
     from kfp import local
 
-    from .pipeline import PIPELINES
+    from .pipeline import local_pipeline
 
     run = Path(run_dir) if run_dir is not None else default_run_dir(profile)
     run = run.expanduser().resolve()
@@ -116,17 +114,26 @@ def run_local(
     with warnings.catch_warnings():
         # The runner warns that the project image's name lacks "python": it runs this Python instead.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
-        task = PIPELINES[variant](**args)
+        # ... and that CPU/memory/GPU requests mean nothing on this machine.
+        warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
+        local_pipeline(**args)
     seconds = time.monotonic() - t0
-    report_dir = collect_report(Path(task.output.path), run / "report")
+    report_dir = collect_report(run / "kfp", run / "report")
     return LocalRun(run_dir=run, store_uri=store, tracking_uri=tracking, report_dir=report_dir,
                     report_md=report_dir / "report.md", seconds=seconds)
 
 
-def collect_report(report_md_artifact: Path, dest: Path) -> Path:
-    """Copy the report task's outputs (Markdown, HTML, JSON) from kfp's pipeline root into ``dest``."""
+def collect_report(pipeline_root: Path, dest: Path) -> Path:
+    """Copy the newest report task's outputs (Markdown, HTML, JSON) from kfp's pipeline root into ``dest``.
+
+    (An exit handler wraps the DAG, and kfp allows no pipeline outputs from inside one, so the report is
+    found on disk: ``PIPELINE_ROOT/<pipeline>-<time>/.../report/report_md``.)
+    """
+    found = sorted(pipeline_root.rglob("report/report_md"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise RuntimeError(f"the pipeline finished but no report was found under {pipeline_root}")
+    task_dir = found[-1].parent
     dest.mkdir(parents=True, exist_ok=True)
-    task_dir = report_md_artifact.parent
     for artifact, name in (("report_md", "report.md"), ("report_html", "report.html"),
                            ("report_json", "report.json")):
         src = task_dir / artifact

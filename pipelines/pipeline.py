@@ -24,8 +24,8 @@ Variants (same parameters, same DAG):
     ``nvidia.com/gpu`` each and run in the CUDA image; larger CPU/memory requests.
 
 On a cluster, every task gets ``MINIO_ENDPOINT`` and ``MLFLOW_TRACKING_URI`` from the ConfigMap
-``polydistill-config`` (optional; the ``minio_endpoint`` and ``tracking_uri`` parameters override them) and the
-tasks that touch the object store get the S3 credentials from the Secret ``mlpipeline-minio-artifact``
+``polydistill-config`` (optional; the ``minio_endpoint`` and ``tracking_uri`` parameters override them) and
+the tasks that touch the object store get the S3 credentials from the Secret ``mlpipeline-minio-artifact``
 (``accesskey``/``secretkey`` -> ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``). No credential is ever a
 parameter or part of the compiled YAML.
 
@@ -37,6 +37,8 @@ pipeline run never silently reuses an older run's teachers, which is what a sche
 """
 
 
+import collections
+import dataclasses
 import inspect
 import typing
 from collections.abc import Callable
@@ -44,12 +46,13 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from kfp import dsl, kubernetes
-from kfp.dsl import Artifact, Dataset, Markdown, Model
+from kfp.dsl import Artifact, Dataset, Model
 
 from polydistill import config as C
 
 from .components.distill import distill
 from .components.encode_buffer import encode_buffer
+from .components.end_run import end_run
 from .components.evaluate import evaluate
 from .components.export_buffer import export_buffer
 from .components.image import IMAGE_CUDA
@@ -62,6 +65,7 @@ from .components.train_teacher import train_teacher
 FIXED_PARAMETERS = ("games", "profile", "store_uri", "tracking_uri", "minio_endpoint", "experiment")
 DEFAULT_STORE = "s3://polydistill"  # the bucket manifests/ creates
 DEFAULT_EXPERIMENT = "polydistill"
+REGISTERED_MODEL = "polydistill-student"  # the students' name in the MLflow Model Registry
 MINIO_SECRET = "mlpipeline-minio-artifact"
 MINIO_SECRET_ENV = {"accesskey": "AWS_ACCESS_KEY_ID", "secretkey": "AWS_SECRET_ACCESS_KEY"}
 CONFIG_MAP = "polydistill-config"
@@ -83,6 +87,9 @@ class Variant:
     # component name -> (cpu request, memory request)
     resources: dict[str, tuple[str, str]] = field(default_factory=dict)
     description: str = ""
+    # Retries of each training task. kfp's local runner honours them (with the backoff), so the local
+    # variant sets 0: a failing task there should fail the run now, not in 15 minutes.
+    retries: int = 3
 
 
 VARIANTS: dict[str, Variant] = {
@@ -98,6 +105,7 @@ VARIANTS: dict[str, Variant] = {
             "distill": ("4", "8Gi"),
             "evaluate": ("4", "4Gi"),
             "report": ("500m", "1Gi"),
+            "end-run": ("250m", "512Mi"),
         },
         description="Multi-task policy distillation for Atari (CPU): teachers -> buffers -> autoencoders -> "
         "latents -> two students -> evaluation and report. Hyperparameters at -1 / empty use the profile's.",
@@ -116,6 +124,7 @@ VARIANTS: dict[str, Variant] = {
             "distill": ("8", "32Gi"),
             "evaluate": ("8", "8Gi"),
             "report": ("500m", "1Gi"),
+            "end-run": ("250m", "512Mi"),
         },
         description="Multi-task policy distillation for Atari, the seed paper's protocol on GPUs (one "
         "nvidia.com/gpu per training task). Hyperparameters at -1 / empty use the profile's.",
@@ -138,7 +147,7 @@ def parameter_sentinel(name: str) -> tuple[type, Any]:
         return float, -1.0
     if ann is str or typing.get_origin(ann) is typing.Literal:
         return str, ""
-    raise TypeError(f"pipeline parameter {name!r} maps to {stage}.{key} of type {ann!r}: add a sentinel for it")
+    raise TypeError(f"pipeline parameter {name!r} maps to {stage}.{key} of type {ann!r}: give it a sentinel")
 
 
 def _env(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
@@ -158,7 +167,8 @@ def _make_pipeline(variant: Variant) -> Callable[..., Any]:
         return dsl.component(base_image=IMAGE_CUDA, install_kfp_package=False)(component.python_func)
 
     comps = {c.component_spec.name: c for c in (
-        train_teacher, export_buffer, train_autoencoder, encode_buffer, distill, evaluate, report, start_run)}
+        train_teacher, export_buffer, train_autoencoder, encode_buffer, distill, evaluate, report, start_run,
+        end_run)}
     for name in variant.gpu_tasks:
         comps[name] = cuda(comps[name])
 
@@ -168,8 +178,9 @@ def _make_pipeline(variant: Variant) -> Callable[..., Any]:
         task.set_cpu_request(cpu).set_memory_request(memory)
         if name in variant.gpu_tasks:
             task.set_accelerator_type(GPU).set_accelerator_limit(1)
-        if name in TRAINING_TASKS:
-            task.set_retry(num_retries=3, backoff_duration="120s", backoff_factor=2.0, backoff_max_duration="3600s")
+        if name in TRAINING_TASKS and variant.retries:
+            task.set_retry(num_retries=variant.retries, backoff_duration="120s", backoff_factor=2.0,
+                           backoff_max_duration="3600s")
         if display:
             task.set_display_name(display)
         return _env(task, name)
@@ -207,8 +218,7 @@ def _make_pipeline(variant: Variant) -> Callable[..., Any]:
             scored = configure(comps["evaluate"](
                 label="teacher", games=[game], config=evaluate_config, agent=teacher.outputs["teacher"],
                 **common), "evaluate teacher")
-        outputs = typing.NamedTuple(
-            "PerGame", [("teachers", Any), ("buffers", Any), ("latents", Any), ("teacher_scores", Any)])
+        outputs = collections.namedtuple("PerGame", ["teachers", "buffers", "latents", "teacher_scores"])
         return outputs(
             dsl.Collected(teacher.outputs["teacher"]),
             dsl.Collected(buffer.outputs["buffer"]),
@@ -224,38 +234,49 @@ def _make_pipeline(variant: Variant) -> Callable[..., Any]:
         minio_endpoint: str,
         experiment: str,
         **hyperparameters: Any,
-    ) -> Any:
-        setup = configure(comps["start-run"](
-            profile=profile, games=games, store_uri=store_uri, tracking_uri=tracking_uri, experiment=experiment,
-            kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, **hyperparameters))
-        setup.set_caching_options(False)  # a new MLflow parent run for every pipeline run
-        out = setup.outputs
-        common = {"tracking_uri": out["tracking_uri"], "parent_run_id": out["parent_run_id"],
-                  "experiment": experiment}
-        loop = per_game(
-            games=out["games"], teacher_config=out["teacher_config"], export_config=out["export_config"],
-            autoencoder_config=out["autoencoder_config"], evaluate_config=out["evaluate_config"],
-            run_root=out["run_root"], minio_endpoint=minio_endpoint, **common)
-        students, scores = {}, {}
-        for source, datasets in (("subset", loop.outputs["buffers"]), ("latent", loop.outputs["latents"])):
-            students[source] = configure(comps["distill"](
-                source=source, teachers=loop.outputs["teachers"], datasets=datasets,
-                config=out["distill_config"], run_root=out["run_root"], minio_endpoint=minio_endpoint,
-                **common), f"distill ({source})")
-            scores[source] = configure(comps["evaluate"](
-                label=f"student_{source}", games=out["games"], config=out["evaluate_config"],
-                agent=students[source].outputs["student"], **common), f"evaluate student ({source})")
-        baseline = configure(comps["evaluate"](
-            label="random", games=out["games"], config=out["evaluate_config"], **common), "evaluate random")
-        final = configure(comps["report"](
-            teacher_scores=loop.outputs["teacher_scores"],
-            student_subset_scores=scores["subset"].outputs["scores"],
-            student_latent_scores=scores["latent"].outputs["scores"],
-            random_scores=baseline.outputs["scores"],
-            student_subset=students["subset"].outputs["student"],
-            student_latent=students["latent"].outputs["student"],
-            **common))
-        return final.outputs["report_md"]
+    ) -> None:
+        # Runs last, even after a failure, and closes the MLflow parent run as FINISHED or FAILED.
+        finish = configure(comps["end-run"](
+            tracking_uri=tracking_uri, experiment=experiment, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER))
+        finish.set_caching_options(False)
+        with dsl.ExitHandler(finish, name="stages"):
+            setup = configure(comps["start-run"](
+                profile=profile, games=games, store_uri=store_uri, tracking_uri=tracking_uri,
+                experiment=experiment, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, **hyperparameters))
+            setup.set_caching_options(False)  # a new MLflow parent run for every pipeline run
+            out = setup.outputs
+            common = {"tracking_uri": out["tracking_uri"], "parent_run_id": out["parent_run_id"],
+                      "experiment": experiment}
+            loop = per_game(
+                games=out["games"], teacher_config=out["teacher_config"], export_config=out["export_config"],
+                autoencoder_config=out["autoencoder_config"], evaluate_config=out["evaluate_config"],
+                run_root=out["run_root"], minio_endpoint=minio_endpoint, **common)
+            students, scores = {}, {}
+            sources = (("subset", loop.outputs["buffers"]), ("latent", loop.outputs["latents"]))
+            for source, datasets in sources:
+                students[source] = configure(comps["distill"](
+                    source=source, teachers=loop.outputs["teachers"], datasets=datasets,
+                    config=out["distill_config"], run_root=out["run_root"], minio_endpoint=minio_endpoint,
+                    **common), f"distill ({source})")
+                scores[source] = configure(comps["evaluate"](
+                    label=f"student_{source}", games=out["games"], config=out["evaluate_config"],
+                    agent=students[source].outputs["student"], **common), f"evaluate student ({source})")
+            baseline = configure(comps["evaluate"](
+                label="random", games=out["games"], config=out["evaluate_config"], **common),
+                "evaluate random")
+            configure(comps["report"](
+                teacher_scores=loop.outputs["teacher_scores"],
+                student_subset_scores=scores["subset"].outputs["scores"],
+                student_latent_scores=scores["latent"].outputs["scores"],
+                random_scores=baseline.outputs["scores"],
+                student_subset=students["subset"].outputs["student"],
+                student_latent=students["latent"].outputs["student"],
+                buffers=loop.outputs["buffers"],
+                latents=loop.outputs["latents"],
+                tracking_uri=out["tracking_uri"],
+                parent_run_id=out["parent_run_id"],
+                registered_model=REGISTERED_MODEL,
+            ))
 
     def polydistill(
         games: list = [],  # noqa: B006 - KFP reads the default from the signature; empty = the profile's games
@@ -283,10 +304,10 @@ def _make_pipeline(variant: Variant) -> Callable[..., Any]:
         eval_episodes: int = -1,
         eval_cycles: int = -1,
         eval_cycle_steps: int = -1,
-    ) -> Markdown:
-        """The whole DAG; returns the report (Markdown)."""
+    ) -> None:
+        """The whole DAG (see the module docstring)."""
         args = dict(locals())  # first statement: the arguments (and the closure's free variables)
-        return body(**{k: args[k] for k in FIXED_PARAMETERS}, **{k: args[k] for k in C.PIPELINE_PARAMETERS})
+        body(**{k: args[k] for k in FIXED_PARAMETERS}, **{k: args[k] for k in C.PIPELINE_PARAMETERS})
 
     return dsl.pipeline(name=variant.name, description=variant.description)(polydistill)
 
@@ -300,3 +321,7 @@ def pipeline_parameters(pipeline: Any) -> dict[str, inspect.Parameter]:
 PIPELINES: dict[str, Any] = {name: _make_pipeline(v) for name, v in VARIANTS.items()}
 polydistill_pipeline = PIPELINES["polydistill"]
 polydistill_paper_pipeline = PIPELINES["polydistill-paper"]
+
+#: What ``polydistill run`` executes: the CPU variant without retries (never compiled).
+LOCAL_VARIANT = dataclasses.replace(VARIANTS["polydistill"], retries=0)
+local_pipeline = _make_pipeline(LOCAL_VARIANT)

@@ -1,0 +1,243 @@
+"""``polydistill run``, ``compile``, ``submit`` and ``schedule``: the whole pipeline, locally or on Kubeflow.
+
+kfp and the pipeline package (``polydistill_kfp``) are imported inside the commands only, so the library
+and the other commands work without them.
+"""
+
+from __future__ import annotations
+
+import functools
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .. import config as C
+from . import main
+from .options import fail
+
+_ERRORS_HINT = "install the pipeline extra: pip install 'polydistill[kfp]'"
+
+
+def _param_type(name: str) -> tuple[Any, str]:
+    """Click type and help text of a pipeline hyperparameter, from the config field it sets."""
+    stage, key = C.PIPELINE_PARAMETERS[name]
+    model: Any = C.STAGES[stage]
+    *parents, leaf = key.split(".")
+    for p in parents:
+        model = model.model_fields[p].annotation
+    field = model.model_fields[leaf]
+    ann = field.annotation
+    if typing.get_origin(ann) is typing.Literal:
+        kind: Any = click.Choice([str(a) for a in typing.get_args(ann)])
+    elif ann in (int, float):
+        kind = ann
+    else:
+        kind = str
+    return kind, f"{field.description} [{stage}.{key}; default: the profile's]"
+
+
+def pipeline_options(fn: Callable) -> Callable:
+    """Options shared by run/submit/schedule: profile, games, store, tracking, and one flag per pipeline
+    hyperparameter (``config.PIPELINE_PARAMETERS``); the command receives them as ``params``."""
+    names = list(C.PIPELINE_PARAMETERS)
+    for name in reversed(names):
+        kind, help_text = _param_type(name)
+        fn = click.option(f"--{name.replace('_', '-')}", f"hp__{name}", type=kind, default=None,
+                          help=help_text)(fn)
+    fn = click.option("--experiment", default=None,
+                      help="MLflow experiment (submit/schedule: also KFP's) [polydistill].")(fn)
+    fn = click.option("--tracking-uri", default=None,
+                      help="MLflow tracking URI (local default: sqlite:///RUN_DIR/mlflow.db; cluster "
+                           "default: $MLFLOW_TRACKING_URI of the pods).")(fn)
+    fn = click.option("--store", "store_uri", default=None,
+                      help="Object store for datasets: s3://bucket/prefix or file:///path (local default: "
+                           "file://RUN_DIR/store; cluster default: s3://polydistill).")(fn)
+    fn = click.option("--games", multiple=True,
+                      help="Games, repeated or comma-separated (--games Pong,Breakout) [the profile's].")(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        params = {n: kwargs.pop(f"hp__{n}") for n in names}
+        kwargs["games"] = [g.strip() for item in kwargs["games"] for g in item.split(",") if g.strip()]
+        return fn(*args, params={k: v for k, v in params.items() if v is not None}, **kwargs)
+
+    return wrapper
+
+
+def _check_games(games: list[str]) -> list[str]:
+    from ..envs import UnknownGameError, canonical_game
+
+    try:
+        return [canonical_game(g) for g in games]
+    except UnknownGameError as e:
+        fail(str(e))
+
+
+def _check_params(profile: str, params: dict[str, Any]) -> None:
+    try:
+        C.resolve_pipeline(profile, params)
+    except C.ConfigError as e:
+        raise click.UsageError(str(e)) from None
+
+
+def _import_kfp() -> None:
+    try:
+        import kfp
+        import kfp.kubernetes  # noqa: F401
+        import polydistill_kfp  # noqa: F401
+    except ImportError as e:
+        fail(f"the pipeline commands need kfp and polydistill_kfp ({e}); {_ERRORS_HINT}")
+
+
+@main.command("run")
+@click.option("--profile", type=click.Choice(C.PROFILES), default="cpu", show_default=True,
+              help="Preset sizes: smoke (minutes), cpu (a laptop, about an hour), paper (the seed protocol).")
+@click.option("--run-dir", type=click.Path(file_okay=False), default=None,
+              help="Directory for everything this run writes [runs/<time>-<profile>].")
+@pipeline_options
+def run_cmd(profile: str, run_dir: str | None, games: list[str], store_uri: str | None,
+            tracking_uri: str | None, experiment: str | None, params: dict[str, Any]) -> None:
+    """Run the whole pipeline on this machine with kfp's local runner.
+
+    Each task runs as a subprocess of this Python; outputs, the object store (file://) and MLflow (SQLite)
+    go under --run-dir. At the end the results table is printed, with the command that opens MLflow's UI.
+    """
+    games = _check_games(games)
+    _check_params(profile, params)
+    _import_kfp()
+    from polydistill_kfp.local import run_local
+
+    try:
+        result = run_local(profile=profile, games=games or None, store_uri=store_uri,
+                           tracking_uri=tracking_uri, run_dir=run_dir, params=params, experiment=experiment)
+    except RuntimeError as e:
+        fail(f"{e} (the failing task's log is above)")
+    click.echo("")
+    click.echo(result.report_md.read_text().rstrip())
+    click.echo("")
+    click.echo(f"Finished in {result.seconds / 60:.1f} min. Everything is under {result.run_dir}:")
+    click.echo(f"  report   {result.report_dir}/report.md (.html, .json)")
+    click.echo(f"  store    {result.store_uri}")
+    click.echo(f"  outputs  {result.run_dir / 'kfp'}")
+    click.echo(f"MLflow UI: {result.mlflow_ui_command()}   (then open http://127.0.0.1:5000)")
+
+
+@main.command("compile")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Directory for the YAML files [the package's pipelines/compiled/].")
+def compile_cmd(out_dir: str | None) -> None:
+    """Compile the pipeline variants to KFP YAML: polydistill.yaml (CPU) and polydistill-paper.yaml (GPUs)."""
+    _import_kfp()
+    from polydistill_kfp.compile import COMPILED_DIR, compile_all
+
+    for path in compile_all(Path(out_dir) if out_dir else COMPILED_DIR):
+        click.echo(str(path))
+
+
+host_option = click.option(
+    "--host", required=True, help="Kubeflow Pipelines API/UI URL, e.g. http://localhost:8080 (port-forward).")
+
+
+def kubeflow_options(fn: Callable) -> Callable:
+    """Options shared by submit and schedule (listed after the command's own, before the hyperparameters)."""
+    fn = pipeline_options(fn)
+    decorators = [
+        click.option("--profile", type=click.Choice(C.PROFILES), default=None,
+                     help="Profile [the variant's: cpu for polydistill, paper for polydistill-paper]."),
+        click.option("--variant", type=click.Choice(["polydistill", "polydistill-paper"]),
+                     default="polydistill", show_default=True,
+                     help="Compiled variant: CPU only, or GPUs for the training tasks."),
+        click.option("--pipeline-name", default=None, help="Pipeline name in Kubeflow [the variant's name]."),
+        click.option("--version", "version_name", default=None,
+                     help="Name of the uploaded pipeline version [<package version>-<UTC time>]."),
+        click.option("--minio-endpoint", default=None,
+                     help="host:port of MinIO for the steps [$MINIO_ENDPOINT from polydistill-config]."),
+        click.option("--service-account", default=None, help="Kubernetes ServiceAccount the run uses."),
+    ]
+    for d in reversed(decorators):
+        fn = d(fn)
+    return fn
+
+
+def _arguments(profile: str | None, games: list[str], store_uri: str | None, tracking_uri: str | None,
+               minio_endpoint: str | None, experiment: str | None, params: dict[str, Any]) -> dict[str, Any]:
+    """Pipeline arguments of what was given on the command line (the rest keep the pipeline's defaults)."""
+    args: dict[str, Any] = {}
+    if profile:
+        args["profile"] = profile
+    if games:
+        args["games"] = games
+    for key, value in (("store_uri", store_uri), ("tracking_uri", tracking_uri),
+                       ("minio_endpoint", minio_endpoint), ("experiment", experiment)):
+        if value:
+            args[key] = value
+    return {**args, **params}
+
+
+def _profile_for(variant: str, profile: str | None) -> str:
+    return profile or ("paper" if variant == "polydistill-paper" else "cpu")
+
+
+@main.command("submit")
+@host_option
+@click.option("--run-name", default=None, help="Name of the run [<pipeline> <version>].")
+@kubeflow_options
+def submit_cmd(host: str, profile: str | None, variant: str, pipeline_name: str | None,
+               version_name: str | None, minio_endpoint: str | None, service_account: str | None,
+               run_name: str | None, games: list[str], store_uri: str | None, tracking_uri: str | None,
+               experiment: str | None, params: dict[str, Any]) -> None:
+    """Upload the pipeline (or a new version of it) to Kubeflow and start a run."""
+    games = _check_games(games)
+    _check_params(_profile_for(variant, profile), params)
+    _import_kfp()
+    from polydistill_kfp.submit import KubeflowError, submit
+
+    args = _arguments(profile, games, store_uri, tracking_uri, minio_endpoint, experiment, params)
+    try:
+        sub = submit(host, args, experiment=experiment or "polydistill", variant=variant,
+                     pipeline_name=pipeline_name, version_name=version_name, run_name=run_name,
+                     service_account=service_account)
+    except KubeflowError as e:
+        fail(str(e))
+    up = sub.upload
+    click.echo(f"{'uploaded pipeline' if up.created_pipeline else 'uploaded version'} "
+               f"{up.pipeline_name!r} version {up.version_name!r}")
+    click.echo(f"started run {sub.run_id}: {sub.url()}")
+
+
+@main.command("schedule")
+@host_option
+@click.option("--cron", required=True,
+              help="Kubeflow cron expression, 6 fields with seconds first: '0 0 3 * * *' = 03:00 daily.")
+@click.option("--job-name", default=None, help="Name of the recurring run [<pipeline> on <cron>].")
+@click.option("--max-concurrency", type=int, default=1, show_default=True,
+              help="Runs of this schedule allowed at the same time.")
+@kubeflow_options
+def schedule_cmd(host: str, profile: str | None, variant: str, pipeline_name: str | None,
+                 version_name: str | None, minio_endpoint: str | None, service_account: str | None, cron: str,
+                 job_name: str | None, max_concurrency: int, games: list[str], store_uri: str | None,
+                 tracking_uri: str | None, experiment: str | None, params: dict[str, Any]) -> None:
+    """Upload the pipeline (or a new version of it) and create a recurring run on a cron schedule."""
+    games = _check_games(games)
+    _check_params(_profile_for(variant, profile), params)
+    _import_kfp()
+    from polydistill_kfp.submit import KubeflowError, schedule, validate_cron
+
+    try:
+        validate_cron(cron)  # before compiling or contacting anything
+    except KubeflowError as e:
+        raise click.BadParameter(str(e), param_hint="--cron") from None
+    args = _arguments(profile, games, store_uri, tracking_uri, minio_endpoint, experiment, params)
+    try:
+        sub = schedule(host, cron, args, experiment=experiment or "polydistill", variant=variant,
+                       pipeline_name=pipeline_name, version_name=version_name, job_name=job_name,
+                       max_concurrency=max_concurrency, service_account=service_account)
+    except KubeflowError as e:
+        fail(str(e))
+    up = sub.upload
+    click.echo(f"{'uploaded pipeline' if up.created_pipeline else 'uploaded version'} "
+               f"{up.pipeline_name!r} version {up.version_name!r}")
+    click.echo(f"created recurring run {sub.recurring_run_id} ({cron}): {sub.url()}")

@@ -1,0 +1,310 @@
+"""The pipeline: parameters derived from the config, the compiled YAML (structure, cluster settings, no
+credentials, up to date), and the whole smoke DAG on kfp's local runner."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from polydistill_kfp.compile import COMPILED_DIR, compile_all, compiled_name
+from polydistill_kfp.pipeline import (
+    FIXED_PARAMETERS,
+    GPU,
+    MINIO_SECRET,
+    PIPELINES,
+    STORE_TASKS,
+    TRAINING_TASKS,
+    VARIANTS,
+    local_pipeline,
+    parameter_sentinel,
+    pipeline_parameters,
+)
+
+from polydistill import config as C
+
+# ------------------------------------------------------------------------------------- parameters
+
+
+@pytest.mark.parametrize("name", [*PIPELINES, "local"])
+def test_pipeline_parameters_are_the_config_pipeline_parameters(name: str) -> None:
+    pipeline = local_pipeline if name == "local" else PIPELINES[name]
+    params = pipeline_parameters(pipeline)
+    assert list(params) == [*FIXED_PARAMETERS, *C.PIPELINE_PARAMETERS]
+    for hp in C.PIPELINE_PARAMETERS:
+        kind, sentinel = parameter_sentinel(hp)
+        assert params[hp].annotation is kind, hp
+        assert params[hp].default == sentinel, hp
+        assert type(params[hp].default) is kind, hp
+
+
+def test_every_hyperparameter_sentinel_means_the_profile_value() -> None:
+    sentinels = {hp: parameter_sentinel(hp)[1] for hp in C.PIPELINE_PARAMETERS}
+    for profile in C.PROFILES:
+        assert C.resolve_pipeline(profile, sentinels) == C.resolve_pipeline(profile)
+
+
+def test_start_run_takes_every_hyperparameter() -> None:
+    from polydistill_kfp.components.start_run import start_run
+
+    args = inspect.signature(start_run.python_func).parameters
+    for hp in C.PIPELINE_PARAMETERS:
+        assert args[hp].annotation is parameter_sentinel(hp)[0], hp
+
+
+def test_variant_defaults() -> None:
+    assert pipeline_parameters(PIPELINES["polydistill"])["profile"].default == "cpu"
+    assert pipeline_parameters(PIPELINES["polydistill-paper"])["profile"].default == "paper"
+    for p in PIPELINES.values():
+        assert pipeline_parameters(p)["games"].default == []
+
+
+# ----------------------------------------------------------------------------------- compiled YAML
+
+
+def _load(variant: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    docs = list(yaml.safe_load_all((COMPILED_DIR / compiled_name(variant)).read_text()))
+    return docs[0], docs[1]
+
+
+def _dags(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every DAG of the spec by component name ("root" for the pipeline itself)."""
+    dags = {"root": spec["root"]["dag"]}
+    dags.update({name: c["dag"] for name, c in spec["components"].items() if "dag" in c})
+    return dags
+
+
+def _edges(dag: dict[str, Any]) -> dict[str, set[str]]:
+    """{display name: display names of its upstream tasks} of one DAG."""
+    display = {t: s["taskInfo"]["name"] for t, s in dag["tasks"].items()}
+    return {display[t]: {display[d] for d in s.get("dependentTasks", [])} for t, s in dag["tasks"].items()}
+
+
+def _task_executors(spec: dict[str, Any]) -> dict[str, set[str]]:
+    """{component name (train-teacher...): executor labels} (components used twice have several)."""
+    out: dict[str, set[str]] = {}
+    for cname, comp in spec["components"].items():
+        if "executorLabel" in comp:
+            base = re.sub(r"(-\d+)+$", "", cname.removeprefix("comp-"))
+            out.setdefault(base, set()).add(comp["executorLabel"])
+    return out
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_compiled_yaml_is_up_to_date(variant: str, tmp_path: Path) -> None:
+    compile_all(tmp_path)
+    fresh = (tmp_path / compiled_name(variant)).read_text()
+    committed = COMPILED_DIR / compiled_name(variant)
+    assert committed.is_file(), f"{committed} is missing: run `polydistill compile`"
+    old = committed.read_text()
+    if old != fresh:
+        a, b = old.splitlines(), fresh.splitlines()
+        line = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+        pytest.fail(f"{committed} is out of date with the code (first difference at line {line + 1}): "
+                    "run `polydistill compile`")
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_fan_out_over_games(variant: str) -> None:
+    spec, _ = _load(variant)
+    loops = [(name, t) for name, dag in _dags(spec).items() for t in dag["tasks"].values()
+             if "parameterIterator" in t]
+    assert len(loops) == 1
+    dag_name, loop = loops[0]
+    assert dag_name == "comp-per-game"
+    assert loop["parameterIterator"]["items"] == {"inputParameter": "pipelinechannel--games"}
+    # The loop's games come from start-run (resolved: the profile's games when none are given).
+    stages = _dags(spec)["comp-exit-handler-1"]["tasks"]
+    assert stages["per-game"]["inputs"]["parameters"]["games"]["taskOutputParameter"] == {
+        "outputParameterKey": "games", "producerTask": "start-run"}
+    assert set(_dags(spec)[loop["componentRef"]["name"]]["tasks"]) == {
+        "train-teacher", "export-buffer", "train-autoencoder", "encode-buffer", "evaluate"}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_dag_edge(variant: str) -> None:
+    spec, _ = _load(variant)
+    dags = _dags(spec)
+    assert _edges(dags["root"]) == {"stages": set(), "end-run": {"stages"}}
+    assert dags["root"]["tasks"]["end-run"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert _edges(dags["comp-exit-handler-1"]) == {
+        "start-run": set(),
+        "per-game": {"start-run"},
+        "distill (subset)": {"per-game", "start-run"},
+        "distill (latent)": {"per-game", "start-run"},
+        "evaluate student (subset)": {"distill (subset)", "start-run"},
+        "evaluate student (latent)": {"distill (latent)", "start-run"},
+        "evaluate random": {"start-run"},
+        "report": {"per-game", "start-run", "distill (subset)", "distill (latent)",
+                   "evaluate student (subset)", "evaluate student (latent)", "evaluate random"},
+    }
+    assert _edges(dags["comp-for-loop-1"]) == {
+        "train-teacher": set(),
+        "export-buffer": {"train-teacher"},
+        "train-autoencoder": {"export-buffer"},
+        "encode-buffer": {"export-buffer", "train-autoencoder", "train-teacher"},
+        "evaluate teacher": {"train-teacher"},
+    }
+    # The two students are trained on different data: the buffers and the latents collected from the loop.
+    stages = dags["comp-exit-handler-1"]["tasks"]
+    for task, source, output in (("distill", "subset", "buffers"), ("distill-2", "latent", "latents")):
+        inputs = stages[task]["inputs"]
+        assert inputs["parameters"]["source"]["runtimeValue"]["constant"] == source
+        assert inputs["artifacts"]["datasets"]["taskOutputArtifact"] == {
+            "outputArtifactKey": output, "producerTask": "per-game"}
+    outputs = spec["components"]["comp-per-game"]["dag"]["outputs"]["artifacts"]
+    assert outputs["latents"]["artifactSelectors"] == [
+        {"outputArtifactKey": "pipelinechannel--encode-buffer-latents", "producerSubtask": "for-loop-1"}]
+
+
+def test_gpus_only_in_the_paper_variant() -> None:
+    for variant, want_gpu in (("polydistill", False), ("polydistill-paper", True)):
+        spec, _ = _load(variant)
+        executors = spec["deploymentSpec"]["executors"]
+        by_component = _task_executors(spec)
+        for component, labels in by_component.items():
+            for label in labels:
+                container = executors[label]["container"]
+                accelerator = container.get("resources", {}).get("accelerator")
+                if want_gpu and component in TRAINING_TASKS:
+                    want = {"count": "1", "resourceCount": "1", "resourceType": GPU, "type": GPU}
+                    assert accelerator == want, (variant, component, accelerator)
+                    assert container["image"].endswith("-cuda"), (variant, component)
+                else:
+                    assert accelerator is None, (variant, component)
+                    assert not container["image"].endswith("-cuda"), (variant, component)
+                assert container["resources"]["resourceCpuRequest"], (variant, component)
+                assert container["resources"]["resourceMemoryRequest"], (variant, component)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_retries_and_caching(variant: str) -> None:
+    spec, _ = _load(variant)
+    tasks = {t: s for dag in _dags(spec).values() for t, s in dag["tasks"].items()}
+    for name in TRAINING_TASKS:
+        retried = [s for t, s in tasks.items() if re.sub(r"-\d+$", "", t) == name]
+        assert retried and all(s["retryPolicy"]["maxRetryCount"] == 3 for s in retried), name
+    assert "retryPolicy" not in tasks["export-buffer"]
+    assert tasks["start-run"]["cachingOptions"] == {}  # off: every run needs its own MLflow parent run
+    assert tasks["end-run"]["cachingOptions"] == {}
+    assert tasks["train-teacher"]["cachingOptions"] == {"enableCache": True}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_store_tasks_get_minio_credentials_from_the_secret(variant: str) -> None:
+    spec, platform = _load(variant)
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    by_component = _task_executors(spec)
+    for component, labels in by_component.items():
+        for label in labels:
+            cfg = k8s[label]
+            secrets = cfg.get("secretAsEnv", [])
+            if component in STORE_TASKS:
+                assert secrets == [{
+                    "secretName": MINIO_SECRET,
+                    "secretNameParameter": {"runtimeValue": {"constant": MINIO_SECRET}},
+                    "keyToEnv": [{"secretKey": "accesskey", "envVar": "AWS_ACCESS_KEY_ID"},
+                                 {"secretKey": "secretkey", "envVar": "AWS_SECRET_ACCESS_KEY"}],
+                    "optional": False,
+                }], (component, secrets)
+            else:
+                assert secrets == [], component
+            (cm,) = cfg["configMapAsEnv"]
+            assert cm["configMapName"] == "polydistill-config" and cm["optional"] is True
+            assert {e["envVar"] for e in cm["keyToEnv"]} == {"MINIO_ENDPOINT", "MLFLOW_TRACKING_URI"}
+
+
+_CREDENTIAL_VALUE = re.compile(
+    r"AKIA[0-9A-Z]{16}|minioadmin|minio123|REPLACE_ME|-----BEGIN|aws_secret_access_key\s*=|"
+    r"://[^/\s:@'\"]+:[^/\s@'\"]+@"  # user:password@host in a URI
+)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_no_credentials_in_the_yaml(variant: str) -> None:
+    text = (COMPILED_DIR / compiled_name(variant)).read_text()
+    assert not _CREDENTIAL_VALUE.search(text)
+    spec, _ = _load(variant)
+    # Credentials reach the pods only through secretAsEnv: no container sets a literal env value, and no
+    # pipeline parameter is a credential.
+    for label, ex in spec["deploymentSpec"]["executors"].items():
+        assert "env" not in ex["container"], label
+    for name in spec["root"]["inputDefinitions"]["parameters"]:
+        assert not re.search(r"secret|password|token|access_key|credential", name, re.I), name
+    # The credential variables' names appear only as secretAsEnv targets.
+    for match in re.finditer(r"AWS_(SECRET_ACCESS_KEY|ACCESS_KEY_ID)", text):
+        line = text[text.rfind("\n", 0, match.start()) + 1:text.find("\n", match.end())]
+        assert "envVar:" in line, line
+
+
+def test_compiled_yaml_uses_the_image_from_images() -> None:
+    from polydistill_kfp.components.image import IMAGE, IMAGE_CUDA
+
+    images = {ex["container"]["image"] for variant in VARIANTS
+              for ex in _load(variant)[0]["deploymentSpec"]["executors"].values()}
+    assert images == {IMAGE, IMAGE_CUDA}
+    text = (COMPILED_DIR / compiled_name("polydistill")).read_text()
+    assert "pip install" not in text  # install_kfp_package=False: the image already has everything
+
+
+# ------------------------------------------------------------------------------ the DAG, end to end
+
+# The smoke profile, trimmed further: the point is the plumbing of every task, not learning.
+SMOKE_PARAMS = {"teacher_steps": 1000, "record_steps": 800, "distill_steps": 30, "eval_cycle_steps": 100}
+
+
+@pytest.mark.slow
+def test_smoke_dag_end_to_end_on_the_local_runner(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+    from mlflow import MlflowClient
+
+    from polydistill.cli import main
+
+    games = ["Pong", "Breakout"]
+    run_dir = tmp_path / "run"
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in SMOKE_PARAMS.items()]
+    res = CliRunner().invoke(main, ["run", "--profile", "smoke", "--games", ",".join(games), "--run-dir",
+                                    str(run_dir), *flags], catch_exceptions=False)
+    assert res.exit_code == 0, res.output[-3000:]
+    tracking_uri = f"sqlite:///{run_dir.resolve() / 'mlflow.db'}"
+    assert f"mlflow ui --backend-store-uri {tracking_uri}" in res.output
+
+    # The report: one row per game, printed at the end and kept under the run directory.
+    md = (run_dir / "report" / "report.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("|")]
+    for game in games:
+        assert sum(1 for r in rows if r.startswith(f"| {game} ")) == 1, md
+        assert any(line.startswith(f"| {game} ") for line in res.output.splitlines())
+    for name in ("report.html", "report.json"):
+        assert (run_dir / "report" / name).is_file()
+
+    # The datasets in the store: a buffer and a latent dataset per game.
+    store = run_dir / "store" / "runs"
+    (run_root,) = list(store.iterdir())
+    for kind in ("buffers", "latents"):
+        for game in games:
+            assert (run_root / kind / game / "manifest.json").is_file(), (kind, game)
+
+    # MLflow: one parent run (ended) and a child run per task under it.
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name("polydistill")
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`polydistill.kind` = 'pipeline'")
+    assert parent.data.tags["kfp.run_id"] == run_root.name
+    assert parent.data.tags["polydistill.profile"] == "smoke"
+    assert parent.info.status == "FINISHED"
+    children = client.search_runs([exp.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    names = sorted(r.info.run_name for r in children)
+    expected = sorted([f"{stage}/{g}" for stage in ("train-teacher", "export-buffer", "train-autoencoder",
+                                                      "encode-buffer") for g in games]
+                      + [f"evaluate/teacher-{g}" for g in games]
+                      + ["distill/subset", "distill/latent", "evaluate/student_subset",
+                         "evaluate/student_latent", "evaluate/random"])
+    assert names == expected
+    assert all(r.info.status == "FINISHED" for r in children)
+    teacher_run = next(r for r in children if r.info.run_name == "train-teacher/Pong")
+    assert teacher_run.data.params["total_steps"] == "1000"
+    assert any(k.startswith("geo_mean_pct/") or k.startswith("score/") for k in parent.data.metrics)
