@@ -22,9 +22,7 @@ MetricsCallback = Callable[[dict[str, float], int], None]
 class LogProgress:
     """A tqdm-like object logging ``desc: n/total (pct) rate unit/s postfix`` at most every ``interval`` s."""
 
-    def __init__(
-        self, total: int | None, desc: str, unit: str, interval: float = 15.0, initial: int = 0
-    ) -> None:
+    def __init__(self, total: int | None, desc: str, unit: str, interval: float = 15.0, initial: int = 0) -> None:
         self.total, self.desc, self.unit, self.interval = total, desc, unit, interval
         self.n = initial
         self._start_n = initial
@@ -38,15 +36,16 @@ class LogProgress:
             self._last = now
             self._emit(now)
 
-    def set_postfix(
-        self, ordered_dict: dict[str, Any] | None = None, refresh: bool = True, **kw: Any
-    ) -> None:
+    def set_postfix(self, ordered_dict: dict[str, Any] | None = None, refresh: bool = True, **kw: Any) -> None:
         items = {**(ordered_dict or {}), **kw}
         self._postfix = " ".join(f"{k}={v}" for k, v in items.items())
 
     def _emit(self, now: float) -> None:
         rate = (self.n - self._start_n) / max(now - self._t0, 1e-9)
         pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
+        if self.unit == "B":  # byte counts read better in MB
+            log.info("%s: %.2f MB%s %.2f MB/s %s", self.desc, self.n / 1e6, pct, rate / 1e6, self._postfix)
+            return
         log.info(
             "%s: %d/%s%s %.1f %s/s %s",
             self.desc,
@@ -79,7 +78,10 @@ def progress(total: int | None, desc: str, unit: str = "it", initial: int = 0) -
     if mode == "bar":
         from tqdm import tqdm
 
-        return tqdm(total=total, desc=desc, unit=unit, initial=initial, dynamic_ncols=True, smoothing=0.1)
+        scaled = unit == "B"  # shows kB/s, MB/s
+        return tqdm(
+            total=total, desc=desc, unit=unit, initial=initial, dynamic_ncols=True, smoothing=0.1, unit_scale=scaled
+        )
     if mode == "off":
         return _Off(total, desc, unit, initial=initial)
     return LogProgress(total, desc, unit, initial=initial)
