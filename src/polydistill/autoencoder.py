@@ -93,6 +93,7 @@ from .checkpoint import (
     atomic_write_json,
     load_checkpoint,
     load_state_dict,
+    read_run_record,
     save_checkpoint,
 )
 from .config import AutoencoderConfig
@@ -197,9 +198,7 @@ def roundtrip_codes(z: torch.Tensor, code_dtype: str) -> torch.Tensor:
     return torch.from_numpy(dequantize_latents(stored)).to(z.device)
 
 
-def reconstruct(
-    model: ConvAutoencoder, states: np.ndarray | torch.Tensor, code_dtype: str = "float32"
-) -> torch.Tensor:
+def reconstruct(model: ConvAutoencoder, states: np.ndarray | torch.Tensor, code_dtype: str = "float32") -> torch.Tensor:
     """Reconstructions in [0, 1] of uint8 states, through codes stored at ``code_dtype`` (no gradients)."""
     device = next(model.parameters()).device
     x = torch.as_tensor(states).to(device)
@@ -258,9 +257,7 @@ def _local_path(uri: str) -> Path | None:
 def _open_frames_dataset(uri: str, purpose: str) -> ExperienceDataset:
     """Open a frame dataset, refusing a missing, latent or empty one (before any expensive work)."""
     if not isinstance(uri, str) or not uri.strip():
-        raise DatasetError(
-            f"no dataset given to {purpose}: pass a dataset URI (s3://bucket/prefix or a path)"
-        )
+        raise DatasetError(f"no dataset given to {purpose}: pass a dataset URI (s3://bucket/prefix or a path)")
     local = _local_path(uri)
     # Checked here because opening a local store creates its directory: a typo must not leave one behind.
     if local is not None and not (local / MANIFEST).is_file():
@@ -308,18 +305,10 @@ def load_autoencoder(
 # ----------------------------------------------------------------------------------------------- training
 
 
-def _prepare_out_dir(
-    out: Path, ds: ExperienceDataset, manifest_sha: str, cfg: AutoencoderConfig
-) -> dict | None:
+def _prepare_out_dir(out: Path, ds: ExperienceDataset, manifest_sha: str, cfg: AutoencoderConfig) -> dict | None:
     """Validate ``out``; returns the run.json of a previous run there with the same data and settings."""
-    if out.exists() and not out.is_dir():
-        raise AutoencoderError(f"--out {out} is a file; give a directory for the autoencoder run")
-    run_file = out / RUN_FILE
-    if run_file.is_file():
-        try:
-            prev = json.loads(run_file.read_text())
-        except json.JSONDecodeError as e:
-            raise AutoencoderError(f"{run_file} is corrupt ({e}); use a new --out directory") from e
+    prev = read_run_record(out, AutoencoderError, "autoencoder")
+    if prev is not None:
         if prev.get("dataset_sha256") != manifest_sha:
             raise AutoencoderError(
                 f"--out {out} holds an autoencoder run on another dataset ({prev.get('dataset')}, manifest "
@@ -336,9 +325,7 @@ def _prepare_out_dir(
             )
         return prev
     if out.is_dir() and any(out.iterdir()):
-        raise AutoencoderError(
-            f"--out {out} is not empty and holds no autoencoder run; use an empty directory"
-        )
+        raise AutoencoderError(f"--out {out} is not empty and holds no autoencoder run; use an empty directory")
     return None
 
 
@@ -419,9 +406,7 @@ def _write_grid(out: Path, model: ConvAutoencoder, val: list[Batch], code_dtype:
     ax.tick_params(length=0)
     for spine in ax.spines.values():
         spine.set_visible(False)
-    ax.set_title(
-        f"{game}: held-out states with the most motion, reconstructed from {code_dtype} codes", fontsize=9
-    )
+    ax.set_title(f"{game}: held-out states with the most motion, reconstructed from {code_dtype} codes", fontsize=9)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -495,9 +480,7 @@ def train_autoencoder(
     val = _holdout_batches(ds, cfg, max_val_states)
     est_train = round(ds.manifest.num_valid_states * (1.0 - cfg.holdout_fraction))
     if est_train < 1:
-        raise DatasetError(
-            f"dataset {ds.uri} has no training states at holdout_fraction={cfg.holdout_fraction}"
-        )
+        raise DatasetError(f"dataset {ds.uri} has no training states at holdout_fraction={cfg.holdout_fraction}")
     per_epoch = min(est_train, cfg.max_train_states or est_train)
     steps_per_epoch = max(1, math.ceil(per_epoch / cfg.batch_size))
 
@@ -527,18 +510,14 @@ def train_autoencoder(
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
         except (CheckpointError, KeyError, RuntimeError) as e:
-            raise AutoencoderError(
-                f"cannot resume from {out / RESUME_FILE}: {e}. Delete it to start over"
-            ) from e
+            raise AutoencoderError(f"cannot resume from {out / RESUME_FILE}: {e}. Delete it to start over") from e
         epoch, step = int(state["epoch"]), int(state["step"])
         history, loss_curve = list(state["history"]), list(state["loss_curve"])
         log.info("resuming %s autoencoder after epoch %d (%s)", ds.game, epoch, out)
     else:
         # Epoch 0: the untrained network, so the history shows how far training moved the error.
         m0 = evaluate_reconstruction(model, (b.states for b in val), cfg.code_dtype)
-        history.append(
-            {"epoch": 0, "steps": 0, "states_seen": 0, "train_loss": float("nan"), **m0, "seconds": 0.0}
-        )
+        history.append({"epoch": 0, "steps": 0, "states_seen": 0, "train_loss": float("nan"), **m0, "seconds": 0.0})
 
     weighted = cfg.loss == "weighted"
     window = max(1, steps_per_epoch // 20)
@@ -673,9 +652,7 @@ def _finish(out, ds, manifest_sha, cfg, model, val, history, loss_curve, epoch, 
 def _result_from_disk(out: Path, run: dict[str, Any]) -> AutoencoderResult:
     ckpt = out / CHECKPOINT_DIR
     if not (ckpt / MODEL_FILE).is_file():
-        raise AutoencoderError(
-            f"{out} says finished but {ckpt / MODEL_FILE} is missing; use a new --out directory"
-        )
+        raise AutoencoderError(f"{out} says finished but {ckpt / MODEL_FILE} is missing; use a new --out directory")
     return AutoencoderResult(
         out_dir=out,
         checkpoint_dir=ckpt,
@@ -742,8 +719,7 @@ def encode_buffer(
     for what, path, meta in (("autoencoder", ae_dir, ae_meta), ("teacher", teacher_dir, t_meta)):
         if meta.get("game") != m.game:
             raise AutoencoderError(
-                f"{what} {path} is for {meta.get('game')}, but dataset {src.uri} is {m.game}; use the "
-                f"{m.game} {what}"
+                f"{what} {path} is for {meta.get('game')}, but dataset {src.uri} is {m.game}; use the {m.game} {what}"
             )
     if ae.frame_stack != m.frame_stack:
         raise AutoencoderError(
@@ -751,8 +727,7 @@ def encode_buffer(
         )
     if teacher.num_actions[0] != m.num_actions:
         raise AutoencoderError(
-            f"teacher {teacher_dir} has {teacher.num_actions[0]} actions, dataset {src.uri} "
-            f"has {m.num_actions}"
+            f"teacher {teacher_dir} has {teacher.num_actions[0]} actions, dataset {src.uri} has {m.num_actions}"
         )
     code_dtype = code_dtype or ae_meta.get("code_dtype", "float16")
     if code_dtype not in CODE_DTYPES:
@@ -804,10 +779,7 @@ def encode_buffer(
                     q[part] = teacher(x).float().cpu().numpy()
                 bar.update(len(part))
             writer.add(
-                **{
-                    k: sh.arrays[k][c:]
-                    for k in ("actions", "rewards", "terminated", "truncated", "first", "valid")
-                },
+                **{k: sh.arrays[k][c:] for k in ("actions", "rewards", "terminated", "truncated", "first", "valid")},
                 latents=latents,
                 q=q,
             )
@@ -903,9 +875,7 @@ class LatentDecoder:
         """
         m = ds.manifest
         if m.codec != "latent":
-            raise DatasetError(
-                f"dataset {ds.uri} has codec {m.codec!r}, not 'latent': it holds frames, not codes"
-            )
+            raise DatasetError(f"dataset {ds.uri} has codec {m.codec!r}, not 'latent': it holds frames, not codes")
         src = m.source
         prefix = src.get("autoencoder_path", AUTOENCODER_DIR)
         try:
@@ -933,13 +903,10 @@ class LatentDecoder:
             model.load_state_dict(state)
         except Exception as e:  # json, torch and shape errors: all mean the stored autoencoder is unusable
             raise DatasetError(
-                f"latent dataset {ds.uri}: cannot load its autoencoder ({type(e).__name__}: {e}); "
-                f"re-run encode-buffer"
+                f"latent dataset {ds.uri}: cannot load its autoencoder ({type(e).__name__}: {e}); re-run encode-buffer"
             ) from e
         if not isinstance(model, ConvAutoencoder):
-            raise DatasetError(
-                f"latent dataset {ds.uri}: {prefix}/ holds a {type(model).__name__}, not an autoencoder"
-            )
+            raise DatasetError(f"latent dataset {ds.uri}: {prefix}/ holds a {type(model).__name__}, not an autoencoder")
         if model.latent_dim != src.get("latent_dim") or meta.get("game") != m.game:
             raise DatasetError(
                 f"latent dataset {ds.uri}: its autoencoder ({meta.get('game')}, latent_dim "

@@ -63,6 +63,26 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
         raise
 
 
+RUN_RECORD = "run.json"
+
+
+def read_run_record(out: Path, error: type[Exception], stage: str) -> dict[str, Any] | None:
+    """The ``run.json`` a previous run left in ``out`` (None when there is none).
+
+    Raises ``error`` when ``out`` is a file or the record is corrupt; each stage then applies its own rules
+    for whether that run may be resumed or reused.
+    """
+    if out.exists() and not out.is_dir():
+        raise error(f"--out {out} is a file; give a directory for the {stage} run")
+    run_file = out / RUN_RECORD
+    if not run_file.is_file():
+        return None
+    try:
+        return json.loads(run_file.read_text())
+    except json.JSONDecodeError as e:
+        raise error(f"{run_file} is corrupt ({e}); use a new --out directory") from e
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes."""
     h = hashlib.sha256()
@@ -102,9 +122,7 @@ def read_metadata(directory: str | Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(
-            f"{path} is not valid JSON ({e}); the checkpoint is corrupt, re-create it"
-        ) from e
+        raise CheckpointError(f"{path} is not valid JSON ({e}); the checkpoint is corrupt, re-create it") from e
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

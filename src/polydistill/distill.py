@@ -59,6 +59,7 @@ from .checkpoint import (
     load_checkpoint,
     load_state_dict,
     read_metadata,
+    read_run_record,
     save_checkpoint,
 )
 from .config import DistillConfig
@@ -172,9 +173,7 @@ def plan_layout(actions: str, meanings: Mapping[str, list[str]]) -> StudentLayou
         for g in games:
             unknown = [m for m in meanings[g] if m not in FULL_ACTION_MEANINGS]
             if unknown:
-                raise DistillError(
-                    f"{g}: actions {unknown} are not ALE actions; cannot place them in the union head"
-                )
+                raise DistillError(f"{g}: actions {unknown} are not ALE actions; cannot place them in the union head")
             amap[g] = [FULL_ACTION_MEANINGS.index(m) for m in meanings[g]]
         return StudentLayout(
             games,
@@ -370,9 +369,7 @@ def _prepare_games(
         except CheckpointError as e:
             raise DistillError(f"teacher for {g}: {e}") from None
         if meta.get("kind") != "teacher":
-            raise DistillError(
-                f"teacher for {g}: {tdir} holds a {meta.get('kind')!r} checkpoint, not a teacher"
-            )
+            raise DistillError(f"teacher for {g}: {tdir} holds a {meta.get('kind')!r} checkpoint, not a teacher")
         if canonical_game(meta.get("game", "?")) != g:
             raise DistillError(f"the teacher given for {g} ({tdir}) was trained on {meta.get('game')}")
         uri = str(d[g])
@@ -396,8 +393,7 @@ def _prepare_games(
         t_meanings = list(meta["action_meanings"][0])
         if list(ds.manifest.action_meanings) != t_meanings:
             raise DistillError(
-                f"{g}: the teacher's actions {t_meanings} differ from the dataset's "
-                f"{ds.manifest.action_meanings}"
+                f"{g}: the teacher's actions {t_meanings} differ from the dataset's {ds.manifest.action_meanings}"
             )
         q_teacher = ds.manifest.source.get("teacher_sha256")
         if ds.has_q and q_teacher and meta.get("sha256") and q_teacher != meta["sha256"]:
@@ -408,18 +404,14 @@ def _prepare_games(
             )
         t_stack = int(meta.get("observation", {}).get("frame_stack", 4))
         if ds.manifest.frame_stack != t_stack:
-            raise DistillError(
-                f"{g}: the teacher stacks {t_stack} frames, the dataset {ds.manifest.frame_stack}"
-            )
+            raise DistillError(f"{g}: the teacher stacks {t_stack} frames, the dataset {ds.manifest.frame_stack}")
         games.append(_Game(g, tdir, meta, ds.uri, ds))
     layout = plan_layout(cfg.actions, {x.game: list(x.teacher_meta["action_meanings"][0]) for x in games})
     init_game = parse_init(cfg.init, layout.games)
     widths = {x.game: float(x.teacher_meta.get("architecture", {}).get("width", 1.0)) for x in games}
     _check_init(init_game, layout, cfg, widths)
     if len({x.dataset.manifest.frame_stack for x in games}) > 1:
-        raise DistillError(
-            "the datasets stack different numbers of frames; one student needs one input shape"
-        )
+        raise DistillError("the datasets stack different numbers of frames; one student needs one input shape")
     return games, layout, init_game
 
 
@@ -438,23 +430,14 @@ def _run_record(games: list[_Game], cfg: DistillConfig) -> dict[str, Any]:
 
 def _prepare_out_dir(out: Path, record: dict[str, Any]) -> dict[str, Any] | None:
     """Check ``out`` for this run; returns the previous run record when there is one to resume or reuse."""
-    if out.exists() and not out.is_dir():
-        raise DistillError(f"--out {out} is a file; give a directory for the distillation run")
-    run_file = out / RUN_FILE
-    if run_file.is_file():
-        try:
-            prev = json.loads(run_file.read_text())
-        except json.JSONDecodeError as e:
-            raise DistillError(f"{run_file} is corrupt ({e}); use a new --out directory") from e
+    prev = read_run_record(out, DistillError, "distillation")
+    if prev is not None:
         if prev.get("games") != record["games"]:
             raise DistillError(
-                f"--out {out} holds a distillation of {prev.get('games')}, not {record['games']}; "
-                "use another directory"
+                f"--out {out} holds a distillation of {prev.get('games')}, not {record['games']}; use another directory"
             )
         if prev.get("teachers") != record["teachers"]:
-            raise DistillError(
-                f"--out {out} was distilled from other teacher checkpoints; use another directory"
-            )
+            raise DistillError(f"--out {out} was distilled from other teacher checkpoints; use another directory")
         for key, value in record["config"].items():
             if key not in RESUME_FREE_KEYS and prev.get("config", {}).get(key) != value:
                 raise DistillError(
@@ -524,9 +507,7 @@ def _write_curves(
     return out / CURVES_CSV, out / CURVES_PNG
 
 
-def _plot_curves(
-    path: Path, games: list[str], rows: list[dict[str, float]], chance: dict[str, float]
-) -> None:
+def _plot_curves(path: Path, games: list[str], rows: list[dict[str, float]], chance: dict[str, float]) -> None:
     """Held-out loss and action agreement per game against optimizer steps (two panels)."""
     import matplotlib
 
@@ -537,9 +518,7 @@ def _plot_curves(
     steps = [r["step"] for r in rows]
     for g in games:
         line = ax_l.plot(steps, [r[f"loss/{g}"] for r in rows], label=f"{g} held-out")[0]
-        tl = [
-            (r["step"], r[f"train_loss/{g}"]) for r in rows if np.isfinite(r.get(f"train_loss/{g}", np.nan))
-        ]
+        tl = [(r["step"], r[f"train_loss/{g}"]) for r in rows if np.isfinite(r.get(f"train_loss/{g}", np.nan))]
         if tl:
             ax_l.plot(*zip(*tl, strict=True), ls=":", marker=".", color=line.get_color(), label=f"{g} train")
         a = ax_a.plot(steps, [r[f"agreement/{g}"] for r in rows], label=g)[0]
@@ -665,10 +644,7 @@ def validation_batches(
         rows = rows[(steps >= cutoff) & holdout_mask(steps, holdout_fraction)]
         if len(rows) > per_shard:
             rows = rows[np.linspace(0, len(rows) - 1, per_shard).round().astype(np.int64)]
-        out += [
-            batch_from_rows(ds, i, rows[s : s + VALIDATION_BATCH])
-            for s in range(0, len(rows), VALIDATION_BATCH)
-        ]
+        out += [batch_from_rows(ds, i, rows[s : s + VALIDATION_BATCH]) for s in range(0, len(rows), VALIDATION_BATCH)]
     return out
 
 
@@ -717,11 +693,7 @@ def distill(
     out = Path(out_dir)
     record = _run_record(games, cfg)
     prev = _prepare_out_dir(out, record)
-    if (
-        prev is not None
-        and prev.get("status") == "finished"
-        and (out / "checkpoint" / "metadata.json").is_file()
-    ):
+    if prev is not None and prev.get("status") == "finished" and (out / "checkpoint" / "metadata.json").is_file():
         log.info("distillation in %s is already finished; reusing it", out)
         return _result_from_disk(out)
     device = pick_device(cfg.device)
@@ -740,9 +712,9 @@ def distill(
             g.teacher.requires_grad_(False)
         _load_validation(g, cfg, device)
 
-    student = build_student(
-        layout, cfg, {g.game: g.teacher for g in games if g.teacher is not None}, frame_stack
-    ).to(device)
+    student = build_student(layout, cfg, {g.game: g.teacher for g in games if g.teacher is not None}, frame_stack).to(
+        device
+    )
     regressors = nn.ModuleDict()
     if cfg.loss == "actor_mimic":
         for g in games:
@@ -758,9 +730,7 @@ def distill(
             state = load_state_dict(point / "state.pt")
             extra = json.loads((point / "extra.json").read_text())
         except (CheckpointError, json.JSONDecodeError) as e:
-            raise DistillError(
-                f"cannot resume from {point}: {e}. Delete {out / 'resume'} to start over"
-            ) from e
+            raise DistillError(f"cannot resume from {point}: {e}. Delete {out / 'resume'} to start over") from e
         student.load_state_dict(state["student"])
         regressors.load_state_dict(state["regressors"])
         opt.load_state_dict(state["optimizer"])
@@ -918,9 +888,7 @@ def _finish(
         meta["union_action_map"] = layout.union_action_map
     save_checkpoint(out / "checkpoint", student, meta)
     if len(regressors):
-        atomic_torch_save(
-            {k: v.detach().cpu() for k, v in regressors.state_dict().items()}, out / REGRESSORS_FILE
-        )
+        atomic_torch_save({k: v.detach().cpu() for k, v in regressors.state_dict().items()}, out / REGRESSORS_FILE)
     csv_path, png = _write_curves(out, names, curve, chance)
     atomic_write_json(out / RUN_FILE, {**_run_record(games, cfg), "status": "finished"})
     shutil.rmtree(out / "resume", ignore_errors=True)

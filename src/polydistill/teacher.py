@@ -40,6 +40,7 @@ from .checkpoint import (
     atomic_torch_save,
     atomic_write_json,
     load_state_dict,
+    read_run_record,
     save_checkpoint,
 )
 from .config import TeacherConfig
@@ -112,14 +113,8 @@ def double_dqn_targets(
 
 def _prepare_out_dir(out: Path, game: str, cfg: TeacherConfig) -> bool:
     """Validate ``out`` for this run; returns True when a run of the same game is there to resume."""
-    if out.exists() and not out.is_dir():
-        raise TeacherRunError(f"--out {out} is a file; give a directory for the teacher run")
-    run_file = out / RUN_FILE
-    if run_file.is_file():
-        try:
-            prev = json.loads(run_file.read_text())
-        except json.JSONDecodeError as e:
-            raise TeacherRunError(f"{run_file} is corrupt ({e}); use a new --out directory") from e
+    prev = read_run_record(out, TeacherRunError, "teacher")
+    if prev is not None:
         if prev.get("game") != game:
             raise TeacherRunError(
                 f"--out {out} holds a teacher run for {prev.get('game')!r}, not {game!r}; "
