@@ -81,3 +81,50 @@ def test_recent_marks_context_rows_and_keeps_order() -> None:
     rows = r.recent(8)  # 4 per stream: rows 6..9 of each, mid-episode
     assert rows["frames"][:, 0, 0].tolist() == [6, 7, 8, 9, 16, 17, 18, 19]
     assert rows["valid"].tolist() == [False, False, False, True] * 2
+
+
+def test_n_step_returns_stop_at_done_truncation_and_newest_row() -> None:
+    r = FrameReplay(64, num_envs=1)
+    firsts = [1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]
+    terms = [0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]
+    lost = [0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    truncs = [0] * 10 + [1, 0, 0, 0]
+    rewards = [1.0, -2.0, 3.0, 0.5, -4.0, 5.0, 0.0, 2.0, 0.0, -1.0, 7.0, 1.0, 3.0, 2.0]
+    for t, f in enumerate(_frames(len(firsts))):
+        r.add(
+            0,
+            f,
+            actions=t % 3,
+            rewards=rewards[t],
+            terminated=bool(terms[t]),
+            truncated=bool(truncs[t]),
+            life_lost=bool(lost[t]),
+            first=bool(firsts[t]),
+        )
+    gamma, n = 0.9, 3
+    b = r.sample(512, np.random.default_rng(0), episodic_life=True, n_step=n, gamma=gamma, clip_rewards=True)
+    rows = b["states"][:, -1, 0, 0].astype(int) - 1
+    seen = set()
+    for i, row in enumerate(rows):
+        # Brute force: sum clipped rewards until done; a truncated or newest row (no stored successor) is
+        # not summed, its state is bootstrapped from instead.
+        ret, m, done = 0.0, 0, False
+        for k in range(n):
+            j = row + k
+            if k > 0 and (truncs[j] or j == len(firsts) - 1) and not (terms[j] or lost[j]):
+                break
+            ret += gamma**k * np.sign(rewards[j])
+            m += 1
+            if terms[j] or lost[j]:
+                done = True
+                break
+        assert np.isclose(b["rewards"][i], ret), (row, b["rewards"][i], ret)
+        assert b["dones"][i] == done and np.isclose(b["discounts"][i], gamma**m), row
+        if not done:
+            assert b["next_states"][i, -1, 0, 0] == row + m + 1  # frame values are row + 1
+        seen.add(int(row))
+    assert {0, 1, 2, 8, 9, 11, 12} <= seen and 10 not in seen and 13 not in seen
+    # The one-step default is unchanged: raw reward, discount gamma.
+    one = r.sample(64, np.random.default_rng(1), gamma=gamma)
+    rows1 = one["states"][:, -1, 0, 0].astype(int) - 1
+    assert np.allclose(one["rewards"], np.array(rewards)[rows1]) and np.allclose(one["discounts"], gamma)

@@ -97,7 +97,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import AutoencoderConfig
-from .networks import FRAME_SIZE, ConvAutoencoder, build_network, pick_device, subpixel_decoder
+from .networks import FRAME_SIZE, ConvAutoencoder, build_network, make_adam, pick_device, subpixel_decoder
 from .progress import MetricsCallback, progress
 from .sampling import Batch, StreamingSampler, iter_split
 from .store import ObjectNotFoundError, open_store, redact
@@ -500,7 +500,7 @@ def train_autoencoder(
     torch.manual_seed(cfg.seed)
     frame_stack = ds.manifest.frame_stack
     model = ConvAutoencoder(cfg.latent_dim, frame_stack).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    opt = make_adam(model.parameters(), device, lr=cfg.learning_rate)
     epoch, step = 0, 0
     history: list[dict[str, float]] = []
     loss_curve: list[list[float]] = []  # [states seen, mean training loss over a window]

@@ -66,6 +66,9 @@ class TeacherConfig(_Model):
     batch_size: int = Field(32, ge=1, description="Transitions per learner update.")
     learning_starts: int = Field(80_000, ge=0, description="Agent steps of random play before learning.")
     train_frequency: int = Field(4, ge=1, description="Agent steps between learner updates.")
+    n_step: int = Field(
+        1, ge=1, le=20, description="Rewards summed into each TD target (1 = Double DQN as published)."
+    )
     target_network_frequency: int = Field(1_000, ge=1, description="Agent steps between target-net copies.")
     start_e: float = Field(1.0, ge=0, le=1, description="Initial exploration epsilon.")
     end_e: float = Field(0.01, ge=0, le=1, description="Final exploration epsilon.")
@@ -159,6 +162,9 @@ class EvalConfig(_Model):
     )
     episodes: int = Field(30, ge=1, description="episodes protocol: episodes to play.")
     epsilon: float = Field(0.05, ge=0, le=1, description="Evaluation epsilon-greedy.")
+    max_episode_frames: int = Field(
+        108_000, ge=1, description="Episode cap in emulator frames (108,000 = 30 min; same for every agent)."
+    )
     num_envs: int = Field(8, ge=1, description="Parallel environments.")
     seed: int = Field(12345, description="Evaluation seed; the same seed gives the same scores.")
     device: str = Field("auto", description="torch device.")
@@ -194,21 +200,26 @@ PROFILE_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
         "evaluate": {"protocol": "cycles", "cycles": 2, "cycle_steps": 200, "episodes": 2, "num_envs": 2},
     },
     "cpu": {
+        # Sized for ~90 min of `polydistill run --profile cpu` on 2 cores; the README's profile table gives
+        # the reason for each number.
         "teacher": {
-            "total_steps": 150_000,
+            "total_steps": 160_000,
             "num_envs": 4,
             "buffer_size": 100_000,
             "learning_starts": 5_000,
-            "target_network_frequency": 2_000,
-            "exploration_fraction": 0.3,
-            "learning_rate": 2.5e-4,
-            "record_steps": 50_000,
-            "checkpoint_every": 25_000,
+            "batch_size": 64,
+            "train_frequency": 8,
+            "n_step": 3,
+            "target_network_frequency": 4_000,
+            "exploration_fraction": 0.2,
+            "learning_rate": 2e-4,
+            "record_steps": 40_000,
+            "checkpoint_every": 40_000,
         },
         "export": {"shard_steps": 5_000},
-        "autoencoder": {"epochs": 3, "max_train_states": 20_000},
-        "distill": {"steps": 6_000, "batch_size": 32, "learning_rate": 2.5e-4, "eval_every": 500},
-        "evaluate": {"protocol": "episodes", "episodes": 10, "num_envs": 8},
+        "autoencoder": {"epochs": 4, "max_train_states": 20_000},
+        "distill": {"steps": 4_000, "batch_size": 32, "learning_rate": 2.5e-4, "eval_every": 500},
+        "evaluate": {"protocol": "episodes", "episodes": 8, "num_envs": 8, "max_episode_frames": 18_000},
     },
     "paper": {
         "teacher": {"total_steps": 10_000_000, "num_envs": 1, "record_steps": 1_000_000},

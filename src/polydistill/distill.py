@@ -64,7 +64,7 @@ from .checkpoint import (
 )
 from .config import DistillConfig
 from .envs import FULL_ACTION_MEANINGS, UnknownGameError, canonical_game
-from .networks import DuelingQNetwork, count_parameters, pick_device
+from .networks import DuelingQNetwork, count_parameters, make_adam, pick_device
 from .progress import MetricsCallback, progress
 from .sampling import Batch, StreamingSampler, batch_from_rows
 
@@ -721,7 +721,7 @@ def distill(
             assert g.teacher is not None
             regressors[g.game] = nn.Linear(student.feature_dim, g.teacher.feature_dim)
         regressors.to(device)
-    opt = torch.optim.Adam([*student.parameters(), *regressors.parameters()], lr=cfg.learning_rate)
+    opt = make_adam([*student.parameters(), *regressors.parameters()], device, lr=cfg.learning_rate)
 
     step, curve, train_seconds, samples = 0, [], 0.0, 0
     point = _latest_resume(out) if prev is not None else None

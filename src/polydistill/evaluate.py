@@ -3,7 +3,7 @@
 What is measured (both protocols): raw game score (no reward clipping), whole games (a lost life does not
 end an episode), epsilon-greedy play with ``EvalConfig.epsilon`` over the agent's Q-values for the game
 (a multi-task student answers with its head for that game), up to ``EnvConfig.noop_max`` no-op actions at
-each episode start and the ``EnvConfig.max_episode_frames`` cap (108,000 frames = 30 minutes).
+each episode start and the ``EvalConfig.max_episode_frames`` cap (default 108,000 frames = 30 minutes).
 
 Protocols:
 
@@ -458,7 +458,8 @@ def evaluate(
         out_dir: when given, the results are also written atomically to ``out_dir/scores.json``.
         label: the agent's column in the report (``teacher``, ``student_subset``, ...); default: the agent's.
         env: environment settings; default :class:`~polydistill.config.EnvConfig` (no sticky actions, up to
-            30 no-op starts, 108,000-frame cap). Reward clipping and life-loss ends never apply here.
+            30 no-op starts). The episode cap is ``cfg.max_episode_frames`` whatever ``env`` says. Reward
+            clipping and life-loss ends never apply here.
         num_threads: ale-py worker threads (0: one per environment, bounded by the cores).
         torch_threads: CPU threads for inference while playing (restored afterwards); default half the
             cores, at least 1. Environments and inference take turns, but OpenMP workers that spin after
@@ -475,7 +476,8 @@ def evaluate(
             before any play.
     """
     cfg = _check_config(cfg)
-    env_cfg = env or EnvConfig()
+    # The episode cap is an evaluation setting (EvalConfig), so every agent of one report plays under it.
+    env_cfg = (env or EnvConfig()).model_copy(update={"max_episode_frames": cfg.max_episode_frames})
     if label is not None and not str(label).strip():
         raise EvaluationError("label must be a non-empty string such as 'teacher' or 'student_subset'")
     device = pick_device(cfg.device)

@@ -126,12 +126,27 @@ class FrameReplay:
         return in_range & has_history & ~truncated & (done | ~newest)
 
     def sample(
-        self, batch_size: int, rng: np.random.Generator, episodic_life: bool = True
+        self,
+        batch_size: int,
+        rng: np.random.Generator,
+        episodic_life: bool = True,
+        n_step: int = 1,
+        gamma: float = 0.99,
+        clip_rewards: bool = False,
     ) -> dict[str, np.ndarray]:
-        """A uniform minibatch of transitions: states/next_states uint8 (B, 4, 84, 84), actions int64,
-        rewards float32 (raw), dones float32."""
+        """A uniform minibatch of ``n_step`` transitions.
+
+        Returns states/next_states uint8 (B, 4, 84, 84), actions int64, rewards float32, dones float32 and
+        discounts float32. With ``n_step`` 1 the reward is the raw (or sign-clipped) ``r_t`` and the discount
+        ``gamma``. With ``n_step`` n the reward is ``sum_k gamma^k r_{t+k}`` over up to n steps that stop early
+        at a game over or lost life (``done``), at a truncation, or at the newest row; ``next_states`` is the
+        state after the last step summed and ``discounts`` is ``gamma^m`` for the m steps summed, so the
+        target is ``rewards + discounts * (1 - dones) * Q(next_states)`` (Sutton 1988; Hessel et al. 2018).
+        """
         if len(self) < self.frame_stack + 2:
             raise RuntimeError("replay holds too few transitions to sample")
+        if n_step < 1:
+            raise ValueError(f"n_step must be >= 1, got {n_step}")
         weights = self.size / self.size.sum()
         env = rng.choice(self.num_envs, size=batch_size, p=weights)
         idx = (rng.random(batch_size) * self.size[env]).astype(np.int64)
@@ -141,14 +156,35 @@ class FrameReplay:
                 break
             env[bad] = rng.choice(self.num_envs, size=int(bad.sum()), p=weights)
             idx[bad] = (rng.random(int(bad.sum())) * self.size[env[bad]]).astype(np.int64)
-        nxt = (idx + 1) % self.per_env
-        done = self.cols["terminated"][env, idx] | (episodic_life & self.cols["life_lost"][env, idx])
+        c = self.per_env
+        ret = np.zeros(batch_size, dtype=np.float64)
+        done = np.zeros(batch_size, dtype=bool)
+        steps = np.zeros(batch_size, dtype=np.int64)  # m: rows summed into the return
+        going = np.ones(batch_size, dtype=bool)
+        for k in range(n_step):
+            j = (idx + k) % c
+            if k > 0:
+                # Row j continues the transition only when it is a valid transition itself. The previous row
+                # was valid and not done, so it was not the newest row: j is its true successor.
+                going &= self._valid(env, j)
+                if not going.any():
+                    break
+            r = self.cols["rewards"][env, j].astype(np.float64)
+            if clip_rewards:
+                r = np.sign(r)
+            ret[going] += gamma**k * r[going]
+            steps[going] += 1
+            ended = self.cols["terminated"][env, j] | (episodic_life & self.cols["life_lost"][env, j])
+            done |= going & ended
+            going &= ~ended
+        nxt = (idx + steps) % c
         return {
             "states": self._stack(env, idx),
             "next_states": self._stack(env, nxt),
             "actions": self.cols["actions"][env, idx].astype(np.int64),
-            "rewards": self.cols["rewards"][env, idx].astype(np.float32),
+            "rewards": ret.astype(np.float32),
             "dones": done.astype(np.float32),
+            "discounts": (gamma**steps).astype(np.float32),
         }
 
     # --------------------------------------------------------------------------------------------- export

@@ -5,9 +5,11 @@ The algorithm, top to bottom (CleanRL ``dqn_atari.py`` structure):
 1. Act epsilon-greedily in ``num_envs`` vectorised games; epsilon anneals linearly from ``start_e`` to
    ``end_e`` over ``exploration_fraction * total_steps`` agent steps.
 2. Store each step once in a :class:`~polydistill.replay.FrameReplay` (raw reward; life loss flagged).
-3. Every ``train_frequency`` agent steps after ``learning_starts``: sample 32 transitions, clip rewards to
-   their sign, build the Double-DQN target ``r + gamma * Q_target(s', argmax_a Q_online(s', a))``
-   (van Hasselt et al. 2016), Huber loss, Adam, gradient norm clipped at 10 (Wang et al. 2016).
+3. Every ``train_frequency`` agent steps after ``learning_starts``: sample ``batch_size`` transitions, clip
+   rewards to their sign, build the Double-DQN target ``r + gamma * Q_target(s', argmax_a Q_online(s', a))``
+   (van Hasselt et al. 2016), Huber loss, Adam, gradient norm clipped at 10 (Wang et al. 2016). With
+   ``n_step`` > 1, ``r`` is the discounted sum of the next n clipped rewards and ``s'`` the state n steps on,
+   discounted by ``gamma^n`` (multi-step returns, Hessel et al. 2018; 1 = the published Double DQN).
 4. Every ``target_network_frequency`` agent steps copy the online network into the target network.
 5. Every ``checkpoint_every`` steps write a resumable checkpoint (nets, optimizer, replay, RNGs, counters).
 6. At the end: the final teacher checkpoint, the last ``record_steps`` steps as an experience dataset
@@ -45,7 +47,7 @@ from .checkpoint import (
 )
 from .config import TeacherConfig
 from .envs import EpisodeStats, action_meanings, canonical_game, make_vector_env, observation_spec
-from .networks import DuelingQNetwork, pick_device
+from .networks import DuelingQNetwork, make_adam, pick_device
 from .progress import MetricsCallback, progress
 from .replay import FrameReplay, StepRecorder
 from .store import open_store
@@ -102,9 +104,12 @@ def double_dqn_targets(
     next_states: torch.Tensor,
     rewards: torch.Tensor,
     dones: torch.Tensor,
-    gamma: float,
+    gamma: float | torch.Tensor,
 ) -> torch.Tensor:
-    """``r + gamma * (1 - done) * Q_target(s', argmax_a Q_online(s', a))`` (van Hasselt et al. 2016)."""
+    """``r + gamma * (1 - done) * Q_target(s', argmax_a Q_online(s', a))`` (van Hasselt et al. 2016).
+
+    ``gamma`` is a float, or per-sample discounts ``gamma^m`` for m-step returns (``s'`` m steps ahead).
+    """
     with torch.no_grad():
         best = online(next_states).argmax(dim=1, keepdim=True)
         next_q = target(next_states).gather(1, best).squeeze(1)
@@ -232,7 +237,7 @@ def train_teacher(
     lr = _Learner(
         online=online,
         target=target,
-        opt=torch.optim.Adam(online.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps),
+        opt=make_adam(online.parameters(), device, lr=cfg.learning_rate, eps=cfg.adam_eps),
         replay=FrameReplay(cfg.buffer_size, cfg.num_envs, cfg.env.frame_stack),
         rng=np.random.default_rng(cfg.seed),
         device=device,
@@ -345,15 +350,21 @@ def _crossings(step: int, n: int, every: int) -> int:
 def _learn(cfg: TeacherConfig, lr: _Learner) -> float:
     """One Double-DQN update on a sampled minibatch; returns the Huber loss."""
     online, target, opt, device = lr.online, lr.target, lr.opt, lr.device
-    b = lr.replay.sample(cfg.batch_size, lr.rng, episodic_life=cfg.env.episodic_life)
+    b = lr.replay.sample(
+        cfg.batch_size,
+        lr.rng,
+        episodic_life=cfg.env.episodic_life,
+        n_step=cfg.n_step,
+        gamma=cfg.gamma,
+        clip_rewards=cfg.env.clip_rewards,  # clipped per step, before the n-step sum
+    )
     states = torch.from_numpy(b["states"]).to(device)
     next_states = torch.from_numpy(b["next_states"]).to(device)
     rewards = torch.from_numpy(b["rewards"]).to(device)
-    if cfg.env.clip_rewards:
-        rewards = rewards.sign()
     dones = torch.from_numpy(b["dones"]).to(device)
+    discounts = torch.from_numpy(b["discounts"]).to(device)
     actions = torch.from_numpy(b["actions"]).to(device)
-    td_target = double_dqn_targets(online, target, next_states, rewards, dones, cfg.gamma)
+    td_target = double_dqn_targets(online, target, next_states, rewards, dones, discounts)
     q = online(states).gather(1, actions.unsqueeze(1)).squeeze(1)
     loss = F.smooth_l1_loss(q, td_target)
     opt.zero_grad(set_to_none=True)
