@@ -203,7 +203,7 @@ PROFILE_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
         # Sized for ~90 min of `polydistill run --profile cpu` on 2 cores; the README's profile table gives
         # the reason for each number.
         "teacher": {
-            "total_steps": 160_000,
+            "total_steps": 150_000,
             "num_envs": 4,
             "buffer_size": 100_000,
             "learning_starts": 5_000,
@@ -214,7 +214,7 @@ PROFILE_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
             "exploration_fraction": 0.2,
             "learning_rate": 2e-4,
             "record_steps": 40_000,
-            "checkpoint_every": 40_000,
+            "checkpoint_every": 50_000,
         },
         "export": {"shard_steps": 5_000},
         "autoencoder": {"epochs": 4, "max_train_states": 20_000},
