@@ -47,6 +47,7 @@ def encode_buffer(
             "valid_states": manifest.num_valid_states,
             "total_bytes": manifest.total_bytes,
             "bytes_per_state": manifest.bytes_per_state,
+            "code_bytes_per_state": manifest.source["code_bytes_per_state"],
         }
         run.log_metrics(summary, manifest.num_steps)
     rt.log_scalars(metrics, summary)

@@ -40,7 +40,15 @@ def report(
     rt.setup()
     results = [a.path for a in teacher_scores]
     results += [student_subset_scores.path, student_latent_scores.path, random_scores.path]
-    files = write_report(results, Path(tempfile.mkdtemp(prefix="polydistill-report-")))
+    storage: dict = {}  # bytes per state: the lossless buffer, the latent buffer and the code alone
+    for d in buffers:
+        storage.setdefault(d.metadata["game"], {})["lossless_dataset"] = d.metadata["bytes_per_state"]
+    for d in latents:
+        row = storage.setdefault(d.metadata["game"], {})
+        row["latent_dataset"] = d.metadata["bytes_per_state"]
+        if "code_bytes_per_state" in d.metadata:
+            row["code"] = d.metadata["code_bytes_per_state"]
+    files = write_report(results, Path(tempfile.mkdtemp(prefix="polydistill-report-")), storage=storage)
     rt.copy_file(files["markdown"], report_md.path)
     rt.copy_file(files["html"], report_html.path)  # self-contained: the chart is inlined
     rt.copy_file(files["json"], report_json.path)

@@ -4,6 +4,7 @@ credentials, up to date), and the whole smoke DAG on kfp's local runner."""
 from __future__ import annotations
 
 import inspect
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -272,12 +273,20 @@ def test_smoke_dag_end_to_end_on_the_local_runner(tmp_path: Path) -> None:
     tracking_uri = f"sqlite:///{run_dir.resolve() / 'mlflow.db'}"
     assert f"mlflow ui --backend-store-uri {tracking_uri}" in res.output
 
-    # The report: one row per game, printed at the end and kept under the run directory.
+    # The report: one row per game in the scores table and in the storage table (bytes per state from the
+    # buffers and latents), printed at the end and kept under the run directory.
     md = (run_dir / "report" / "report.md").read_text()
-    rows = [line for line in md.splitlines() if line.startswith("|")]
+    scores_md, storage_md = md.split("## Storage per training state")
+    for part in (scores_md, storage_md):
+        rows = [line for line in part.splitlines() if line.startswith("|")]
+        for game in games:
+            assert sum(1 for r in rows if r.startswith(f"| {game} ")) == 1, md
     for game in games:
-        assert sum(1 for r in rows if r.startswith(f"| {game} ")) == 1, md
         assert any(line.startswith(f"| {game} ") for line in res.output.splitlines())
+    storage = json.loads((run_dir / "report" / "report.json").read_text())["storage"]
+    for game in games:
+        assert set(storage[game]) == {"lossless_dataset", "latent_dataset", "code"}, storage
+        assert storage[game]["code"] == 128  # 64 float16 codes
     for name in ("report.html", "report.json"):
         assert (run_dir / "report" / name).is_file()
 

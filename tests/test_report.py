@@ -177,3 +177,35 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(ReportError, match="is a file"):
         write_report(RESULTS, tmp_path / "file")
     assert not math.isnan(build_table(RESULTS)["geo_mean_pct"]["student_subset"])
+
+
+def test_storage_table_gives_code_and_lossless_bytes_side_by_side(tmp_path):
+    storage = {
+        "DemonAttack": {"lossless_dataset": 41.25, "latent_dataset": 150.5, "code": 128},
+        "UpNDown": {"lossless_dataset": 60.0, "code": 68},
+    }
+    files = write_report(RESULTS, tmp_path / "report", storage=storage)
+    md = files["markdown"].read_text()
+    assert "## Storage per training state" in md
+    assert "| DemonAttack | 41.2 B | 150.5 B | 128.0 B | 0.50x |" in md
+    assert "| UpNDown | 60.0 B | — | 68.0 B | 0.27x |" in md
+    data = json.loads(files["json"].read_text())
+    assert data["storage"]["DemonAttack"]["code"] == 128.0
+    assert "Storage per training state" in files["html"].read_text()
+    # Without storage figures the section is absent.
+    plain = write_report(RESULTS, tmp_path / "plain")["markdown"].read_text()
+    assert "Storage" not in plain
+
+
+@pytest.mark.parametrize(
+    ("storage", "message"),
+    [
+        ({"Pong": {"zip": 3.0}}, "unknown keys"),
+        ({"Pong": {"code": -1}}, "positive number"),
+        ({"Pong": {"code": float("nan")}}, "positive number"),
+        ({"Pong": 12}, "must map"),
+    ],
+)
+def test_bad_storage_figures_are_named(storage, message):
+    with pytest.raises(ReportError, match=message):
+        build_table(RESULTS, storage=storage)

@@ -127,9 +127,14 @@ def _protocol_text(data: Mapping[str, Any]) -> str:
 
 
 def build_table(
-    results: Sequence[Mapping[str, Any] | str | Path], title: str = DEFAULT_TITLE
+    results: Sequence[Mapping[str, Any] | str | Path],
+    title: str = DEFAULT_TITLE,
+    storage: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Merge evaluation results and compute the table's numbers (the contents of ``report.json``).
+
+    ``storage`` (optional) gives bytes per stored training state per game, see :func:`storage_table`; it
+    becomes the report's second table.
 
     Returns ``{"title", "game_order", "columns", "students", "games": {GAME: {LABEL: {mean, std, n,
     protocol, pct_of_teacher?, pct_normalised?}}}, "geo_mean_pct": {STUDENT: float|None},
@@ -222,7 +227,62 @@ def build_table(
             "std": "population standard deviation (ddof=0) over cycles or episodes",
         },
         "warnings": warnings,
+        "storage": storage_table(storage) if storage else {},
     }
+
+
+#: Keys of one game's storage entry: (key, column heading), in column order.
+STORAGE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("lossless_dataset", "Lossless buffer (zstd frames + Q + columns)"),
+    ("latent_dataset", "Latent buffer (codes + Q + columns)"),
+    ("code", "Autoencoder code alone"),
+)
+SEED_CODE_BYTES = 256  # the seed paper's autoencoder code: 64 float32 values
+RAW_STACK_BYTES = 4 * 84 * 84  # an uncompressed uint8 4-frame state
+
+
+def storage_table(storage: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """Validate per-game storage figures: ``{GAME: {"lossless_dataset", "latent_dataset", "code": bytes per
+    state}}`` (any subset of the keys; bytes per valid state, all columns of the dataset included)."""
+    known = {k for k, _ in STORAGE_COLUMNS}
+    out: dict[str, dict[str, float]] = {}
+    for game, entry in storage.items():
+        if not isinstance(entry, Mapping):
+            raise ReportError(f"storage.{game} must map {sorted(known)} to bytes per state")
+        unknown = set(entry) - known
+        if unknown:
+            raise ReportError(f"storage.{game} has unknown keys {sorted(unknown)}; known: {sorted(known)}")
+        row: dict[str, float] = {}
+        for k, v in entry.items():
+            if not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
+                raise ReportError(f"storage.{game}.{k} must be a positive number of bytes, got {v!r}")
+            row[k] = float(v)
+        out[str(game)] = row
+    return out
+
+
+def storage_rows(table: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the storage table (bytes per state, and the code against the seed's 256 bytes)."""
+    header = ["Game", *(h for _, h in STORAGE_COLUMNS), "Code vs seed (256 B)"]
+    body = []
+    for game, row in table.get("storage", {}).items():
+        cells = [game]
+        for k, _ in STORAGE_COLUMNS:
+            cells.append(f"{row[k]:,.1f} B" if k in row else "—")
+        code = row.get("code")
+        cells.append(f"{code / SEED_CODE_BYTES:.2f}x" if code else "—")
+        body.append(cells)
+    return header, body
+
+
+def storage_notes() -> list[str]:
+    """What the storage table's numbers are."""
+    return [
+        f"Bytes per stored state; an uncompressed uint8 4-frame state is {RAW_STACK_BYTES:,} B and the seed "
+        f"paper's autoencoder code {SEED_CODE_BYTES} B (64 float32).",
+        "Both buffers carry the same per-step columns (teacher Q-values, action, reward, flags), so the two "
+        "buffer columns compare codecs; the code column is the autoencoder's output alone.",
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -310,6 +370,12 @@ def render_markdown(table: Mapping[str, Any]) -> str:
     out = [f"# {table['title']}", "", line(header), "| " + " | ".join(align) + " |"]
     out += [line(r) for r in body]
     out += [""] + [f"{i}. {n}" for i, n in enumerate(footnotes(table), 1)]
+    if table.get("storage"):
+        sh, sb = storage_rows(table)
+        salign = ["---"] + ["---:"] * (len(sh) - 1)
+        out += ["", "## Storage per training state", "", line(sh), "| " + " | ".join(salign) + " |"]
+        out += [line(r) for r in sb]
+        out += [""] + [f"{i}. {n}" for i, n in enumerate(storage_notes(), 1)]
     return "\n".join(out) + "\n"
 
 
@@ -341,6 +407,15 @@ def render_html(table: Mapping[str, Any], chart_png: bytes | None = None) -> str
         "<table>" + "".join(rows) + "</table>",
         "<ol>" + "".join(f"<li>{e(n)}</li>" for n in footnotes(table)) + "</ol>",
     ]
+    if table.get("storage"):
+        sh, sb = storage_rows(table)
+        srows = ["<tr>" + "".join(f"<th>{e(h)}</th>" for h in sh) + "</tr>"]
+        srows += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in sb]
+        parts += [
+            "<h3>Storage per training state</h3>",
+            "<table>" + "".join(srows) + "</table>",
+            "<ol>" + "".join(f"<li>{e(n)}</li>" for n in storage_notes()) + "</ol>",
+        ]
     if chart_png:
         data = base64.b64encode(chart_png).decode("ascii")
         parts.append(f"<p><img alt='scores as % of teacher' src='data:image/png;base64,{data}'></p>")
@@ -370,18 +445,22 @@ def _chart(table: Mapping[str, Any], path: Path) -> Path:
 
 
 def write_report(
-    results: Sequence[Mapping[str, Any] | str | Path], out_dir: str | Path, title: str = DEFAULT_TITLE
+    results: Sequence[Mapping[str, Any] | str | Path],
+    out_dir: str | Path,
+    title: str = DEFAULT_TITLE,
+    storage: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Path]:
     """Write the results table for ``results`` (results dicts, ``scores.json`` files or directories holding
     one) into ``out_dir``: ``report.md``, ``report.html`` (self-contained), ``report.json`` (every number)
     and ``chart.png`` (each student's score as % of its teacher per game). Files are written atomically.
+    ``storage`` adds the bytes-per-state table (:func:`storage_table`).
 
     Returns ``{"markdown", "html", "json", "chart"}`` -> path.
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ReportError(f"--out {out} is a file; give a directory for the report")
-    table = build_table(results, title)
+    table = build_table(results, title, storage)
     out.mkdir(parents=True, exist_ok=True)
     paths = {k: out / name for k, name in FILES.items()}
     _chart(table, paths["chart"])
