@@ -32,7 +32,7 @@ from polydistill.buffer import open_dataset
 from polydistill.checkpoint import load_checkpoint, read_metadata
 from polydistill.distill import distill
 from polydistill.export import export_buffer
-from polydistill.networks import DuelingQNetwork
+from polydistill.networks import DuelingQNetwork, make_adam
 from polydistill.sampling import StreamingSampler
 from polydistill.teacher import train_teacher
 
@@ -102,7 +102,7 @@ def breakdown(game: str, run: Path, buffer: str, latent: str | None, batch: int,
 
     rows.append(("teacher forward (no stored Q)", _ms(teacher_fwd, 10)))
     student = DuelingQNetwork([teacher.num_actions[0]], width=width)
-    opt = torch.optim.Adam(student.parameters(), lr=1e-4)
+    opt = make_adam(student.parameters(), torch.device("cpu"), lr=1e-4)  # as distill builds it
 
     def update() -> None:
         loss = student(x).logsumexp(1).mean()

@@ -16,7 +16,7 @@ import torch
 
 from polydistill import config as C
 from polydistill.envs import make_vector_env
-from polydistill.networks import DuelingQNetwork, pick_device
+from polydistill.networks import DuelingQNetwork, make_adam, pick_device
 from polydistill.replay import FrameReplay, StepRecorder
 from polydistill.teacher import _learn, _Learner, train_teacher
 
@@ -58,7 +58,7 @@ def learner_updates_per_second(updates: int, device: torch.device) -> float:
             first=t % 500 == 0,
         )
     online, target = DuelingQNetwork(6).to(device), DuelingQNetwork(6).to(device)
-    opt = torch.optim.Adam(online.parameters(), lr=1e-4)
+    opt = make_adam(online.parameters(), device, lr=1e-4)  # as train_teacher builds it
     lr = _Learner(online, target, opt, replay, rng, device, curve=[])
     for _ in range(5):  # warm-up (allocator, kernels)
         _learn(cfg, lr)

@@ -38,8 +38,9 @@ metric ``geo_mean_pct_normalised/<source>``       its geometric mean (not compar
 
 The percentages and geometric means are the report's (:mod:`polydistill.report`: % of teacher only where
 the teacher's mean is > 0; geometric mean over the games where defined, values below 1% raised to 1%).
-``report.json`` carries no storage figures: the pipeline passes ``bytes_per_state`` to
-:func:`log_report_to_parent`.
+The ``bytes_per_state/<source>`` metrics come from the ``bytes_per_state`` argument of
+:func:`log_report_to_parent` (the pipeline passes the datasets' figures); ``report.json``'s own ``storage``
+table is not read for them.
 
 Parameters are the flattened config with dotted keys (``{"distill": {"loss": "kl"}}`` -> ``distill.loss``),
 so passing the resolved stage configs (:func:`polydistill.config.resolve_pipeline`) to
