@@ -119,9 +119,12 @@ def main() -> None:
         f"end-to-end training: {a.train_steps} agent steps in {dt:.1f} s = {a.train_steps / dt:,.0f} steps/s "
         f"(train_frequency 4, learning from step 500, checkpoint/dataset/curve writing included)"
     )
+    prof = C.resolve("teacher", "cpu")
+    n_updates = prof.total_steps // prof.train_frequency
     print(
-        f"learner-bound estimate for the cpu profile's 150k steps/game: "
-        f"{150_000 / 4 / ups / 60:.0f} min of updates per game"
+        f"cpu profile: {prof.total_steps:,} steps/game at one update per {prof.train_frequency} steps = "
+        f"{n_updates:,} updates of batch {prof.batch_size} (this line's rate is for batch 32: "
+        f"{n_updates / ups / 60:.0f} min at that rate)"
     )
 
 
