@@ -46,8 +46,7 @@ def report(
     for d in latents:
         row = storage.setdefault(d.metadata["game"], {})
         row["latent_dataset"] = d.metadata["bytes_per_state"]
-        if "code_bytes_per_state" in d.metadata:
-            row["code"] = d.metadata["code_bytes_per_state"]
+        row["code"] = d.metadata["code_bytes_per_state"]  # encode-buffer writes both
     files = write_report(results, Path(tempfile.mkdtemp(prefix="polydistill-report-")), storage=storage)
     rt.copy_file(files["markdown"], report_md.path)
     rt.copy_file(files["html"], report_html.path)  # self-contained: the chart is inlined

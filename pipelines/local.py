@@ -119,7 +119,7 @@ def run_local(
     # The runner runs independent tasks at once (one teacher per game, the two distills); each task's torch
     # then gets its share of the cores. Two 2-thread teachers on 2 cores measured 14 steps/s each (OpenMP
     # workers spinning against the emulator threads); two 1-thread teachers, 53 steps/s each.
-    n_games = len(args["games"] or C.PROFILE_GAMES[profile])
+    n_games = len(args["games"] or C.default_games(profile))
     os.environ.setdefault("OMP_NUM_THREADS", str(task_threads(n_games)))
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run / "kfp"),
                raise_on_error=True)

@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .buffer import RAW_STACK_BYTES
 from .checkpoint import atomic_write_bytes, atomic_write_json
 from .evaluate import EvaluationError, load_results
 
@@ -238,7 +239,6 @@ STORAGE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("code", "Autoencoder code alone"),
 )
 SEED_CODE_BYTES = 256  # the seed paper's autoencoder code: 64 float32 values
-RAW_STACK_BYTES = 4 * 84 * 84  # an uncompressed uint8 4-frame state
 
 
 def storage_table(storage: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, float]]:
@@ -359,23 +359,21 @@ def _pct_notes() -> list[str]:
     ]
 
 
-def render_markdown(table: Mapping[str, Any]) -> str:
-    """The report as Markdown (a title, the table, its footnotes)."""
-    header, body = table_rows(table)
+def _markdown_table(header: Sequence[str], body: Sequence[Sequence[str]], notes: Sequence[str]) -> list[str]:
+    """Lines of a Markdown table (first column left-aligned, the rest right-aligned) and its numbered notes."""
 
     def line(cells: Sequence[str]) -> str:
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
     align = ["---"] + ["---:"] * (len(header) - 1)
-    out = [f"# {table['title']}", "", line(header), "| " + " | ".join(align) + " |"]
-    out += [line(r) for r in body]
-    out += [""] + [f"{i}. {n}" for i, n in enumerate(footnotes(table), 1)]
+    return [line(header), line(align), *(line(r) for r in body), "", *(f"{i}. {n}" for i, n in enumerate(notes, 1))]
+
+
+def render_markdown(table: Mapping[str, Any]) -> str:
+    """The report as Markdown (a title, the table, its footnotes; then the storage table when given)."""
+    out = [f"# {table['title']}", "", *_markdown_table(*table_rows(table), footnotes(table))]
     if table.get("storage"):
-        sh, sb = storage_rows(table)
-        salign = ["---"] + ["---:"] * (len(sh) - 1)
-        out += ["", "## Storage per training state", "", line(sh), "| " + " | ".join(salign) + " |"]
-        out += [line(r) for r in sb]
-        out += [""] + [f"{i}. {n}" for i, n in enumerate(storage_notes(), 1)]
+        out += ["", "## Storage per training state", "", *_markdown_table(*storage_rows(table), storage_notes())]
     return "\n".join(out) + "\n"
 
 
@@ -391,31 +389,30 @@ img{max-width:100%}
 """
 
 
-def render_html(table: Mapping[str, Any], chart_png: bytes | None = None) -> str:
-    """A self-contained HTML page: the table, its footnotes and the chart inlined as base64 (the Kubeflow UI
-    shows an ``Output[HTML]`` without fetching other files)."""
-    header, body = table_rows(table)
+def _html_table(
+    header: Sequence[str], body: Sequence[Sequence[str]], notes: Sequence[str], last_row_class: str = ""
+) -> list[str]:
+    """A table (escaped; ``last_row_class`` on the last row when given) and its notes as an ordered list."""
     e = html.escape
     rows = ["<tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>"]
     for i, r in enumerate(body):
-        cls = " class='geo'" if table["students"] and i == len(body) - 1 else ""
+        cls = f" class='{last_row_class}'" if last_row_class and i == len(body) - 1 else ""
         rows.append(f"<tr{cls}>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>")
+    return ["<table>" + "".join(rows) + "</table>", "<ol>" + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ol>"]
+
+
+def render_html(table: Mapping[str, Any], chart_png: bytes | None = None) -> str:
+    """A self-contained HTML page: the table, its footnotes and the chart inlined as base64 (the Kubeflow UI
+    shows an ``Output[HTML]`` without fetching other files)."""
+    e = html.escape
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>{e(table['title'])}</title><style>{_CSS}</style></head><body>",
         f"<h2>{e(table['title'])}</h2>",
-        "<table>" + "".join(rows) + "</table>",
-        "<ol>" + "".join(f"<li>{e(n)}</li>" for n in footnotes(table)) + "</ol>",
+        *_html_table(*table_rows(table), footnotes(table), "geo" if table["students"] else ""),
     ]
     if table.get("storage"):
-        sh, sb = storage_rows(table)
-        srows = ["<tr>" + "".join(f"<th>{e(h)}</th>" for h in sh) + "</tr>"]
-        srows += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in sb]
-        parts += [
-            "<h3>Storage per training state</h3>",
-            "<table>" + "".join(srows) + "</table>",
-            "<ol>" + "".join(f"<li>{e(n)}</li>" for n in storage_notes()) + "</ol>",
-        ]
+        parts += ["<h3>Storage per training state</h3>", *_html_table(*storage_rows(table), storage_notes())]
     if chart_png:
         data = base64.b64encode(chart_png).decode("ascii")
         parts.append(f"<p><img alt='scores as % of teacher' src='data:image/png;base64,{data}'></p>")
