@@ -33,7 +33,7 @@ def encode_buffer(
     from polydistill.autoencoder import encode_buffer as encode
     from polydistill.tracking import StageRun
 
-    rt.setup(minio_endpoint)
+    rt.setup(minio_endpoint, in_loop=True)
     ae_cfg = C.from_dict("autoencoder", autoencoder_config)
     ex_cfg = C.from_dict("export", export_config)
     dest = rt.data_uri(run_root, "latents", game)

@@ -33,7 +33,7 @@ def export_buffer(
     from polydistill.export import export_buffer as export
     from polydistill.tracking import StageRun
 
-    rt.setup(minio_endpoint)
+    rt.setup(minio_endpoint, in_loop=True)
     cfg = C.from_dict("export", config)
     dest = rt.data_uri(run_root, "buffers", game)
     with StageRun(tracking_uri, parent_run_id, "export-buffer", game, experiment=experiment) as run:

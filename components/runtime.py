@@ -38,12 +38,16 @@ log = logging.getLogger("polydistill.pipeline")
 #: Seconds between mirrors of a training task's working directory to an ``s3://`` store.
 SYNC_SECONDS_ENV = "POLYDISTILL_SYNC_SECONDS"
 DEFAULT_SYNC_SECONDS = 300.0
+#: torch threads for a task inside the per-game loop. Set by the local runner, whose loop iterations run at once
+#: on one machine while its top-level tasks run one at a time; unset on a cluster (each pod has its CPU request).
+LOOP_THREADS_ENV = "POLYDISTILL_LOOP_THREADS"
 # Uploaded last, so a reader of the mirror never follows a pointer to a half-uploaded resume point.
 _POINTER_FILES = ("LATEST", "run.json")
 
 
-def setup(minio_endpoint: str = "") -> None:
-    """Prepare a step's process: log lines to stdout (KFP shows them), the S3 endpoint from the parameter.
+def setup(minio_endpoint: str = "", in_loop: bool = False) -> None:
+    """Prepare a step's process: log lines to stdout (KFP shows them), the S3 endpoint from the parameter, and
+    for a task of the per-game loop (``in_loop``) its share of the cores when ``POLYDISTILL_LOOP_THREADS`` says.
 
     An empty ``minio_endpoint`` keeps ``MINIO_ENDPOINT`` from the environment (on a cluster: the
     ``polydistill-config`` ConfigMap).
@@ -56,6 +60,12 @@ def setup(minio_endpoint: str = "") -> None:
     os.environ.setdefault("POLYDISTILL_PROGRESS", "log")
     if minio_endpoint:
         os.environ["MINIO_ENDPOINT"] = minio_endpoint
+    threads = os.environ.get(LOOP_THREADS_ENV, "").strip() if in_loop else ""
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+        log.info("torch threads: %s (this machine's share for one game's task)", threads)
 
 
 def run_root(store_uri: str, run_id: str) -> str:

@@ -29,7 +29,7 @@ def train_autoencoder(
     from polydistill.autoencoder import train_autoencoder as train
     from polydistill.tracking import StageRun
 
-    rt.setup(minio_endpoint)
+    rt.setup(minio_endpoint, in_loop=True)
     cfg = C.from_dict("autoencoder", config)
     with (
         rt.work_dir(rt.data_uri(run_root, "work/autoencoder", game)) as work,

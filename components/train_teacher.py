@@ -33,7 +33,7 @@ def train_teacher(
     from polydistill.teacher import train_teacher as train
     from polydistill.tracking import StageRun
 
-    rt.setup(minio_endpoint)
+    rt.setup(minio_endpoint, in_loop=True)
     cfg = C.from_dict("teacher", config)
     with (
         rt.work_dir(rt.data_uri(run_root, "work/teacher", game)) as work,

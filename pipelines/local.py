@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .components.runtime import LOOP_THREADS_ENV
+
 DEFAULT_RUNS_DIR = Path("runs")
 
 
@@ -116,11 +118,12 @@ def run_local(
     tracking = tracking_uri or f"sqlite:///{run / 'mlflow.db'}"
     args = pipeline_arguments(profile, games, store, tracking, params, experiment,
                               minio_endpoint=os.environ.get("MINIO_ENDPOINT", ""))
-    # The runner runs independent tasks at once (one teacher per game, the two distills); each task's torch
-    # then gets its share of the cores. Two 2-thread teachers on 2 cores measured 14 steps/s each (OpenMP
-    # workers spinning against the emulator threads); two 1-thread teachers, 53 steps/s each.
+    # The runner runs the per-game loop's iterations at once and the top-level tasks one after another. So a
+    # loop task's torch gets its share of the cores and a top-level task (distill) all of them. Two 2-thread
+    # teachers on 2 cores measured 14 steps/s each (OpenMP workers spinning against the emulator threads), two
+    # 1-thread teachers 53 steps/s each; distillation ran at 7.4 steps/s on one thread and 16 on two.
     n_games = len(args["games"] or C.default_games(profile))
-    os.environ.setdefault("OMP_NUM_THREADS", str(task_threads(n_games)))
+    os.environ.setdefault(LOOP_THREADS_ENV, str(task_threads(n_games)))
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run / "kfp"),
                raise_on_error=True)
     t0 = time.monotonic()

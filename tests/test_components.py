@@ -435,3 +435,18 @@ def test_write_html_inlines_images(tmp_path: Path) -> None:
     rt.write_html(tmp_path / "page.html", "T <1>", [png, tmp_path / "missing.png"])
     text = (tmp_path / "page.html").read_text()
     assert "T &lt;1&gt;" in text and text.count("data:image/png;base64,") == 1
+
+
+@pytest.mark.parametrize("in_loop", [True, False])
+def test_setup_gives_a_loop_task_its_share_of_the_cores(in_loop: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv(rt.LOOP_THREADS_ENV, "1")
+    try:
+        torch.set_num_threads(2)
+        rt.setup(in_loop=in_loop)
+        # The local runner's loop iterations share the machine; a top-level task keeps every core.
+        assert torch.get_num_threads() == (1 if in_loop else 2)
+    finally:
+        torch.set_num_threads(before)

@@ -367,7 +367,8 @@ def _write_loss_png(out: Path, history: list[dict[str, float]], loss_curve: list
 
 
 def _write_grid(out: Path, model: ConvAutoencoder, val: list[Batch], code_dtype: str, game: str) -> Path:
-    """Originals next to reconstructions for the held-out states with the most changed pixels.
+    """Originals next to reconstructions for held-out states spread over the range of motion: evenly spaced
+    quantiles of the changed-pixel count, from still to busiest (the busiest alone can be screen flashes).
 
     One row per state: its frames, their reconstructions through ``code_dtype`` codes, and the newest frame's
     absolute error x4. Drawn as one mosaic on one axis (dozens of matplotlib axes take seconds to render).
@@ -380,7 +381,8 @@ def _write_grid(out: Path, model: ConvAutoencoder, val: list[Batch], code_dtype:
     counts = np.concatenate([changed_mask(torch.from_numpy(b.states)).flatten(1).sum(1).numpy() for b in val])
     states = np.concatenate([b.states for b in val])
     steps = np.concatenate([b.steps for b in val])
-    pick = np.argsort(-counts, kind="stable")[:GRID_STATES]
+    order = np.argsort(counts, kind="stable")
+    pick = order[np.unique(np.linspace(0, len(order) - 1, GRID_STATES).round().astype(int))]
     recon = reconstruct(model, states[pick], code_dtype).cpu().numpy()
     f, size, gap = states.shape[1], states.shape[-1], 4
     cols = 2 * f + 1
@@ -406,7 +408,7 @@ def _write_grid(out: Path, model: ConvAutoencoder, val: list[Batch], code_dtype:
     ax.tick_params(length=0)
     for spine in ax.spines.values():
         spine.set_visible(False)
-    ax.set_title(f"{game}: held-out states with the most motion, reconstructed from {code_dtype} codes", fontsize=9)
+    ax.set_title(f"{game}: held-out states from still to busiest, reconstructed from {code_dtype} codes", fontsize=9)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)

@@ -217,8 +217,8 @@ PROFILE_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
             "checkpoint_every": 50_000,
         },
         "export": {"shard_steps": 5_000},
-        "autoencoder": {"epochs": 4, "max_train_states": 20_000},
-        "distill": {"steps": 4_000, "batch_size": 32, "learning_rate": 2.5e-4, "eval_every": 500},
+        "autoencoder": {"epochs": 6, "max_train_states": 20_000},
+        "distill": {"steps": 10_000, "batch_size": 32, "learning_rate": 2.5e-4, "eval_every": 1_000},
         "evaluate": {"protocol": "episodes", "episodes": 8, "num_envs": 8, "max_episode_frames": 18_000},
     },
     "paper": {
