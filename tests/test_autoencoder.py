@@ -123,6 +123,41 @@ def test_changed_mask_marks_a_moving_ball_and_ignores_padding():
     assert mask[1, 2, 22, 12] and mask[1, 3, 23, 13] and int(mask[1].sum()) == 4
 
 
+def test_bce_keeps_the_gradient_where_the_sigmoid_saturates():
+    # A sprite pixel (target 1) on a decoder output saturated at black (logit -10): the reason for loss="bce".
+    target = torch.zeros(1, 4, 84, 84)
+    target[0, 3, 40, 40] = 1.0
+    grads = {}
+    for kind in ("mse", "bce"):
+        logits = torch.full_like(target, -10.0, requires_grad=True)
+        out = logits if kind == "bce" else torch.sigmoid(logits)
+        reconstruction_loss(out, target, None, kind=kind).backward()
+        grads[kind] = float(-logits.grad[0, 3, 40, 40]) * target.numel()  # per-pixel pull towards 1
+    assert grads["bce"] == pytest.approx(1.0, abs=1e-3)
+    assert grads["mse"] < 1e-3 * grads["bce"]
+
+
+def test_bce_loss_matches_torch_and_is_weighted_like_mse():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 84, 84, generator=g)
+    target = torch.rand(2, 4, 84, 84, generator=g)
+    changed = torch.rand(2, 4, 84, 84, generator=g) < 0.05
+    ref = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    assert float(reconstruction_loss(logits, target, None, kind="bce")) == pytest.approx(float(ref.mean()), rel=1e-5)
+    w = 1.0 + 19.0 * changed.float()
+    got = reconstruction_loss(logits, target, changed, 20.0, kind="bce")
+    assert float(got) == pytest.approx(float((w * ref).sum() / w.sum()), rel=1e-5)
+    with pytest.raises(ValueError, match="'l1' unknown"):
+        reconstruction_loss(logits, target, None, kind="l1")
+
+
+def test_decode_is_the_sigmoid_of_decode_logits():
+    model = ConvAutoencoder(8)
+    z = torch.randn(3, 8)
+    with torch.no_grad():
+        assert torch.allclose(model.decode(z), torch.sigmoid(model.decode_logits(z)), atol=1e-6)
+
+
 def test_weighted_loss_weights_changed_pixels():
     target = torch.zeros(1, 4, 84, 84)
     recon = target.clone()

@@ -6,9 +6,14 @@ game, stores the codes, and decodes them for distillation. Its reconstructions w
 ball vanished, so the student trained on decoded states failed. This module measures that failure honestly
 and offers the remedies compared in ``benchmarks/autoencoder.py``:
 
-- ``loss="weighted"``: squared error with ``changed_weight`` times the weight on *changed pixels*, pixels that
-  differ from the same pixel in an adjacent frame of the stack (where small moving objects live; stack
-  padding at episode starts does not count as change);
+- ``loss="bce"``: binary cross-entropy on the decoder's logits instead of squared error after its sigmoid.
+  On games with black backgrounds (DemonAttack) the sigmoid saturates towards 0 over most of the screen and
+  squared error's gradient there, ``2 (y - t) y (1 - y)``, vanishes: the network settles on the mean frame and
+  drops every sprite, the player's cannon included. Cross-entropy's gradient on the logits is ``y - t``, which
+  does not vanish, and the same training budget then reconstructs where the objects are;
+- ``loss="weighted"`` / ``"weighted_bce"``: the error with ``changed_weight`` times the weight on *changed
+  pixels*, pixels that differ from the same pixel in an adjacent frame of the stack (where small moving
+  objects live; stack padding at episode starts does not count as change);
 - a larger ``latent_dim``;
 - codes stored as float32, float16 or int8 (per-state max-abs scale) to trade bytes for fidelity.
 
@@ -179,15 +184,28 @@ def changed_mask(states: torch.Tensor) -> torch.Tensor:
 
 
 def reconstruction_loss(
-    recon: torch.Tensor, target: torch.Tensor, changed: torch.Tensor | None, changed_weight: float = 1.0
+    recon: torch.Tensor,
+    target: torch.Tensor,
+    changed: torch.Tensor | None,
+    changed_weight: float = 1.0,
+    kind: str = "mse",
 ) -> torch.Tensor:
-    """Mean squared error, or with ``changed`` the weighted mean with weight ``changed_weight`` on changed
-    pixels and 1 elsewhere (normalised by the total weight, so it stays on the scale of an MSE)."""
-    se = (recon - target).square()
+    """Mean per-pixel error, or with ``changed`` the weighted mean with weight ``changed_weight`` on changed
+    pixels and 1 elsewhere (normalised by the total weight, so it stays on the scale of the unweighted loss).
+
+    ``kind="mse"``: ``recon`` are pixels in [0, 1] and the error is squared. ``kind="bce"``: ``recon`` are the
+    decoder's logits and the error is binary cross-entropy against the [0, 1] target pixels.
+    """
+    if kind == "bce":
+        err = nn.functional.binary_cross_entropy_with_logits(recon, target, reduction="none")
+    elif kind == "mse":
+        err = (recon - target).square()
+    else:
+        raise ValueError(f"reconstruction loss kind {kind!r} unknown; use 'mse' or 'bce'")
     if changed is None or changed_weight == 1.0:
-        return se.mean()
-    w = 1.0 + (changed_weight - 1.0) * changed.to(se.dtype)
-    return (w * se).sum() / w.sum()
+        return err.mean()
+    w = 1.0 + (changed_weight - 1.0) * changed.to(err.dtype)
+    return (w * err).sum() / w.sum()
 
 
 def roundtrip_codes(z: torch.Tensor, code_dtype: str) -> torch.Tensor:
@@ -521,7 +539,8 @@ def train_autoencoder(
         m0 = evaluate_reconstruction(model, (b.states for b in val), cfg.code_dtype)
         history.append({"epoch": 0, "steps": 0, "states_seen": 0, "train_loss": float("nan"), **m0, "seconds": 0.0})
 
-    weighted = cfg.loss == "weighted"
+    weighted = cfg.loss.startswith("weighted")
+    kind = "bce" if cfg.loss.endswith("bce") else "mse"
     window = max(1, steps_per_epoch // 20)
     bar = progress(
         cfg.epochs * steps_per_epoch * cfg.batch_size,
@@ -548,8 +567,10 @@ def train_autoencoder(
             for _ in range(steps_per_epoch):
                 x = torch.from_numpy(next(sampler).states).to(device, non_blocking=True)
                 target = x.float().div_(255.0)
+                z = model.encode(target)
+                recon = model.decode_logits(z) if kind == "bce" else model.decode(z)
                 loss = reconstruction_loss(
-                    model(target), target, changed_mask(x) if weighted else None, cfg.changed_weight
+                    recon, target, changed_mask(x) if weighted else None, cfg.changed_weight, kind
                 )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -112,11 +112,16 @@ class AutoencoderConfig(_Model):
     epochs: int = Field(10, ge=1, description="Passes over the training states.")
     batch_size: int = Field(64, ge=1, description="States per optimizer step.")
     learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate.")
-    loss: Literal["mse", "weighted"] = Field(
-        "weighted", description="Plain MSE, or MSE with extra weight on pixels that change between frames."
+    loss: Literal["mse", "weighted", "bce", "weighted_bce"] = Field(
+        "weighted_bce",
+        description=(
+            "Reconstruction loss: squared error (mse) or binary cross-entropy on the decoder's logits (bce, "
+            "whose gradient survives where the output sigmoid saturates on black backgrounds); weighted_* adds "
+            "changed_weight on pixels that change between frames."
+        ),
     )
     changed_weight: float = Field(
-        20.0, ge=1.0, description="Weight of changed pixels in the weighted loss (1 = plain MSE)."
+        20.0, ge=1.0, description="Weight of changed pixels in the weighted losses (1 = unweighted)."
     )
     code_dtype: Literal["float32", "float16", "int8"] = Field("float16", description="Stored code precision.")
     holdout_fraction: float = Field(0.05, gt=0, lt=0.5, description="States held out for metrics.")

@@ -152,6 +152,12 @@ class ConvAutoencoder(nn.Module):
         h = self.from_latent(z.float()).view(-1, self._c3, 7, 7)
         return self.decoder(h)
 
+    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
+        """The decoder's output before its sigmoid (``decode(z) == sigmoid(decode_logits(z))``): what a
+        cross-entropy loss trains on."""
+        h = self.from_latent(z.float()).view(-1, self._c3, 7, 7)
+        return self.decoder[:-1](h)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
 
