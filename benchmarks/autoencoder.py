@@ -1,7 +1,8 @@
 """Benchmark the autoencoder options against the seed's plain-MSE autoencoder on one game's dataset.
 
 For each option it trains an autoencoder with the same budget (plain MSE @64 as in the seed paper, the
-changed-pixel-weighted loss @64, and the weighted loss with a larger latent @128), then evaluates every
+changed-pixel-weighted MSE @64, the weighted cross-entropy on logits @64 (the default), and the weighted MSE
+with a larger latent @128), then evaluates every
 trained model on the same held-out states with codes stored as float32, float16 and int8, and prints:
 
     option | bytes/state | PSNR | changed-pixel MSE | encode states/s | decode states/s
@@ -49,6 +50,7 @@ from polydistill.sampling import iter_split
 OPTIONS = (  # (name, loss, latent_dim)
     ("mse@64", "mse", 64),
     ("weighted@64", "weighted", 64),
+    ("weighted_bce@64", "weighted_bce", 64),
     ("weighted@128", "weighted", 128),
 )
 DTYPES = ("float32", "float16", "int8")
@@ -186,10 +188,10 @@ def main() -> None:
         f"{m.bytes_per_state:.1f} bytes/state (frames stored once per step, with step columns)"
     )
     if teacher is not None:
-        dest = work / "latent-weighted@64-float16"
+        dest = work / "latent-weighted_bce@64-float16"
         t0 = time.perf_counter()
         lm = encode_buffer(
-            uri, trained["weighted@64"], teacher, str(dest), code_dtype="float16", device=str(device)
+            uri, trained["weighted_bce@64"], teacher, str(dest), code_dtype="float16", device=str(device)
         )
         secs = time.perf_counter() - t0
         ds = open_dataset(str(dest))
@@ -201,7 +203,7 @@ def main() -> None:
         decoder.decode(z)
         dec = len(z) / (time.perf_counter() - t0)
         print(
-            f"encode_buffer weighted@64 float16: {lm.num_valid_states / secs:.0f} states/s end to end "
+            f"encode_buffer weighted_bce@64 float16: {lm.num_valid_states / secs:.0f} states/s end to end "
             f"(stacking, encoder, teacher Q); latent dataset {lm.bytes_per_state:.1f} bytes/state with "
             f"float16 Q-values and step columns; LatentDecoder {dec:.0f} states/s"
         )

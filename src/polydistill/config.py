@@ -223,7 +223,7 @@ PROFILE_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
         },
         "export": {"shard_steps": 5_000},
         "autoencoder": {"epochs": 6, "max_train_states": 20_000},
-        "distill": {"steps": 10_000, "batch_size": 32, "learning_rate": 2.5e-4, "eval_every": 1_000},
+        "distill": {"steps": 8_000, "batch_size": 32, "learning_rate": 2.5e-4, "eval_every": 1_000},
         "evaluate": {"protocol": "episodes", "episodes": 8, "num_envs": 8, "max_episode_frames": 18_000},
     },
     "paper": {
