@@ -149,8 +149,7 @@ class ConvAutoencoder(nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Reconstructed states in [0, 1], shape (B, frame_stack, 84, 84)."""
-        h = self.from_latent(z.float()).view(-1, self._c3, 7, 7)
-        return self.decoder(h)
+        return self.decoder[-1](self.decode_logits(z))
 
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
         """The decoder's output before its sigmoid (``decode(z) == sigmoid(decode_logits(z))``): what a
