@@ -26,6 +26,7 @@ from polydistill.autoencoder import (
     code_bytes,
     encode_buffer,
     evaluate_reconstruction,
+    grid_picks,
     load_autoencoder,
     reconstruct,
     reconstruction_loss,
@@ -156,6 +157,15 @@ def test_decode_is_the_sigmoid_of_decode_logits():
     z = torch.randn(3, 8)
     with torch.no_grad():
         assert torch.allclose(model.decode(z), torch.sigmoid(model.decode_logits(z)), atol=1e-6)
+
+
+def test_grid_picks_span_still_to_busiest():
+    counts = np.array([50, 0, 24848, 700, 300, 24848, 900, 10])
+    pick = grid_picks(counts, 4)
+    # The stillest and the busiest are both shown, in order of motion, and no state twice.
+    assert counts[pick[0]] == 0 and counts[pick[-1]] == 24848
+    assert list(counts[pick]) == sorted(counts[pick]) and len(set(pick)) == len(pick) == 4
+    assert list(grid_picks(np.array([5, 1]), 6)) == [1, 0]  # fewer states than rows: each once
 
 
 def test_weighted_loss_weights_changed_pixels():

@@ -384,9 +384,15 @@ def _write_loss_png(out: Path, history: list[dict[str, float]], loss_curve: list
     )
 
 
+def grid_picks(changed_counts: np.ndarray, n: int = GRID_STATES) -> np.ndarray:
+    """Indices of up to ``n`` states at evenly spaced quantiles of their changed-pixel counts, from the stillest
+    to the busiest (the busiest alone can all be whole-screen flashes, which hide what the grid should show)."""
+    order = np.argsort(changed_counts, kind="stable")
+    return order[np.unique(np.linspace(0, len(order) - 1, n).round().astype(int))]
+
+
 def _write_grid(out: Path, model: ConvAutoencoder, val: list[Batch], code_dtype: str, game: str) -> Path:
-    """Originals next to reconstructions for held-out states spread over the range of motion: evenly spaced
-    quantiles of the changed-pixel count, from still to busiest (the busiest alone can be screen flashes).
+    """Originals next to reconstructions for held-out states spread over the range of motion (:func:`grid_picks`).
 
     One row per state: its frames, their reconstructions through ``code_dtype`` codes, and the newest frame's
     absolute error x4. Drawn as one mosaic on one axis (dozens of matplotlib axes take seconds to render).
@@ -399,8 +405,7 @@ def _write_grid(out: Path, model: ConvAutoencoder, val: list[Batch], code_dtype:
     counts = np.concatenate([changed_mask(torch.from_numpy(b.states)).flatten(1).sum(1).numpy() for b in val])
     states = np.concatenate([b.states for b in val])
     steps = np.concatenate([b.steps for b in val])
-    order = np.argsort(counts, kind="stable")
-    pick = order[np.unique(np.linspace(0, len(order) - 1, GRID_STATES).round().astype(int))]
+    pick = grid_picks(counts)
     recon = reconstruct(model, states[pick], code_dtype).cpu().numpy()
     f, size, gap = states.shape[1], states.shape[-1], 4
     cols = 2 * f + 1
@@ -971,6 +976,7 @@ __all__ = [
     "code_bytes",
     "encode_buffer",
     "evaluate_reconstruction",
+    "grid_picks",
     "load_autoencoder",
     "reconstruct",
     "reconstruction_loss",
