@@ -11,6 +11,7 @@ from .image import IMAGE
 def train_autoencoder(
     game: str,
     buffer: Input[Dataset],
+    teacher: Input[Model],
     config: dict,
     run_root: str,
     tracking_uri: str,
@@ -22,7 +23,8 @@ def train_autoencoder(
     metrics: Output[Metrics],
 ):
     """Train on the dataset at ``buffer.metadata["uri"]``; outputs the checkpoint directory, a page with the
-    reconstruction grid and the reconstruction metrics (MSE, PSNR, changed-pixel error, ...)."""
+    reconstruction grid and the reconstruction metrics (MSE, PSNR, changed-pixel error, the teacher's
+    agreement on reconstructions, ...). ``teacher`` gives that metric and the teacher-feature loss term."""
     from polydistill_kfp.components import runtime as rt
 
     from polydistill import config as C
@@ -36,7 +38,13 @@ def train_autoencoder(
         StageRun(tracking_uri, parent_run_id, "train-autoencoder", game, experiment=experiment) as run,
     ):
         run.log_config(cfg.model_dump(mode="json"))
-        res = train(buffer.metadata["uri"], cfg, work.path, on_metrics=rt.chain(run, work.maybe_sync))
+        res = train(
+            buffer.metadata["uri"],
+            cfg,
+            work.path,
+            on_metrics=rt.chain(run, work.maybe_sync),
+            teacher=teacher.path,
+        )
         rt.copy_dir(res.checkpoint_dir, autoencoder.path)
         rt.write_html(grid.path, f"{game}: originals and reconstructions", [res.grid_png, res.loss_png])
         run.log_artifact(res.grid_png)

@@ -210,7 +210,8 @@ def _make_pipeline(variant: Variant) -> Callable[..., Any]:
                 game=game, experience=teacher.outputs["experience"], teacher=teacher.outputs["teacher"],
                 config=export_config, **store))
             autoencoder = configure(comps["train-autoencoder"](
-                game=game, buffer=buffer.outputs["buffer"], config=autoencoder_config, **store))
+                game=game, buffer=buffer.outputs["buffer"], teacher=teacher.outputs["teacher"],
+                config=autoencoder_config, **store))
             latents = configure(comps["encode-buffer"](
                 game=game, buffer=buffer.outputs["buffer"], autoencoder=autoencoder.outputs["autoencoder"],
                 teacher=teacher.outputs["teacher"], autoencoder_config=autoencoder_config,
@@ -293,11 +294,13 @@ def _make_pipeline(variant: Variant) -> Callable[..., Any]:
         latent_dim: int = -1,
         autoencoder_epochs: int = -1,
         autoencoder_loss: str = "",
+        autoencoder_teacher_weight: float = -1.0,
         code_dtype: str = "",
         distill_loss: str = "",
         tau: float = -1.0,
         actions: str = "",
         student_width: float = -1.0,
+        student_init: str = "",
         subset_fraction: float = -1.0,
         distill_steps: int = -1,
         eval_protocol: str = "",

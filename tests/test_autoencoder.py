@@ -31,11 +31,12 @@ from polydistill.autoencoder import (
     reconstruct,
     reconstruction_loss,
     roundtrip_codes,
+    teacher_feature_error,
     train_autoencoder,
 )
 from polydistill.buffer import DatasetError, DatasetWriter, Manifest, open_dataset
 from polydistill.checkpoint import CheckpointError, load_state_dict, save_checkpoint
-from polydistill.networks import ConvAutoencoder, NatureTorso
+from polydistill.networks import ConvAutoencoder, DuelingQNetwork, NatureTorso
 from polydistill.sampling import iter_split
 from polydistill.teacher import load_teacher
 
@@ -166,6 +167,53 @@ def test_grid_picks_span_still_to_busiest():
     assert counts[pick[0]] == 0 and counts[pick[-1]] == 24848
     assert list(counts[pick]) == sorted(counts[pick]) and len(set(pick)) == len(pick) == 4
     assert list(grid_picks(np.array([5, 1]), 6)) == [1, 0]  # fewer states than rows: each once
+
+
+def test_teacher_feature_error_is_relative_and_trains_only_the_reconstruction():
+    torch.manual_seed(0)
+    teacher = DuelingQNetwork(6).requires_grad_(False)
+    target = torch.rand(4, 4, 84, 84)
+    assert float(teacher_feature_error(teacher, target.clone(), target)) == pytest.approx(0.0, abs=1e-7)
+    # Relative to the original's feature energy, so a noisy copy scores a small number, not a raw magnitude.
+    recon = (target + 0.3 * torch.randn_like(target)).clamp(0, 1).requires_grad_(True)
+    err = teacher_feature_error(teacher, recon, target)
+    assert 0 < float(err) < 10
+    err.backward()
+    assert recon.grad is not None and float(recon.grad.abs().sum()) > 0
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_teacher_metrics_and_the_teacher_term(teacher_runs, tmp_path):
+    """With the teacher, the metrics say how often the teacher acts the same on reconstructions; the feature
+    term, trained for the same steps, lowers the teacher's feature error against pixels alone."""
+    data, teacher = _dataset(teacher_runs), teacher_runs["Breakout"]
+    plain = train_autoencoder(data, ae_config(), tmp_path / "plain", teacher=teacher)
+    guided = train_autoencoder(data, ae_config(teacher_weight=5.0), tmp_path / "guided", teacher=teacher)
+    for res in (plain, guided):
+        assert 0.0 <= res.metrics["teacher_agreement"] <= 1.0
+        assert res.metrics["teacher_feature_error"] > 0
+        hist = _history(res)
+        assert "teacher_agreement" in hist[0] and "teacher_feature_error" in hist[-1]
+    assert guided.metrics["teacher_feature_error"] < plain.metrics["teacher_feature_error"]
+    assert load_autoencoder(guided.out_dir)[1]["config"]["teacher_weight"] == 5.0
+
+
+def test_the_teacher_term_refuses_a_missing_or_wrong_teacher(teacher_runs, tmp_path):
+    data = _dataset(teacher_runs)
+    with pytest.raises(AutoencoderError, match=r"teacher_weight=1\.0 needs the game.s teacher"):
+        train_autoencoder(data, ae_config(teacher_weight=1.0), tmp_path / "a")
+    with pytest.raises(AutoencoderError, match=r"plays Pong, but dataset .* is Breakout"):
+        train_autoencoder(data, ae_config(teacher_weight=1.0), tmp_path / "b", teacher=teacher_runs["Pong"])
+    # A dataset exported with another teacher's Q-values names that teacher's sha256.
+    other = tmp_path / "other"
+    shutil.copytree(teacher_runs["Breakout"] / "dataset", other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["source"]["teacher_sha256"] = "0" * 64
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(AutoencoderError, match="is not the teacher whose Q-values"):
+        train_autoencoder(str(other), ae_config(), tmp_path / "c", teacher=teacher_runs["Breakout"])
+    for p in ("a", "b", "c"):
+        assert not (tmp_path / p).exists()  # refused before anything was written
 
 
 def test_weighted_loss_weights_changed_pixels():

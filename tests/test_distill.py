@@ -26,6 +26,7 @@ from polydistill.distill import (
     build_student,
     compute_losses,
     distill,
+    parse_init,
     plan_layout,
     validation_batches,
 )
@@ -288,6 +289,13 @@ def test_init_from_teacher_reproduces_its_q_values(pairs):
     random_student = build_student(layout, dcfg(width=1.0), tmodels)
     with torch.no_grad():
         assert not torch.allclose(random_student(x, head=1), tmodels["Pong"](x))
+    # Plain "teacher" copies the first game in name order (Breakout): its torso, and no 6-action head.
+    assert parse_init("teacher", layout.games) == "Breakout" == layout.games[0]
+    first = build_student(layout, dcfg(init="teacher", width=1.0), tmodels).eval()
+    with torch.no_grad():
+        assert torch.equal(first(x, head=layout.head_for_game["Breakout"]), tmodels["Breakout"](x))
+    with pytest.raises(DistillError, match="'random', 'teacher' or 'teacher:GAME'"):
+        parse_init("teachr:Pong", layout.games)
 
 
 # --------------------------------------------------------------------------------------------- stored Q

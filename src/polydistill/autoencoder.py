@@ -102,7 +102,15 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import AutoencoderConfig
-from .networks import FRAME_SIZE, ConvAutoencoder, build_network, make_adam, pick_device, subpixel_decoder
+from .networks import (
+    FRAME_SIZE,
+    ConvAutoencoder,
+    DuelingQNetwork,
+    build_network,
+    make_adam,
+    pick_device,
+    subpixel_decoder,
+)
 from .progress import MetricsCallback, progress
 from .sampling import Batch, StreamingSampler, iter_split
 from .store import ObjectNotFoundError, open_store, redact
@@ -132,6 +140,8 @@ _HISTORY_FIELDS = (
     "psnr",
     "changed_mse",
     "changed_fraction",
+    "teacher_agreement",
+    "teacher_feature_error",
     "seconds",
 )
 
@@ -224,40 +234,69 @@ def reconstruct(model: ConvAutoencoder, states: np.ndarray | torch.Tensor, code_
         return model.decode(roundtrip_codes(model.encode(x), code_dtype))
 
 
+def teacher_feature_error(teacher: DuelingQNetwork, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The teacher's convolutional features of ``recon`` against those of ``target`` (both [0, 1] floats):
+    ``mean((f(recon) - f(target))^2) / mean(f(target)^2)``, a relative squared error (0 = the teacher sees
+    the same thing; 1 = as far off as all-zero features). Differentiable in ``recon``; ``target``'s features
+    carry no gradient. This is what a reconstruction must keep for a policy: what the teacher looks at, not
+    every pixel."""
+    with torch.no_grad():
+        f_t = teacher.torso(target)
+    f_r = teacher.torso(recon)
+    return (f_r - f_t).square().mean() / f_t.square().mean().clamp_min(1e-8)
+
+
 def evaluate_reconstruction(
-    model: ConvAutoencoder, batches: Iterable[np.ndarray], code_dtype: str = "float32"
+    model: ConvAutoencoder,
+    batches: Iterable[np.ndarray],
+    code_dtype: str = "float32",
+    teacher: DuelingQNetwork | None = None,
 ) -> dict[str, float]:
     """Held-out reconstruction metrics over uint8 state batches (B, F, 84, 84), pooled over all pixels.
 
     Returns ``mse``, ``psnr`` (dB on [0, 1] pixels), ``changed_mse`` (NaN when no pixel changed),
-    ``changed_fraction`` and ``states``.
+    ``changed_fraction`` and ``states``. With ``teacher``, also ``teacher_agreement`` (share of states where
+    the teacher's greedy action on the reconstruction equals its action on the original: whether the code
+    kept what the policy needs) and ``teacher_feature_error`` (:func:`teacher_feature_error`, pooled).
     """
     device = next(model.parameters()).device
     se_sum = changed_se = 0.0
-    pixels = changed_px = states = 0
+    pixels = changed_px = states = agree = 0
+    feat_se = feat_sq = 0.0
     was_training = model.training
     model.eval()
     for b in batches:
         x = torch.as_tensor(b).to(device)
         recon = reconstruct(model, x, code_dtype)
-        se = (recon - x.float().div(255.0)).square()
+        target = x.float().div(255.0)
+        se = (recon - target).square()
         mask = changed_mask(x)
         se_sum += float(se.sum())
         changed_se += float(se[mask].sum())
         pixels += se.numel()
         changed_px += int(mask.sum())
         states += len(x)
+        if teacher is not None:
+            with torch.no_grad():
+                f_t, f_r = teacher.torso(target), teacher.torso(recon)
+                feat_se += float((f_r - f_t).square().sum())
+                feat_sq += float(f_t.square().sum())
+                agree += int((teacher.heads[0](f_r).argmax(1) == teacher.heads[0](f_t).argmax(1)).sum())
     model.train(was_training)
     if states == 0:
         raise ValueError("evaluate_reconstruction needs at least one state")
     mse = se_sum / pixels
-    return {
+    out = {
         "mse": mse,
         "psnr": 10.0 * math.log10(1.0 / max(mse, 1e-12)),
         "changed_mse": changed_se / changed_px if changed_px else float("nan"),
         "changed_fraction": changed_px / pixels,
         "states": float(states),
     }
+    if teacher is not None:
+        out["teacher_agreement"] = agree / states
+        out["teacher_feature_error"] = feat_se / max(feat_sq, 1e-12)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- inputs
@@ -359,7 +398,9 @@ def _holdout_batches(ds: ExperienceDataset, cfg: AutoencoderConfig, limit: int) 
 
 def _write_history(out: Path, history: list[dict[str, float]]) -> Path:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(_HISTORY_FIELDS), extrasaction="ignore", lineterminator="\n")
+    # The teacher columns only when the run had a teacher to measure them with.
+    fields = [f for f in _HISTORY_FIELDS if f in history[-1]]
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     w.writerows(history)
     atomic_write_bytes(out / HISTORY_CSV, buf.getvalue().encode())
@@ -375,13 +416,13 @@ def _write_loss_png(out: Path, history: list[dict[str, float]], loss_curve: list
         "held-out MSE": (x, [h["mse"] for h in history]),
         "held-out changed-pixel MSE": (x, [h["changed_mse"] for h in history]),
     }
-    return plot_series(
-        series,
-        out / LOSS_PNG,
-        "autoencoder reconstruction error",
-        "training states seen",
-        "squared error ([0, 1] pixels)",
-    )
+    ylabel = "squared error ([0, 1] pixels)"
+    if "teacher_agreement" in history[-1]:
+        # What the policy loses: the share of states whose teacher action the reconstruction changes.
+        series["held-out teacher disagreement"] = (x, [1.0 - h["teacher_agreement"] for h in history])
+        series["held-out teacher feature error"] = (x, [h["teacher_feature_error"] for h in history])
+        ylabel = "squared error ([0, 1] pixels); share of states; relative error"
+    return plot_series(series, out / LOSS_PNG, "autoencoder reconstruction error", "training states seen", ylabel)
 
 
 def grid_picks(changed_counts: np.ndarray, n: int = GRID_STATES) -> np.ndarray:
@@ -461,12 +502,46 @@ def _save_resume(
     )
 
 
+def _load_matching_teacher(
+    teacher: str | Path | None, ds: ExperienceDataset, cfg: AutoencoderConfig
+) -> DuelingQNetwork | None:
+    """The frozen teacher for the teacher-feature term and metrics, checked against the dataset first."""
+    if teacher is None:
+        if cfg.teacher_weight > 0:
+            raise AutoencoderError(
+                f"teacher_weight={cfg.teacher_weight} needs the game's teacher: pass --teacher DIR (the teacher "
+                f"run that computed {ds.game}'s Q-values) or set teacher_weight to 0"
+            )
+        return None
+    from .teacher import load_teacher
+
+    try:
+        net, meta = load_teacher(teacher, "cpu")
+    except (CheckpointError, FileNotFoundError) as e:
+        raise AutoencoderError(f"--teacher {teacher}: {e}") from e
+    if meta.get("game") != ds.game:
+        raise AutoencoderError(
+            f"--teacher {teacher} plays {meta.get('game')}, but dataset {redact(ds.uri)} is {ds.game}; "
+            f"pass that game's teacher"
+        )
+    expected = ds.manifest.source.get("teacher_sha256")
+    if expected and meta.get("sha256") and meta["sha256"] != expected:
+        raise AutoencoderError(
+            f"--teacher {teacher} (sha256 {meta['sha256'][:12]}) is not the teacher whose Q-values dataset "
+            f"{redact(ds.uri)} holds (sha256 {expected[:12]}); pass the teacher it was exported with"
+        )
+    net.eval()
+    net.requires_grad_(False)
+    return net
+
+
 def train_autoencoder(
     dataset: str,
     cfg: AutoencoderConfig,
     out_dir: str | Path,
     on_metrics: MetricsCallback | None = None,
     *,
+    teacher: str | Path | None = None,
     max_val_states: int = VALIDATION_STATES,
     stop_after_epochs: int | None = None,
 ) -> AutoencoderResult:
@@ -484,6 +559,9 @@ def train_autoencoder(
         out_dir: run directory. A run there with the same dataset and settings is resumed after its last
             finished epoch, extended when ``cfg.epochs`` grew, and reused as is when finished.
         on_metrics: called with ``(metrics, optimizer step)`` after every epoch and once at the end.
+        teacher: the game's teacher (run or checkpoint directory). With it the held-out metrics add
+            ``teacher_agreement`` and ``teacher_feature_error``; ``cfg.teacher_weight > 0`` needs it and adds
+            ``teacher_weight x teacher_feature_error`` to the training loss.
         max_val_states: held-out states evaluated per epoch.
         stop_after_epochs: stop (as if killed) after this many epochs of this call; for tests of resume.
 
@@ -493,15 +571,20 @@ def train_autoencoder(
 
     Raises:
         DatasetError: the dataset is missing, latent, empty, or has no held-out states.
-        AutoencoderError: ``out_dir`` is a file, not empty, or holds a run of other data or settings.
+        AutoencoderError: ``out_dir`` is a file, not empty, or holds a run of other data or settings; or
+            ``teacher_weight > 0`` without a teacher, or a teacher of another game or other Q-values.
     """
     out = Path(out_dir)
     ds = _open_frames_dataset(dataset, "train an autoencoder")
     manifest_sha = _manifest_sha256(ds)
+    teacher_net = _load_matching_teacher(teacher, ds, cfg)
     prev = _prepare_out_dir(out, ds, manifest_sha, cfg)
     if prev is not None and prev.get("status") == "finished" and prev.get("epochs", 0) >= cfg.epochs:
         log.info("autoencoder run in %s is finished (%s epochs); reusing it", out, prev.get("epochs"))
         return _result_from_disk(out, prev)
+    device = pick_device(cfg.device)
+    if teacher_net is not None:
+        teacher_net = teacher_net.to(device)
     val = _holdout_batches(ds, cfg, max_val_states)
     est_train = round(ds.manifest.num_valid_states * (1.0 - cfg.holdout_fraction))
     if est_train < 1:
@@ -521,7 +604,6 @@ def train_autoencoder(
             "status": "running",
         },
     )
-    device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     frame_stack = ds.manifest.frame_stack
     model = ConvAutoencoder(cfg.latent_dim, frame_stack).to(device)
@@ -541,7 +623,7 @@ def train_autoencoder(
         log.info("resuming %s autoencoder after epoch %d (%s)", ds.game, epoch, out)
     else:
         # Epoch 0: the untrained network, so the history shows how far training moved the error.
-        m0 = evaluate_reconstruction(model, (b.states for b in val), cfg.code_dtype)
+        m0 = evaluate_reconstruction(model, (b.states for b in val), cfg.code_dtype, teacher_net)
         history.append({"epoch": 0, "steps": 0, "states_seen": 0, "train_loss": float("nan"), **m0, "seconds": 0.0})
 
     weighted = cfg.loss.startswith("weighted")
@@ -577,6 +659,9 @@ def train_autoencoder(
                 loss = reconstruction_loss(
                     recon, target, changed_mask(x) if weighted else None, cfg.changed_weight, kind
                 )
+                if cfg.teacher_weight > 0:
+                    image = torch.sigmoid(recon) if kind == "bce" else recon
+                    loss = loss + cfg.teacher_weight * teacher_feature_error(teacher_net, image, target)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -592,7 +677,7 @@ def train_autoencoder(
                     win_loss, win_n = 0.0, 0
             epoch += 1
             epochs_this_call += 1
-            m = evaluate_reconstruction(model, (b.states for b in val), cfg.code_dtype)
+            m = evaluate_reconstruction(model, (b.states for b in val), cfg.code_dtype, teacher_net)
             row = {
                 "epoch": epoch,
                 "steps": step,
@@ -623,7 +708,11 @@ def train_autoencoder(
 
 def _finish(out, ds, manifest_sha, cfg, model, val, history, loss_curve, epoch, step, on_metrics):
     last = history[-1]
-    metrics = {k: float(last[k]) for k in ("mse", "psnr", "changed_mse", "changed_fraction")}
+    metrics = {
+        k: float(last[k])
+        for k in ("mse", "psnr", "changed_mse", "changed_fraction", "teacher_agreement", "teacher_feature_error")
+        if k in last
+    }
     metrics["train_loss"] = float(last["train_loss"])
     metrics["bytes_per_state"] = float(code_bytes(cfg.latent_dim, cfg.code_dtype))
     metrics["compression_vs_raw"] = RAW_STACK_BYTES / metrics["bytes_per_state"]

@@ -123,6 +123,15 @@ class AutoencoderConfig(_Model):
     changed_weight: float = Field(
         20.0, ge=1.0, description="Weight of changed pixels in the weighted losses (1 = unweighted)."
     )
+    teacher_weight: float = Field(
+        0.0,
+        ge=0.0,
+        description=(
+            "Weight of the teacher-feature term: the squared error between the teacher's convolutional "
+            "features of the reconstruction and of the original, relative to the original's (0 = pixels only; "
+            "needs the teacher)."
+        ),
+    )
     code_dtype: Literal["float32", "float16", "int8"] = Field("float16", description="Stored code precision.")
     holdout_fraction: float = Field(0.05, gt=0, lt=0.5, description="States held out for metrics.")
     max_train_states: int = Field(0, ge=0, description="Cap on training states per epoch (0 = all).")
@@ -141,7 +150,13 @@ class DistillConfig(_Model):
         "sum", description="Gradient from the sum of per-game losses (seed) or one game per step (PD)."
     )
     width: float = Field(1.0, gt=0, le=4, description="Student width multiplier vs the teacher network.")
-    init: str = Field("random", description="random, or teacher:GAME to start from a copy of that teacher.")
+    init: str = Field(
+        "random",
+        description=(
+            "random, teacher:GAME to start from a copy of that teacher (the seed paper), or teacher for the "
+            "first game's in name order."
+        ),
+    )
     source: Literal["full", "subset", "latent"] = Field("subset", description="Training states.")
     subset_fraction: float = Field(0.5, gt=0, le=1, description="Fraction of each buffer used for subset.")
     steps: int = Field(50_000, ge=1, description="Optimizer steps.")
@@ -218,13 +233,20 @@ PROFILE_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
             "target_network_frequency": 4_000,
             "exploration_fraction": 0.2,
             "learning_rate": 2e-4,
-            "record_steps": 40_000,
+            "record_steps": 100_000,
             "checkpoint_every": 50_000,
         },
         "export": {"shard_steps": 5_000},
-        "autoencoder": {"epochs": 6, "max_train_states": 20_000},
-        "distill": {"steps": 8_000, "batch_size": 32, "learning_rate": 2.5e-4, "eval_every": 1_000},
-        "evaluate": {"protocol": "episodes", "episodes": 8, "num_envs": 8, "max_episode_frames": 18_000},
+        "autoencoder": {"epochs": 6, "max_train_states": 20_000, "teacher_weight": 1.0},
+        "distill": {
+            "steps": 4_000,
+            "batch_size": 32,
+            "learning_rate": 2.5e-4,
+            "eval_every": 500,
+            "cache_shards": 20,
+            "init": "teacher",
+        },
+        "evaluate": {"protocol": "episodes", "episodes": 16, "num_envs": 8, "max_episode_frames": 18_000},
     },
     "paper": {
         "teacher": {"total_steps": 10_000_000, "num_envs": 1, "record_steps": 1_000_000},
@@ -342,11 +364,13 @@ PIPELINE_PARAMETERS: dict[str, tuple[str, str]] = {
     "latent_dim": ("autoencoder", "latent_dim"),
     "autoencoder_epochs": ("autoencoder", "epochs"),
     "autoencoder_loss": ("autoencoder", "loss"),
+    "autoencoder_teacher_weight": ("autoencoder", "teacher_weight"),
     "code_dtype": ("autoencoder", "code_dtype"),
     "distill_loss": ("distill", "loss"),
     "tau": ("distill", "tau"),
     "actions": ("distill", "actions"),
     "student_width": ("distill", "width"),
+    "student_init": ("distill", "init"),
     "subset_fraction": ("distill", "subset_fraction"),
     "distill_steps": ("distill", "steps"),
     "eval_protocol": ("evaluate", "protocol"),

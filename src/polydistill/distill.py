@@ -187,12 +187,18 @@ def plan_layout(actions: str, meanings: Mapping[str, list[str]]) -> StudentLayou
 
 
 def parse_init(init: str, games: list[str]) -> str | None:
-    """The teacher game of ``init=teacher:GAME`` (canonical), or None for ``random``."""
+    """The teacher game of ``init=teacher:GAME`` (canonical), None for ``random``, and for plain ``teacher``
+    the first of ``games`` (the student's games are in name order, so a profile can say "copy a teacher"
+    without naming a game the user may replace)."""
     if init == "random":
         return None
+    if init == "teacher":
+        if not games:
+            raise DistillError("init='teacher' needs at least one game")
+        return games[0]
     kind, _, game = init.partition(":")
     if kind != "teacher" or not game:
-        raise DistillError(f"init={init!r} is not understood; use 'random' or 'teacher:GAME'")
+        raise DistillError(f"init={init!r} is not understood; use 'random', 'teacher' or 'teacher:GAME'")
     try:
         g = canonical_game(game)
     except UnknownGameError as e:

@@ -21,8 +21,18 @@ def _errors() -> tuple[type[BaseException], ...]:
 @main.command("train-autoencoder")
 @click.option("--dataset", required=True, help="Frame dataset: s3://bucket/prefix, file:///path or a path.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run directory.")
+@click.option(
+    "--teacher",
+    "teacher_dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="The game's teacher (run or checkpoint directory): adds teacher agreement on reconstructions to the "
+    "metrics; needed by --teacher-weight > 0.",
+)
 @config_options("autoencoder")
-def train_autoencoder_cmd(dataset: str, out_dir: str, cfg: AutoencoderConfig, profile: str) -> None:
+def train_autoencoder_cmd(
+    dataset: str, out_dir: str, teacher_dir: str | None, cfg: AutoencoderConfig, profile: str
+) -> None:
     """Train a per-game autoencoder on a dataset's states and measure its reconstructions.
 
     Writes checkpoint/, history.csv, loss.png and reconstructions.png into --out. Re-running with the same
@@ -30,11 +40,12 @@ def train_autoencoder_cmd(dataset: str, out_dir: str, cfg: AutoencoderConfig, pr
     """
     from ..autoencoder import train_autoencoder
 
-    res = run_guarded(lambda: train_autoencoder(dataset, cfg, out_dir), _errors())
+    res = run_guarded(lambda: train_autoencoder(dataset, cfg, out_dir, teacher=teacher_dir), _errors())
     m = res.metrics
+    agreement = f"teacher agreement {m['teacher_agreement']:.3f}, " if "teacher_agreement" in m else ""
     click.echo(
         f"{res.out_dir}: {res.epochs} epochs, {res.steps} steps; held-out mse {m['mse']:.5f}, "
-        f"psnr {m['psnr']:.2f} dB, changed-pixel mse {m['changed_mse']:.5f}, "
+        f"psnr {m['psnr']:.2f} dB, changed-pixel mse {m['changed_mse']:.5f}, {agreement}"
         f"{m['bytes_per_state']:.0f} bytes/state ({cfg.code_dtype} codes)\n"
         f"  checkpoint {res.checkpoint_dir}\n  grid       {res.grid_png}\n  history    {res.history_csv}"
     )
