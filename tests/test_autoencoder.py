@@ -607,3 +607,19 @@ def test_cli_encode_int8_and_reuse_a_finished_run(teacher_runs, ae_run, tmp_path
         main, ["train-autoencoder", "--dataset", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), *flags]
     )
     assert r.exit_code != 0 and "no dataset at" in r.output and "Traceback" not in r.output
+
+
+def test_cli_trains_with_the_teacher_term_and_refuses_it_without_a_teacher(teacher_runs, tmp_path):
+    from polydistill.cli import main
+
+    runner = CliRunner()
+    base = ["train-autoencoder", "--dataset", _dataset(teacher_runs), "--profile", "smoke", "--device", "cpu"]
+    base += ["--max-train-states", "64", "--batch-size", "32", "--teacher-weight", "2"]
+    r = runner.invoke(main, [*base, "--out", str(tmp_path / "none")])
+    assert r.exit_code != 0 and "needs the game's teacher: pass --teacher DIR" in r.output
+    assert not (tmp_path / "none").exists()
+    r = runner.invoke(main, [*base, "--out", str(tmp_path / "ok"), "--teacher", str(teacher_runs["Breakout"])])
+    assert r.exit_code == 0, r.output
+    assert "teacher agreement" in r.output
+    _, meta = load_autoencoder(tmp_path / "ok")
+    assert meta["config"]["teacher_weight"] == 2.0 and 0 <= meta["metrics"]["teacher_agreement"] <= 1
