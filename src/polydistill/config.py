@@ -246,7 +246,7 @@ PROFILE_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
             "cache_shards": 20,
             "init": "teacher",
         },
-        "evaluate": {"protocol": "episodes", "episodes": 16, "num_envs": 8, "max_episode_frames": 18_000},
+        "evaluate": {"protocol": "episodes", "episodes": 32, "num_envs": 8, "max_episode_frames": 18_000},
     },
     "paper": {
         "teacher": {"total_steps": 10_000_000, "num_envs": 1, "record_steps": 1_000_000},
