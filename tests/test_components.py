@@ -183,12 +183,14 @@ def test_export_buffer(setup: SimpleNamespace, buffer_out: SimpleNamespace) -> N
 
 
 @pytest.fixture(scope="module")
-def autoencoder_out(setup: SimpleNamespace, buffer_out: SimpleNamespace) -> SimpleNamespace:
+def autoencoder_out(
+    setup: SimpleNamespace, teacher_out: SimpleNamespace, buffer_out: SimpleNamespace
+) -> SimpleNamespace:
     d = setup.root / "train-autoencoder"
     o = SimpleNamespace(autoencoder=_art(dsl.Model, d, "autoencoder"), grid=_art(dsl.HTML, d, "grid"),
                         metrics=_art(dsl.Metrics, d, "metrics"))
-    train_autoencoder.python_func(game=GAME, buffer=buffer_out.buffer, config=setup.out.autoencoder_config,
-                                  **_store_args(setup), **vars(o))
+    train_autoencoder.python_func(game=GAME, buffer=buffer_out.buffer, teacher=teacher_out.teacher,
+                                  config=setup.out.autoencoder_config, **_store_args(setup), **vars(o))
     return o
 
 
@@ -198,6 +200,8 @@ def test_train_autoencoder(setup: SimpleNamespace, autoencoder_out: SimpleNamesp
     assert meta["kind"] == "autoencoder" and meta["latent_dim"] == 16
     assert "data:image/png;base64," in Path(autoencoder_out.grid.path).read_text()
     assert "psnr" in autoencoder_out.metrics.metadata
+    # The teacher input gives the teacher's agreement on reconstructions (a share of states).
+    assert 0.0 <= autoencoder_out.metrics.metadata["teacher_agreement"] <= 1.0
     assert "train-autoencoder/Breakout" in _child_runs(setup.tracking, setup.out.parent_run_id)
 
 

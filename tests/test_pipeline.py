@@ -145,7 +145,7 @@ def test_every_dag_edge(variant: str) -> None:
     assert _edges(dags["comp-for-loop-1"]) == {
         "train-teacher": set(),
         "export-buffer": {"train-teacher"},
-        "train-autoencoder": {"export-buffer"},
+        "train-autoencoder": {"export-buffer", "train-teacher"},
         "encode-buffer": {"export-buffer", "train-autoencoder", "train-teacher"},
         "evaluate teacher": {"train-teacher"},
     }
