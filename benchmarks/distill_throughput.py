@@ -163,6 +163,7 @@ def main() -> None:
             cfg = C.resolve("distill", "cpu", overrides={
                 "source": source, "subset_fraction": 0.5, "steps": args.steps, "batch_size": args.batch_size,
                 "width": args.width, "eval_every": args.steps, "checkpoint_every": 10**9,
+                "init": "random",  # a copied teacher needs width 1; speed does not depend on the start
                 "device": args.device})  # fmt: skip
             out = work / "runs" / f"{source}-{time.time_ns()}"
             sps[label].append(distill(teachers, data, cfg, out).samples_per_second)
