@@ -196,6 +196,16 @@ def test_teacher_metrics_and_the_teacher_term(teacher_runs, tmp_path):
         assert "teacher_agreement" in hist[0] and "teacher_feature_error" in hist[-1]
     assert guided.metrics["teacher_feature_error"] < plain.metrics["teacher_feature_error"]
     assert load_autoencoder(guided.out_dir)[1]["config"]["teacher_weight"] == 5.0
+    # The teacher trains the guided run: continuing it with another teacher is refused, with the same reused.
+    net, meta = load_teacher(teacher)
+    with torch.no_grad():
+        next(net.parameters()).add_(0.01)
+    other = tmp_path / "other-teacher"
+    save_checkpoint(other, net, {k: v for k, v in meta.items() if k not in ("sha256", "architecture")})
+    with pytest.raises(AutoencoderError, match="trained with another teacher"):
+        train_autoencoder(data, ae_config(teacher_weight=5.0, epochs=3), guided.out_dir, teacher=other)
+    again = train_autoencoder(data, ae_config(teacher_weight=5.0), guided.out_dir, teacher=teacher)
+    assert again.metrics["teacher_feature_error"] == pytest.approx(guided.metrics["teacher_feature_error"])
 
 
 def test_the_teacher_term_refuses_a_missing_or_wrong_teacher(teacher_runs, tmp_path):

@@ -368,8 +368,11 @@ def load_autoencoder(
 # ----------------------------------------------------------------------------------------------- training
 
 
-def _prepare_out_dir(out: Path, ds: ExperienceDataset, manifest_sha: str, cfg: AutoencoderConfig) -> dict | None:
-    """Validate ``out``; returns the run.json of a previous run there with the same data and settings."""
+def _prepare_out_dir(
+    out: Path, ds: ExperienceDataset, manifest_sha: str, cfg: AutoencoderConfig, teacher_sha: str | None = None
+) -> dict | None:
+    """Validate ``out``; returns the run.json of a previous run there with the same data and settings (and,
+    when the teacher term trains it, the same teacher)."""
     prev = read_run_record(out, AutoencoderError, "autoencoder")
     if prev is not None:
         if prev.get("dataset_sha256") != manifest_sha:
@@ -385,6 +388,12 @@ def _prepare_out_dir(out: Path, ds: ExperienceDataset, manifest_sha: str, cfg: A
             raise AutoencoderError(
                 f"--out {out} holds an autoencoder run with other settings ({shown}); rerun with the same "
                 f"settings to resume it, or use a new --out directory"
+            )
+        if cfg.teacher_weight > 0 and prev.get("teacher_sha256") != teacher_sha:
+            raise AutoencoderError(
+                f"--out {out} holds an autoencoder run trained with another teacher (sha256 "
+                f"{str(prev.get('teacher_sha256'))[:12]}, now {str(teacher_sha)[:12]}); pass the same --teacher "
+                f"to resume it, or use a new --out directory"
             )
         return prev
     if out.is_dir() and any(out.iterdir()):
@@ -510,15 +519,16 @@ def _save_resume(
 
 def _load_matching_teacher(
     teacher: str | Path | None, ds: ExperienceDataset, cfg: AutoencoderConfig
-) -> DuelingQNetwork | None:
-    """The frozen teacher for the teacher-feature term and metrics, checked against the dataset first."""
+) -> tuple[DuelingQNetwork | None, str | None]:
+    """The frozen teacher for the teacher-feature term and metrics and its sha256, checked against the dataset
+    first."""
     if teacher is None:
         if cfg.teacher_weight > 0:
             raise AutoencoderError(
                 f"teacher_weight={cfg.teacher_weight} needs the game's teacher: pass --teacher DIR (the teacher "
                 f"run that computed {ds.game}'s Q-values) or set teacher_weight to 0"
             )
-        return None
+        return None, None
     from .teacher import load_teacher
 
     try:
@@ -538,7 +548,7 @@ def _load_matching_teacher(
         )
     net.eval()
     net.requires_grad_(False)
-    return net
+    return net, meta.get("sha256")
 
 
 def train_autoencoder(
@@ -583,8 +593,8 @@ def train_autoencoder(
     out = Path(out_dir)
     ds = _open_frames_dataset(dataset, "train an autoencoder")
     manifest_sha = _manifest_sha256(ds)
-    teacher_net = _load_matching_teacher(teacher, ds, cfg)
-    prev = _prepare_out_dir(out, ds, manifest_sha, cfg)
+    teacher_net, teacher_sha = _load_matching_teacher(teacher, ds, cfg)
+    prev = _prepare_out_dir(out, ds, manifest_sha, cfg, teacher_sha)
     if prev is not None and prev.get("status") == "finished" and prev.get("epochs", 0) >= cfg.epochs:
         log.info("autoencoder run in %s is finished (%s epochs); reusing it", out, prev.get("epochs"))
         return _result_from_disk(out, prev)
@@ -604,6 +614,7 @@ def train_autoencoder(
         {
             "dataset": redact(ds.uri),
             "dataset_sha256": manifest_sha,
+            "teacher_sha256": teacher_sha,
             "game": ds.game,
             "config": cfg.model_dump(mode="json"),
             "package_version": __version__,
@@ -709,10 +720,10 @@ def train_autoencoder(
             _save_resume(out, model, opt, epoch, step, history, loss_curve)
     finally:
         bar.close()
-    return _finish(out, ds, manifest_sha, cfg, model, val, history, loss_curve, epoch, step, on_metrics)
+    return _finish(out, ds, manifest_sha, cfg, model, val, history, loss_curve, epoch, step, on_metrics, teacher_sha)
 
 
-def _finish(out, ds, manifest_sha, cfg, model, val, history, loss_curve, epoch, step, on_metrics):
+def _finish(out, ds, manifest_sha, cfg, model, val, history, loss_curve, epoch, step, on_metrics, teacher_sha=None):
     last = history[-1]
     metrics = {
         k: float(last[k])
@@ -749,6 +760,7 @@ def _finish(out, ds, manifest_sha, cfg, model, val, history, loss_curve, epoch, 
         {
             "dataset": redact(ds.uri),
             "dataset_sha256": manifest_sha,
+            "teacher_sha256": teacher_sha,
             "game": ds.game,
             "config": cfg.model_dump(mode="json"),
             "package_version": __version__,
