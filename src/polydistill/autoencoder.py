@@ -540,8 +540,8 @@ def _load_matching_teacher(
             f"--teacher {teacher} plays {meta.get('game')}, but dataset {redact(ds.uri)} is {ds.game}; "
             f"pass that game's teacher"
         )
-    expected = ds.manifest.source.get("teacher_sha256")
-    if expected and meta.get("sha256") and meta["sha256"] != expected:
+    expected = ds.manifest.other_q_teacher(meta.get("sha256"))
+    if expected:
         raise AutoencoderError(
             f"--teacher {teacher} (sha256 {meta['sha256'][:12]}) is not the teacher whose Q-values dataset "
             f"{redact(ds.uri)} holds (sha256 {expected[:12]}); pass the teacher it was exported with"

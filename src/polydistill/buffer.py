@@ -187,6 +187,13 @@ class Manifest:
     def total_bytes(self) -> int:
         return sum(s.bytes for s in self.shards)
 
+    def other_q_teacher(self, teacher_sha: str | None) -> str | None:
+        """The sha256 of the teacher this dataset was exported with (whose Q-values it stores), when both that
+        and ``teacher_sha`` are known and differ; else None. Used wherever a teacher is paired with a
+        dataset: stored targets from another teacher would silently stand in for the one given."""
+        stored = self.source.get("teacher_sha256")
+        return stored if stored and teacher_sha and stored != teacher_sha else None
+
     @property
     def bytes_per_state(self) -> float:
         """Stored bytes per sampleable state (all arrays of all shards, Q-values included)."""

@@ -401,8 +401,8 @@ def _prepare_games(
             raise DistillError(
                 f"{g}: the teacher's actions {t_meanings} differ from the dataset's {ds.manifest.action_meanings}"
             )
-        q_teacher = ds.manifest.source.get("teacher_sha256")
-        if ds.has_q and q_teacher and meta.get("sha256") and q_teacher != meta["sha256"]:
+        q_teacher = ds.manifest.other_q_teacher(meta.get("sha256"))
+        if ds.has_q and q_teacher:
             # Stored targets from another teacher would silently distill that one instead.
             raise DistillError(
                 f"{g}: the dataset {ds.uri} stores Q-values of teacher {q_teacher[:12]}, but the teacher "
