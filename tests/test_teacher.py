@@ -84,6 +84,30 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "polydistill.cli", *args]
 
 
+def test_the_seed_fixes_the_whole_run(tmp_path) -> None:
+    # The seed covers the networks' initial weights too, not only the environments and the sampling:
+    # two runs with one seed end with the same weights to the bit, and another seed gives another teacher.
+    cfg = tiny_teacher_config(total_steps=400, record_steps=400)
+    runs = [
+        train_teacher("Breakout", cfg, tmp_path / "a"),
+        train_teacher("Breakout", cfg, tmp_path / "b"),
+        train_teacher("Breakout", tiny_teacher_config(total_steps=400, record_steps=400, seed=2), tmp_path / "c"),
+    ]
+    a, b, c = (load_teacher(r.out_dir)[0].state_dict() for r in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_no_td_loss_is_reported_before_learning_starts(tmp_path) -> None:
+    seen: list[tuple[int, dict]] = []
+    cfg = tiny_teacher_config(total_steps=2_100, learning_starts=1_500, record_steps=400)
+    train_teacher("Breakout", cfg, tmp_path / "r", on_metrics=lambda m, step: seen.append((step, dict(m))))
+    periodic = [(step, m) for step, m in seen if "steps_per_second" in m]
+    assert [step // 1_000 for step, _ in periodic] == [1, 2]  # logged as each 1,000th step is crossed
+    assert "td_loss" not in periodic[0][1] and periodic[0][1]["updates"] == 0
+    assert np.isfinite(periodic[1][1]["td_loss"]) and periodic[1][1]["updates"] > 0
+
+
 def test_killed_run_resumes_to_the_same_result(teacher_runs, tmp_path) -> None:
     cfg_file = tmp_path / "tiny.yaml"
     cfg_file.write_text(yaml.safe_dump({**TINY_TEACHER, "checkpoint_every": 200}))

@@ -230,10 +230,10 @@ def train_teacher(
     meanings = action_meanings(game, cfg.env.full_action_space)
     n_actions = len(meanings)
     envs = make_vector_env(game, cfg.num_envs, cfg.env)
+    torch.manual_seed(cfg.seed)  # before the networks exist: their initial weights are part of the run
     online = DuelingQNetwork(n_actions, frame_stack=cfg.env.frame_stack).to(device)
     target = DuelingQNetwork(n_actions, frame_stack=cfg.env.frame_stack).to(device)
     target.load_state_dict(online.state_dict())
-    torch.manual_seed(cfg.seed)
     lr = _Learner(
         online=online,
         target=target,
@@ -333,9 +333,10 @@ def _train_loop(
             mean_ret = float(np.mean(recent)) if recent else float("nan")
             bar.set_postfix(eps=f"{eps:.3f}", ret=f"{mean_ret:.1f}", loss=f"{loss_val:.4f}")
             if on_metrics:
-                on_metrics(
-                    {"steps_per_second": sps, "td_loss": loss_val, "epsilon": eps, "updates": lr.updates}, lr.step
-                )
+                metrics = {"steps_per_second": sps, "epsilon": eps, "updates": lr.updates}
+                if lr.updates:  # no TD loss before learning starts (it would be NaN)
+                    metrics["td_loss"] = loss_val
+                on_metrics(metrics, lr.step)
         if stop_after is not None and lr.step - start_step >= stop_after:
             bar.close()
             raise KeyboardInterrupt(f"stop_after={stop_after} reached at step {lr.step}")
