@@ -239,6 +239,7 @@ PROFILE_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
         "export": {"shard_steps": 5_000},
         "autoencoder": {"epochs": 6, "max_train_states": 20_000, "teacher_weight": 1.0},
         "distill": {
+            "loss": "mse",  # from a teacher copy: KL's flat-softmax start moved the copy off its policy
             "steps": 4_000,
             "batch_size": 32,
             "learning_rate": 2.5e-4,
