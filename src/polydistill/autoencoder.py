@@ -517,6 +517,21 @@ def _save_resume(
     )
 
 
+def _run_record(
+    ds: ExperienceDataset, manifest_sha: str, cfg: AutoencoderConfig, teacher_sha: str | None, **state: Any
+) -> dict[str, Any]:
+    """run.json: what the run trains on and with (compared on resume by :func:`_prepare_out_dir`), plus ``state``."""
+    return {
+        "dataset": redact(ds.uri),
+        "dataset_sha256": manifest_sha,
+        "teacher_sha256": teacher_sha,
+        "game": ds.game,
+        "config": cfg.model_dump(mode="json"),
+        "package_version": __version__,
+        **state,
+    }
+
+
 def _load_matching_teacher(
     teacher: str | Path | None, ds: ExperienceDataset, cfg: AutoencoderConfig
 ) -> tuple[DuelingQNetwork | None, str | None]:
@@ -609,18 +624,7 @@ def train_autoencoder(
     steps_per_epoch = max(1, math.ceil(per_epoch / cfg.batch_size))
 
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(
-        out / RUN_FILE,
-        {
-            "dataset": redact(ds.uri),
-            "dataset_sha256": manifest_sha,
-            "teacher_sha256": teacher_sha,
-            "game": ds.game,
-            "config": cfg.model_dump(mode="json"),
-            "package_version": __version__,
-            "status": "running",
-        },
-    )
+    atomic_write_json(out / RUN_FILE, _run_record(ds, manifest_sha, cfg, teacher_sha, status="running"))
     torch.manual_seed(cfg.seed)
     frame_stack = ds.manifest.frame_stack
     model = ConvAutoencoder(cfg.latent_dim, frame_stack).to(device)
@@ -757,18 +761,9 @@ def _finish(out, ds, manifest_sha, cfg, model, val, history, loss_curve, epoch, 
     loss_png = _write_loss_png(out, history, loss_curve, cfg)
     atomic_write_json(
         out / RUN_FILE,
-        {
-            "dataset": redact(ds.uri),
-            "dataset_sha256": manifest_sha,
-            "teacher_sha256": teacher_sha,
-            "game": ds.game,
-            "config": cfg.model_dump(mode="json"),
-            "package_version": __version__,
-            "status": "finished",
-            "epochs": epoch,
-            "steps": step,
-            "metrics": metrics,
-        },
+        _run_record(
+            ds, manifest_sha, cfg, teacher_sha, status="finished", epochs=epoch, steps=step, metrics=metrics
+        ),
     )
     if on_metrics:
         on_metrics(metrics, step)
