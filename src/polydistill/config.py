@@ -220,8 +220,8 @@ PROFILE_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
         "evaluate": {"protocol": "cycles", "cycles": 2, "cycle_steps": 200, "episodes": 2, "num_envs": 2},
     },
     "cpu": {
-        # Sized for ~95 min (96 measured) of `polydistill run --profile cpu` on 2 cores; the README's profile
-        # table gives the reason for each number.
+        # Meant for ~90 min of `polydistill run --profile cpu` on 2 cores (114 measured with 10 autoencoder
+        # epochs); the README's profile table gives the reason for each number.
         "teacher": {
             "total_steps": 150_000,
             "num_envs": 4,
