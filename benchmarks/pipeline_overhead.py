@@ -10,8 +10,8 @@ Three ways to do the same work (same profile, games and parameters):
                   artifacts, no MLflow.
 
 The ratios local-runner / library (all pipeline overhead) and local-runner / components (the runner's own
-share) are printed. The local runner plays the games' branches two at a time; the other two modes run
-them one after the other, which favours the runner on a machine with spare cores.
+share) are printed. The local runner plays the games' branches, then the two students, two at a time; the
+other two modes run them one after the other, which favours the runner on a machine with spare cores.
 
 Usage: ``python benchmarks/pipeline_overhead.py [--games Pong Breakout] [--modes library components
 local-runner] [--keep DIR]``. Takes a few minutes per mode on 2 free cores (much longer on a busy machine).
@@ -120,10 +120,11 @@ def run_components(games: list[str], root: Path) -> None:
             metrics=art(dsl.Metrics, g, "m5"), **common)
         per[g] = o
     students, scores = {}, {}
-    for source, key in (("subset", "buffer"), ("latent", "latents")):
+    for source in ("subset", "latent"):
         students[source] = art(dsl.Model, source, "student")
         distill.python_func(source=source, teachers=[o.teacher for o in per.values()],
-                            datasets=[getattr(o, key) for o in per.values()], config=out.distill_config,
+                            buffers=[o.buffer for o in per.values()],
+                            latents=[o.latents for o in per.values()], config=out.distill_config,
                             student=students[source], curves=art(dsl.HTML, source, "curves"),
                             metrics=art(dsl.Metrics, source, "m6"), **store)
         scores[source] = art(dsl.Artifact, source, "scores")
@@ -134,9 +135,9 @@ def run_components(games: list[str], root: Path) -> None:
     evaluate.python_func(label="random", games=out.games, config=out.evaluate_config, scores=rnd,
                          metrics=art(dsl.Metrics, "random", "m8"), **common)
     report.python_func(
-        teacher_scores=[o.scores for o in per.values()], student_subset_scores=scores["subset"],
-        student_latent_scores=scores["latent"], random_scores=rnd, student_subset=students["subset"],
-        student_latent=students["latent"], buffers=[o.buffer for o in per.values()],
+        teacher_scores=[o.scores for o in per.values()], student_scores=[scores["subset"], scores["latent"]],
+        random_scores=rnd, students=[students["subset"], students["latent"]],
+        buffers=[o.buffer for o in per.values()],
         latents=[o.latents for o in per.values()], tracking_uri=out.tracking_uri,
         parent_run_id=out.parent_run_id, registered_model=REGISTERED_MODEL,
         report_md=art(dsl.Markdown, "report", "md"), report_html=art(dsl.HTML, "report", "html"),

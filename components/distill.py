@@ -11,7 +11,8 @@ from .image import IMAGE
 def distill(
     source: str,
     teachers: Input[list[Model]],
-    datasets: Input[list[Dataset]],
+    buffers: Input[list[Dataset]],
+    latents: Input[list[Dataset]],
     config: dict,
     run_root: str,
     tracking_uri: str,
@@ -22,17 +23,19 @@ def distill(
     curves: Output[HTML],
     metrics: Output[Metrics],
 ):
-    """Distill the teachers into one student trained on ``source`` states (``subset``: part of each buffer;
-    ``latent``: the decoded latent datasets). Teachers and datasets are paired by ``metadata["game"]``."""
+    """Distill the teachers into one student trained on ``source`` states (``subset``/``full``: part or all of
+    each game's ``buffers``; ``latent``: the decoded ``latents``). Teachers and datasets are paired by
+    ``metadata["game"]``."""
     from polydistill_kfp.components import runtime as rt
 
     from polydistill import config as C
     from polydistill.distill import distill as run_distill
     from polydistill.tracking import StageRun
 
-    rt.setup(minio_endpoint)
+    rt.setup(minio_endpoint, in_loop=True)  # the students' loop: two students share the machine
     cfg = C.from_dict("distill", {**config, "source": source})
     teacher_dirs = {t.metadata["game"]: t.path for t in teachers}
+    datasets = latents if cfg.source == "latent" else buffers
     dataset_uris = {d.metadata["game"]: d.metadata["uri"] for d in datasets}
     with (
         rt.work_dir(rt.data_uri(run_root, "work/distill", source)) as work,

@@ -10,11 +10,9 @@ from .image import IMAGE
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def report(
     teacher_scores: Input[list[Artifact]],
-    student_subset_scores: Input[Artifact],
-    student_latent_scores: Input[Artifact],
+    student_scores: Input[list[Artifact]],
     random_scores: Input[Artifact],
-    student_subset: Input[Model],
-    student_latent: Input[Model],
+    students: Input[list[Model]],
     buffers: Input[list[Dataset]],
     latents: Input[list[Dataset]],
     tracking_uri: str,
@@ -39,7 +37,7 @@ def report(
 
     rt.setup()
     results = [a.path for a in teacher_scores]
-    results += [student_subset_scores.path, student_latent_scores.path, random_scores.path]
+    results += [a.path for a in student_scores] + [random_scores.path]  # each file names its label
     storage: dict = {}  # bytes per state: the lossless buffer, the latent buffer and the code alone
     for d in buffers:
         storage.setdefault(d.metadata["game"], {})["lossless_dataset"] = d.metadata["bytes_per_state"]
@@ -58,7 +56,8 @@ def report(
     }
     metrics = log_report_to_parent(tracking_uri, parent_run_id, table, bytes_per_state=bytes_per_state)
     log = logging.getLogger("polydistill.pipeline")
-    for source, student in (("subset", student_subset), ("latent", student_latent)):
+    for student in students:
+        source = student.metadata["source"]
         geo = metrics.get(f"geo_mean_pct/{source}")
         run_id = student.metadata.get("mlflow_run_id")
         if geo is None or not run_id:

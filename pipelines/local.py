@@ -26,6 +26,8 @@ from typing import Any
 from .components.runtime import LOOP_THREADS_ENV
 
 DEFAULT_RUNS_DIR = Path("runs")
+#: Loop iterations kfp's local runner runs at once (its ParallelExecutor's cap).
+LOCAL_LOOP_PARALLELISM = 2
 
 
 @dataclass
@@ -109,7 +111,7 @@ def run_local(
 
     from polydistill import config as C
 
-    from .pipeline import local_pipeline
+    from .pipeline import STUDENTS, local_pipeline
 
     run = Path(run_dir) if run_dir is not None else default_run_dir(profile)
     run = run.expanduser().resolve()
@@ -118,12 +120,13 @@ def run_local(
     tracking = tracking_uri or f"sqlite:///{run / 'mlflow.db'}"
     args = pipeline_arguments(profile, games, store, tracking, params, experiment,
                               minio_endpoint=os.environ.get("MINIO_ENDPOINT", ""))
-    # The runner runs the per-game loop's iterations at once and the top-level tasks one after another. So a
-    # loop task's torch gets its share of the cores and a top-level task (distill) all of them. Two 2-thread
-    # teachers on 2 cores measured 14 steps/s each (OpenMP workers spinning against the emulator threads), two
-    # 1-thread teachers 53 steps/s each; distillation ran at 7.4 steps/s on one thread and 16 on two.
+    # The runner runs a loop's iterations at once (at most LOCAL_LOOP_PARALLELISM: kfp caps its loop threads at
+    # 2) and top-level tasks one after another. So a loop task's torch (teachers, autoencoders, the two
+    # students) gets its share of the cores. Two 2-thread teachers on 2 cores measured 14 steps/s each (OpenMP
+    # workers spinning against the emulator threads), two 1-thread teachers 53 steps/s each.
     n_games = len(args["games"] or C.default_games(profile))
-    os.environ.setdefault(LOOP_THREADS_ENV, str(task_threads(n_games)))
+    concurrent = min(max(n_games, len(STUDENTS)), LOCAL_LOOP_PARALLELISM)
+    os.environ.setdefault(LOOP_THREADS_ENV, str(task_threads(concurrent)))
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run / "kfp"),
                raise_on_error=True)
     t0 = time.monotonic()

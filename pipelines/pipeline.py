@@ -5,15 +5,18 @@
     start-run ─┬─ per-game (ParallelFor over games) ───────────────────────────────┐
                │    train-teacher ─ export-buffer ─ train-autoencoder ─ encode-buffer │
                │          └─ evaluate (teacher on its game)                           │
-               ├─ distill (source=subset, every game's buffer)  ─ evaluate (student)  ├─ report
-               ├─ distill (source=latent, every game's latents) ─ evaluate (student)  │
+               ├─ students (ParallelFor over the two sources) ──────────────────────  ├─ report
+               │    distill (subset: every game's buffer;                             │
+               │             latent: every game's latents) ─ evaluate (student)       │
                └─ evaluate (random policy) ────────────────────────────────────────────┘
 
 ``start-run`` resolves every stage config from the profile and the pipeline parameters
-(:func:`polydistill.config.resolve_pipeline`) and opens the MLflow parent run; the loop is a sub-pipeline that
-receives those values as parameters, because kfp's local runner replaces an upstream task's output used
-inside a ``ParallelFor`` body by the loop item (``../shared/DESIGN.md``). The two ``distill`` tasks and the
-report take the loop's outputs through ``dsl.Collected``.
+(:func:`polydistill.config.resolve_pipeline`) and opens the MLflow parent run; each loop is a sub-pipeline
+that receives those values as parameters, because kfp's local runner replaces an upstream task's output used
+inside a ``ParallelFor`` body by the loop item (``../shared/DESIGN.md``). The students' loop and the report
+take the per-game loop's outputs through ``dsl.Collected``; the students are a loop (over
+:data:`STUDENTS`) so that kfp's local runner, which runs top-level tasks one after another, trains them side
+by side as a cluster does.
 
 Variants (same parameters, same DAG):
 
@@ -46,7 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from kfp import dsl, kubernetes
-from kfp.dsl import Artifact, Dataset, Model
+from kfp.dsl import Artifact, Dataset, Input, Model
 
 from polydistill import config as C
 
@@ -73,6 +76,8 @@ CONFIG_MAP_ENV = {"MINIO_ENDPOINT": "MINIO_ENDPOINT", "MLFLOW_TRACKING_URI": "ML
 GPU = "nvidia.com/gpu"
 #: Tasks that read or write the object store (and get the S3 credentials).
 STORE_TASKS = ("train-teacher", "export-buffer", "train-autoencoder", "encode-buffer", "distill")
+#: The students' loop items: the distillation source and the results label of each student.
+STUDENTS = [{"source": "subset", "label": "student_subset"}, {"source": "latent", "label": "student_latent"}]
 #: Tasks that resume from a checkpoint when retried.
 TRAINING_TASKS = ("train-teacher", "train-autoencoder", "distill")
 
@@ -227,6 +232,34 @@ def _make_pipeline(variant: Variant) -> Callable[..., Any]:
             dsl.Collected(scored.outputs["scores"]),
         )
 
+    @dsl.pipeline(name="students", description="The two students, distilled and scored side by side.")
+    def students_dag(
+        students: list,
+        games: list,
+        teachers: Input[list[Model]],
+        buffers: Input[list[Dataset]],
+        latents: Input[list[Dataset]],
+        distill_config: dict,
+        evaluate_config: dict,
+        run_root: str,
+        tracking_uri: str,
+        parent_run_id: str,
+        experiment: str,
+        minio_endpoint: str,
+    ) -> NamedTuple("Students", [("students", list[Model]), ("scores", list[Artifact])]):
+        # A loop rather than two top-level branches: kfp's local runner runs a loop's iterations at once but
+        # top-level tasks one after another, and both students fit side by side on one machine.
+        common = {"tracking_uri": tracking_uri, "parent_run_id": parent_run_id, "experiment": experiment}
+        with dsl.ParallelFor(students, name="sources") as item:
+            student = configure(comps["distill"](
+                source=item.source, teachers=teachers, buffers=buffers, latents=latents, config=distill_config,
+                run_root=run_root, minio_endpoint=minio_endpoint, **common), "distill")
+            scored = configure(comps["evaluate"](
+                label=item.label, games=games, config=evaluate_config, agent=student.outputs["student"],
+                **common), "evaluate student")
+        outputs = collections.namedtuple("Students", ["students", "scores"])
+        return outputs(dsl.Collected(student.outputs["student"]), dsl.Collected(scored.outputs["scores"]))
+
     def body(
         games: list,
         profile: str,
@@ -252,26 +285,19 @@ def _make_pipeline(variant: Variant) -> Callable[..., Any]:
                 games=out["games"], teacher_config=out["teacher_config"], export_config=out["export_config"],
                 autoencoder_config=out["autoencoder_config"], evaluate_config=out["evaluate_config"],
                 run_root=out["run_root"], minio_endpoint=minio_endpoint, **common)
-            students, scores = {}, {}
-            sources = (("subset", loop.outputs["buffers"]), ("latent", loop.outputs["latents"]))
-            for source, datasets in sources:
-                students[source] = configure(comps["distill"](
-                    source=source, teachers=loop.outputs["teachers"], datasets=datasets,
-                    config=out["distill_config"], run_root=out["run_root"], minio_endpoint=minio_endpoint,
-                    **common), f"distill ({source})")
-                scores[source] = configure(comps["evaluate"](
-                    label=f"student_{source}", games=out["games"], config=out["evaluate_config"],
-                    agent=students[source].outputs["student"], **common), f"evaluate student ({source})")
+            trained = students_dag(
+                students=STUDENTS, games=out["games"], teachers=loop.outputs["teachers"],
+                buffers=loop.outputs["buffers"], latents=loop.outputs["latents"],
+                distill_config=out["distill_config"], evaluate_config=out["evaluate_config"],
+                run_root=out["run_root"], minio_endpoint=minio_endpoint, **common)
             baseline = configure(comps["evaluate"](
                 label="random", games=out["games"], config=out["evaluate_config"], **common),
                 "evaluate random")
             configure(comps["report"](
                 teacher_scores=loop.outputs["teacher_scores"],
-                student_subset_scores=scores["subset"].outputs["scores"],
-                student_latent_scores=scores["latent"].outputs["scores"],
+                student_scores=trained.outputs["scores"],
                 random_scores=baseline.outputs["scores"],
-                student_subset=students["subset"].outputs["student"],
-                student_latent=students["latent"].outputs["student"],
+                students=trained.outputs["students"],
                 buffers=loop.outputs["buffers"],
                 latents=loop.outputs["latents"],
                 tracking_uri=out["tracking_uri"],

@@ -37,7 +37,7 @@ from polydistill.autoencoder import (
 )
 from polydistill.buffer import DatasetError, DatasetWriter, Manifest, open_dataset
 from polydistill.checkpoint import CheckpointError, load_state_dict, save_checkpoint
-from polydistill.networks import ConvAutoencoder, DuelingQNetwork, NatureTorso
+from polydistill.networks import ConvAutoencoder, DuelingQNetwork, NatureTorso, scheduled_lr
 from polydistill.sampling import iter_split
 from polydistill.teacher import load_teacher
 
@@ -307,7 +307,9 @@ def test_resume_after_a_kill_matches_an_unbroken_run_and_extends(teacher_runs, t
     with pytest.raises(KeyboardInterrupt):
         train_autoencoder(ds, cfg, tmp_path / "broken", max_val_states=32, stop_after_epochs=1)
     assert not (tmp_path / "broken" / "checkpoint").exists()
-    assert int(load_state_dict(tmp_path / "broken" / "resume.pt")["epoch"]) == 1
+    state = load_state_dict(tmp_path / "broken" / "resume.pt")
+    assert int(state["epoch"]) == 1
+    assert state["optimizer"]["param_groups"][0]["lr"] == cfg.learning_rate  # constant schedule
     resumed = train_autoencoder(ds, cfg, tmp_path / "broken", max_val_states=32)
     a = load_state_dict(whole.checkpoint_dir / "model.pt")
     b = load_state_dict(resumed.checkpoint_dir / "model.pt")
@@ -330,6 +332,26 @@ def test_resume_after_a_kill_matches_an_unbroken_run_and_extends(teacher_runs, t
     keys = ("epoch", "steps", "train_loss", "mse", "changed_mse")  # the earlier epochs are kept, not redone
     assert [[h[k] for k in keys] for h in hist[1:3]] == [[h[k] for k in keys] for h in before[1:3]]
     assert hist[3]["mse"] != before[2]["mse"]
+
+
+def test_cosine_schedule_decays_the_rate_and_resumes_like_an_unbroken_run(teacher_runs, tmp_path):
+    cfg = ae_config(max_train_states=32, batch_size=16, epochs=2, lr_schedule="cosine")  # 4 steps in all
+    ds = _dataset(teacher_runs)
+    whole = train_autoencoder(ds, cfg, tmp_path / "whole", max_val_states=32)
+    with pytest.raises(KeyboardInterrupt):
+        train_autoencoder(ds, cfg, tmp_path / "broken", max_val_states=32, stop_after_epochs=1)
+    # The rate of the last step taken (step 1 of 4), not the base rate
+    lr = load_state_dict(tmp_path / "broken" / "resume.pt")["optimizer"]["param_groups"][0]["lr"]
+    assert lr == pytest.approx(scheduled_lr(cfg.learning_rate, "cosine", 1, 4)) and lr < cfg.learning_rate
+    resumed = train_autoencoder(ds, cfg, tmp_path / "broken", max_val_states=32)
+    a = load_state_dict(whole.checkpoint_dir / "model.pt")
+    b = load_state_dict(resumed.checkpoint_dir / "model.pt")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+    constant = train_autoencoder(ds, cfg.model_copy(update={"lr_schedule": "constant"}), tmp_path / "const",
+                                 max_val_states=32)
+    c = load_state_dict(constant.checkpoint_dir / "model.pt")
+    assert any(not torch.allclose(a[k], c[k]) for k in a)  # the schedule changed the training
 
 
 # ----------------------------------------------------------------------------------------------- latents

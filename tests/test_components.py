@@ -234,22 +234,26 @@ def test_encode_buffer(setup: SimpleNamespace, buffer_out: SimpleNamespace,
 def students(setup: SimpleNamespace, teacher_out: SimpleNamespace, buffer_out: SimpleNamespace,
              latents_out: SimpleNamespace) -> dict[str, SimpleNamespace]:
     out = {}
-    for source, dataset in (("subset", buffer_out.buffer), ("latent", latents_out.latents)):
+    for source in ("subset", "latent"):  # both get both dataset lists; the source picks one
         d = setup.root / f"distill-{source}"
         o = SimpleNamespace(student=_art(dsl.Model, d, "student"), curves=_art(dsl.HTML, d, "curves"),
                             metrics=_art(dsl.Metrics, d, "metrics"))
-        distill.python_func(source=source, teachers=[teacher_out.teacher], datasets=[dataset],
-                            config=setup.out.distill_config, **_store_args(setup), **vars(o))
+        distill.python_func(source=source, teachers=[teacher_out.teacher], buffers=[buffer_out.buffer],
+                            latents=[latents_out.latents], config=setup.out.distill_config,
+                            **_store_args(setup), **vars(o))
         out[source] = o
     return out
 
 
 @pytest.mark.slow
-def test_distill_both_sources(setup: SimpleNamespace, students: dict[str, SimpleNamespace]) -> None:
+def test_distill_both_sources(setup: SimpleNamespace, students: dict[str, SimpleNamespace],
+                              buffer_out: SimpleNamespace, latents_out: SimpleNamespace) -> None:
     runs = _child_runs(setup.tracking, setup.out.parent_run_id)
     for source, o in students.items():
         meta = json.loads((Path(o.student.path) / "metadata.json").read_text())
         assert meta["kind"] == "student" and meta["source"] == source and meta["games"] == [GAME]
+        dataset = latents_out.latents if source == "latent" else buffer_out.buffer
+        assert meta["datasets"] == {GAME: dataset.metadata["uri"]}
         assert o.student.metadata["mlflow_run_id"] == runs[f"distill/{source}"].info.run_id
         assert f"agreement_{GAME}" in o.metrics.metadata
         assert "data:image/png;base64," in Path(o.curves.path).read_text()
@@ -292,9 +296,8 @@ def test_report_and_end_run(setup: SimpleNamespace, scores: dict[str, Any],
                         report_html=_art(dsl.HTML, d, "report_html"),
                         report_json=_art(dsl.Artifact, d, "report_json"))
     report.python_func(
-        teacher_scores=[scores["teacher"]], student_subset_scores=scores["student_subset"],
-        student_latent_scores=scores["student_latent"], random_scores=scores["random"],
-        student_subset=students["subset"].student, student_latent=students["latent"].student,
+        teacher_scores=[scores["teacher"]], student_scores=[scores["student_subset"], scores["student_latent"]],
+        random_scores=scores["random"], students=[students["subset"].student, students["latent"].student],
         buffers=[buffer_out.buffer], latents=[latents_out.latents],
         tracking_uri=setup.out.tracking_uri, parent_run_id=setup.out.parent_run_id,
         registered_model="test-student", **vars(o))

@@ -31,6 +31,7 @@ from polydistill.distill import (
     validation_batches,
 )
 from polydistill.envs import FULL_ACTION_MEANINGS
+from polydistill.networks import scheduled_lr
 from polydistill.sampling import iter_split
 from polydistill.store import open_store
 
@@ -270,6 +271,23 @@ def test_resume_after_kill_ends_at_the_same_step(pairs, tmp_path):
     # a different setting is refused rather than silently mixed into the run
     with pytest.raises(DistillError, match="learning_rate"):
         distill(teachers, datasets, cfg.model_copy(update={"learning_rate": 1e-2}), out)
+
+
+def test_cosine_schedule_sets_each_steps_rate(pairs, tmp_path):
+    teachers, datasets = pairs
+    cfg = dcfg(steps=40, eval_every=20, checkpoint_every=20, width=0.25, lr_schedule="cosine")
+    out = tmp_path / "cosine"
+    with pytest.raises(KeyboardInterrupt):
+        distill(teachers, datasets, cfg, out, stop_after=20)
+    state = torch.load(out / "resume" / "step-000000000020" / "state.pt", weights_only=False)
+    lr = state["optimizer"]["param_groups"][0]["lr"]  # the rate of step 19 (0-based) of 40, not the base rate
+    assert lr == pytest.approx(scheduled_lr(cfg.learning_rate, "cosine", 19, 40)) and lr < cfg.learning_rate
+    resumed = distill(teachers, datasets, cfg, out)
+    assert resumed.steps == 40
+    constant = distill(teachers, datasets, cfg.model_copy(update={"lr_schedule": "constant"}), tmp_path / "c")
+    a = load_checkpoint(resumed.checkpoint_dir)[0].state_dict()
+    b = load_checkpoint(constant.checkpoint_dir)[0].state_dict()
+    assert any(not torch.allclose(a[k], b[k]) for k in a)
 
 
 # --------------------------------------------------------------------------------------------- init

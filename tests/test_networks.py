@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
 from polydistill.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from polydistill.networks import ConvAutoencoder, DuelingQNetwork, count_parameters
+from polydistill.networks import ConvAutoencoder, DuelingQNetwork, count_parameters, scheduled_lr
 
 
 def test_dueling_output_shapes_and_heads() -> None:
@@ -78,3 +80,13 @@ def test_subpixel_decoder_equals_the_transposed_convolution() -> None:
     assert fast is not None
     with torch.no_grad():
         torch.testing.assert_close(fast(z), ae.decode(z), atol=1e-5, rtol=1e-5)
+
+
+def test_scheduled_lr_constant_and_cosine() -> None:
+    assert [scheduled_lr(1e-3, "constant", t, 100) for t in (0, 50, 100)] == [1e-3] * 3
+    cos = [scheduled_lr(1e-3, "cosine", t, 100) for t in range(101)]
+    assert cos[0] == pytest.approx(1e-3) and cos[50] == pytest.approx(5e-4) and cos[100] == pytest.approx(0.0)
+    assert all(a > b for a, b in itertools.pairwise(cos))  # strictly decreasing to the end
+    assert scheduled_lr(1e-3, "cosine", 150, 100) == pytest.approx(0.0)  # past the end: stays at 0
+    with pytest.raises(ValueError, match=r"'linear'.*constant.*cosine"):
+        scheduled_lr(1e-3, "linear", 0, 10)

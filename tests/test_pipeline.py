@@ -18,6 +18,7 @@ from polydistill_kfp.pipeline import (
     MINIO_SECRET,
     PIPELINES,
     STORE_TASKS,
+    STUDENTS,
     TRAINING_TASKS,
     VARIANTS,
     local_pipeline,
@@ -113,9 +114,8 @@ def test_fan_out_over_games(variant: str) -> None:
     spec, _ = _load(variant)
     loops = [(name, t) for name, dag in _dags(spec).items() for t in dag["tasks"].values()
              if "parameterIterator" in t]
-    assert len(loops) == 1
-    dag_name, loop = loops[0]
-    assert dag_name == "comp-per-game"
+    assert sorted(name for name, _ in loops) == ["comp-per-game", "comp-students"]  # games; the two students
+    loop = dict(loops)["comp-per-game"]
     assert loop["parameterIterator"]["items"] == {"inputParameter": "pipelinechannel--games"}
     # The loop's games come from start-run (resolved: the profile's games when none are given).
     stages = _dags(spec)["comp-exit-handler-1"]["tasks"]
@@ -134,13 +134,9 @@ def test_every_dag_edge(variant: str) -> None:
     assert _edges(dags["comp-exit-handler-1"]) == {
         "start-run": set(),
         "per-game": {"start-run"},
-        "distill (subset)": {"per-game", "start-run"},
-        "distill (latent)": {"per-game", "start-run"},
-        "evaluate student (subset)": {"distill (subset)", "start-run"},
-        "evaluate student (latent)": {"distill (latent)", "start-run"},
+        "students": {"per-game", "start-run"},
         "evaluate random": {"start-run"},
-        "report": {"per-game", "start-run", "distill (subset)", "distill (latent)",
-                   "evaluate student (subset)", "evaluate student (latent)", "evaluate random"},
+        "report": {"per-game", "start-run", "students", "evaluate random"},
     }
     assert _edges(dags["comp-for-loop-1"]) == {
         "train-teacher": set(),
@@ -149,12 +145,19 @@ def test_every_dag_edge(variant: str) -> None:
         "encode-buffer": {"export-buffer", "train-autoencoder", "train-teacher"},
         "evaluate teacher": {"train-teacher"},
     }
-    # The two students are trained on different data: the buffers and the latents collected from the loop.
+    # The students' loop: one iteration per source, each a distillation and its evaluation, side by side.
+    (students_loop,) = dags["comp-students"]["tasks"].values()
+    assert students_loop["parameterIterator"]["items"] == {"inputParameter": "pipelinechannel--students"}
+    assert _edges(dags[students_loop["componentRef"]["name"]]) == {
+        "distill": set(), "evaluate student": {"distill"}}
     stages = dags["comp-exit-handler-1"]["tasks"]
-    for task, source, output in (("distill", "subset", "buffers"), ("distill-2", "latent", "latents")):
-        inputs = stages[task]["inputs"]
-        assert inputs["parameters"]["source"]["runtimeValue"]["constant"] == source
-        assert inputs["artifacts"]["datasets"]["taskOutputArtifact"] == {
+    inputs = stages["students"]["inputs"]
+    assert inputs["parameters"]["students"]["runtimeValue"]["constant"] == STUDENTS
+    assert [s["source"] for s in STUDENTS] == ["subset", "latent"]
+    assert [s["label"] for s in STUDENTS] == ["student_subset", "student_latent"]
+    # Both students get the buffers and the latents collected from the per-game loop; the source picks one.
+    for output in ("teachers", "buffers", "latents"):
+        assert inputs["artifacts"][output]["taskOutputArtifact"] == {
             "outputArtifactKey": output, "producerTask": "per-game"}
     outputs = spec["components"]["comp-per-game"]["dag"]["outputs"]["artifacts"]
     assert outputs["latents"]["artifactSelectors"] == [

@@ -115,6 +115,8 @@ from .networks import (
     build_network,
     make_adam,
     pick_device,
+    scheduled_lr,
+    set_lr,
     subpixel_decoder,
 )
 from .progress import MetricsCallback, progress
@@ -622,6 +624,7 @@ def train_autoencoder(
         raise DatasetError(f"dataset {ds.uri} has no training states at holdout_fraction={cfg.holdout_fraction}")
     per_epoch = min(est_train, cfg.max_train_states or est_train)
     steps_per_epoch = max(1, math.ceil(per_epoch / cfg.batch_size))
+    total_steps = cfg.epochs * steps_per_epoch
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / RUN_FILE, _run_record(ds, manifest_sha, cfg, teacher_sha, status="running"))
@@ -685,6 +688,7 @@ def train_autoencoder(
                     loss = loss + cfg.teacher_weight * teacher_feature_error(teacher_net, image, target)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                set_lr(opt, scheduled_lr(cfg.learning_rate, cfg.lr_schedule, step, total_steps))
                 opt.step()
                 step += 1
                 lv = float(loss.detach())

@@ -112,6 +112,10 @@ class AutoencoderConfig(_Model):
     epochs: int = Field(10, ge=1, description="Passes over the training states.")
     batch_size: int = Field(64, ge=1, description="States per optimizer step.")
     learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate.")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant",
+        description="Learning rate over training: constant, or cosine decay from learning_rate to 0 at the end.",
+    )
     loss: Literal["mse", "weighted", "bce", "weighted_bce"] = Field(
         "weighted_bce",
         description=(
@@ -162,6 +166,10 @@ class DistillConfig(_Model):
     steps: int = Field(50_000, ge=1, description="Optimizer steps.")
     batch_size: int = Field(32, ge=1, description="States per game per step.")
     learning_rate: float = Field(1e-4, gt=0, description="Adam learning rate.")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant",
+        description="Learning rate over training: constant, or cosine decay from learning_rate to 0 at the end.",
+    )
     holdout_fraction: float = Field(
         0.05, gt=0, lt=0.5, description="States per game held out for validation."
     )

@@ -64,7 +64,7 @@ from .checkpoint import (
 )
 from .config import DistillConfig
 from .envs import FULL_ACTION_MEANINGS, UnknownGameError, canonical_game
-from .networks import DuelingQNetwork, count_parameters, make_adam, pick_device
+from .networks import DuelingQNetwork, count_parameters, make_adam, pick_device, scheduled_lr, set_lr
 from .progress import MetricsCallback, progress
 from .sampling import Batch, StreamingSampler, batch_from_rows
 
@@ -824,6 +824,7 @@ def distill(
             total = torch.stack(list(per_game.values())).sum()
             opt.zero_grad(set_to_none=True)
             total.backward()
+            set_lr(opt, scheduled_lr(cfg.learning_rate, cfg.lr_schedule, step, cfg.steps))
             opt.step()
             for g, v in per_game.items():
                 train_sum[g] += float(v.detach())

@@ -9,6 +9,7 @@ References: Mnih et al. 2015 (Nature-DQN torso), Wang et al. 2016 (dueling aggre
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,6 +31,25 @@ def make_adam(params: Any, device: torch.device, **kwargs: Any) -> torch.optim.A
     """
     fused = device.type in ("cpu", "cuda")
     return torch.optim.Adam(params, fused=fused, **kwargs)
+
+
+def scheduled_lr(base: float, schedule: str, step: int, total: int) -> float:
+    """Learning rate of optimizer step ``step`` (0-based) of ``total``: ``base`` throughout (``constant``), or
+    cosine-annealed from ``base`` to 0 at ``total`` (``cosine``; Loshchilov & Hutter 2017, no restarts).
+
+    A pure function of the step, so a resumed run sets the same rates as an unbroken one.
+    """
+    if schedule == "constant":
+        return base
+    if schedule == "cosine":
+        return base * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(1, total)))
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}; use 'constant' or 'cosine'")
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    """Set every parameter group's learning rate."""
+    for group in opt.param_groups:
+        group["lr"] = lr
 
 
 class NatureTorso(nn.Module):
