@@ -228,8 +228,8 @@ PROFILE_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
         "evaluate": {"protocol": "cycles", "cycles": 2, "cycle_steps": 200, "episodes": 2, "num_envs": 2},
     },
     "cpu": {
-        # Meant for ~90 min of `polydistill run --profile cpu` on 2 cores (114 measured with the students one
-        # after the other); the README's profile table gives the reason for each number.
+        # Meant for ~90 min of `polydistill run --profile cpu` on 2 cores (78 measured with the students side by
+        # side, 114 one after the other on a slower day); the README's profile table gives each number's reason.
         "teacher": {
             "total_steps": 150_000,
             "num_envs": 4,
