@@ -228,9 +228,8 @@ PROFILE_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
         "evaluate": {"protocol": "cycles", "cycles": 2, "cycle_steps": 200, "episodes": 2, "num_envs": 2},
     },
     "cpu": {
-        # Meant for ~90 min of `polydistill run --profile cpu` on 2 cores (104 measured on a slow day; 78 on a fast
-        # one before 10,000 distillation steps and 64 evaluation episodes); the README's profile table gives each
-        # number's reason.
+        # Meant for ~90 min of `polydistill run --profile cpu` on 2 cores (69.8 measured; 104.4 on a slower machine,
+        # same code); the README's profile table gives each number's reason.
         "teacher": {
             "total_steps": 150_000,
             "num_envs": 4,
