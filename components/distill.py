@@ -2,7 +2,7 @@
 (:func:`polydistill.distill.distill`)."""
 
 from kfp import dsl
-from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Metrics, Model, Output
 
 from .image import IMAGE
 
@@ -10,9 +10,8 @@ from .image import IMAGE
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def distill(
     source: str,
-    teachers: Input[list[Model]],
-    buffers: Input[list[Dataset]],
-    latents: Input[list[Dataset]],
+    games: list,
+    game_records: list,
     config: dict,
     run_root: str,
     tracking_uri: str,
@@ -24,8 +23,11 @@ def distill(
     metrics: Output[Metrics],
 ):
     """Distill the teachers into one student trained on ``source`` states (``subset``/``full``: part or all of
-    each game's ``buffers``; ``latent``: the decoded ``latents``). Teachers and datasets are paired by
-    ``metadata["game"]``."""
+    each game's buffer; ``latent``: the decoded latents).
+
+    ``game_records`` holds one record per game of ``games`` (``runtime.game_record``: the teacher, buffer
+    and latents by store URI and the datasets' manifest digests); a missing, extra or incomplete record, or
+    a dataset whose manifest changed since it was recorded, fails the task before any training."""
     from polydistill_kfp.components import runtime as rt
 
     from polydistill import config as C
@@ -34,14 +36,21 @@ def distill(
 
     rt.setup(minio_endpoint, in_loop=True)  # the students' loop: two students share the machine
     cfg = C.from_dict("distill", {**config, "source": source})
-    teacher_dirs = {t.metadata["game"]: t.path for t in teachers}
-    datasets = latents if cfg.source == "latent" else buffers
-    dataset_uris = {d.metadata["game"]: d.metadata["uri"] for d in datasets}
     with (
         rt.work_dir(rt.data_uri(run_root, "work/distill", source)) as work,
         StageRun(tracking_uri, parent_run_id, "distill", source, experiment=experiment) as run,
     ):
-        run.log_config({**cfg.model_dump(mode="json"), "datasets": dataset_uris})
+        # Inside the stage run, so a refusal is recorded as this task's failure on the parent run.
+        records = rt.check_game_records(list(games), list(game_records))
+        kind = "latents" if cfg.source == "latent" else "buffer"
+        for game, r in records.items():
+            if rt.manifest_digest(r[kind]) != r[f"{kind}_sha256"]:
+                raise ValueError(f"the {kind} dataset of {game} at {r[kind]} changed after it was recorded "
+                                 f"(manifest sha256 differs); rerun the pipeline")
+        dataset_uris = {game: r[kind] for game, r in records.items()}
+        teacher_dirs = {game: str(rt.fetch_dir(r["teacher"])) for game, r in records.items()}
+        run.log_config({**cfg.model_dump(mode="json"), "datasets": dataset_uris,
+                        "dataset_sha256": {g: r[f"{kind}_sha256"] for g, r in records.items()}})
         res = run_distill(teacher_dirs, dataset_uris, cfg, work.path,
                           on_metrics=rt.chain(run, work.maybe_sync))
         rt.copy_dir(res.checkpoint_dir, student.path)

@@ -22,9 +22,13 @@ def encode_buffer(
     minio_endpoint: str,
     latents: Output[Dataset],
     metrics: Output[Metrics],
-):
+) -> dict:
     """Write the latent dataset to ``run_root/latents/GAME`` (code precision from the autoencoder config,
-    shard size and Q precision from the export config); ``latents.metadata["uri"]`` is its URI."""
+    shard size and Q precision from the export config); ``latents.metadata["uri"]`` is its URI.
+
+    Returns the game's record for the students (``runtime.game_record``: teacher, buffer and latents by
+    store URI, with the datasets' manifest digests), a parameter because parameters cross DAG boundaries
+    whole where list-typed artifacts do not (kubeflow/pipelines#13900)."""
     import json
 
     from polydistill_kfp.components import runtime as rt
@@ -53,3 +57,4 @@ def encode_buffer(
     rt.log_scalars(metrics, summary)
     rt.write_json(latents.path, {"uri": dest, "manifest": json.loads(manifest.to_json())})
     latents.metadata.update({"game": game, "uri": dest, "codec": manifest.codec, **rt.finite(summary)})
+    return rt.game_record(game, teacher.metadata["store_uri"], buffer.metadata["uri"], dest)

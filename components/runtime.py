@@ -7,9 +7,16 @@ stage keeps its resumable state, copying outputs into artifacts); the stage logi
 
 Layout of a pipeline run in the object store (``RUN_ROOT = STORE/runs/<kfp run id>``)::
 
+    RUN_ROOT/teachers/GAME/   the teacher's checkpoint                    (train-teacher)
     RUN_ROOT/buffers/GAME/    experience dataset with teacher Q-values    (export-buffer)
     RUN_ROOT/latents/GAME/    latent dataset                              (encode-buffer)
     RUN_ROOT/work/STAGE/NAME/ resumable state of a training task, removed when the task succeeds
+
+The students read every game's teacher and datasets from there, named by one *game record* per game (a dict
+parameter, see :func:`game_record`), not through list-typed artifact inputs: the Kubeflow backend hands a
+sub-DAG's task only the last artifact of a list input (kubeflow/pipelines#13900,
+``backend/src/v2/metadata/client.go`` ``GetInputArtifactsByExecutionID``), while parameters cross DAG
+boundaries whole.
 
 Retries: Kubeflow retries a failed training task in a fresh pod, whose local disk is empty. The task's
 working directory is therefore tied to ``RUN_ROOT/work/...``: with a ``file://`` store that *is* the working
@@ -66,6 +73,32 @@ def setup(minio_endpoint: str = "", in_loop: bool = False) -> None:
 
         torch.set_num_threads(int(threads))
         log.info("torch threads: %s (this machine's share for one game's task)", threads)
+
+
+#: Set by the local overlay's ConfigMap (``s3://polydistill``, the bucket it creates); unset or empty on Kubeflow.
+STORE_URI_ENV = "POLYDISTILL_STORE_URI"
+#: Kubeflow's object store and the prefix a profile's key may write (kubeflow/manifests v1.11,
+#: ``pipelines-profile-controller/sync.py``: ``mlpipeline/private/<namespace>/*``, ``shared/*``, ``artifacts/*``).
+KUBEFLOW_BUCKET = "mlpipeline"
+
+
+def default_store_uri(namespace_file: str | Path = "/var/run/secrets/kubernetes.io/serviceaccount/namespace",
+                      environ: dict[str, str] | None = None) -> str:
+    """The store a pipeline run uses when its ``store_uri`` parameter is empty: ``$POLYDISTILL_STORE_URI``
+    (the standalone overlay's bucket), else inside a Kubeflow pod the profile's private prefix of
+    Kubeflow's own bucket, ``s3://mlpipeline/private/<namespace>/polydistill``.
+
+    Raises:
+        ValueError: neither is there (not on a cluster): the caller must name a store.
+    """
+    env = os.environ if environ is None else environ
+    uri = env.get(STORE_URI_ENV, "").strip()
+    if uri:
+        return uri
+    path = Path(namespace_file)
+    if path.is_file() and path.read_text().strip():
+        return f"s3://{KUBEFLOW_BUCKET}/private/{path.read_text().strip()}/polydistill"
+    raise ValueError("store_uri is empty and this is no Kubeflow pod: pass s3://bucket/prefix or file:///path")
 
 
 def run_root(store_uri: str, run_id: str) -> str:
@@ -299,3 +332,82 @@ def write_json(path: str | Path, data: Any) -> None:
     """Write ``data`` as JSON to an artifact path."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(data, indent=2, sort_keys=True))
+
+
+#: The fields of a game record (:func:`game_record`): what the students need of one game, by URI.
+GAME_RECORD_FIELDS = ("game", "teacher", "buffer", "buffer_sha256", "latents", "latents_sha256")
+UPSTREAM_LIST_ISSUE = "kubeflow/pipelines#13900"
+
+
+def publish_dir(src: str | Path, uri: str) -> str:
+    """Copy the local directory ``src`` to the store prefix ``uri`` (files first, ``metadata.json`` last, so a
+    reader that finds the metadata finds the whole checkpoint); returns ``uri``."""
+    from polydistill.store import open_store
+
+    store = open_store(uri, create_bucket=True)
+    src = Path(src)
+    files = sorted((p.relative_to(src).as_posix(), p) for p in src.rglob("*") if p.is_file())
+    if store.local_path() is not None and store.local_path() == src.resolve():
+        return uri
+    last = [(k, p) for k, p in files if k == "metadata.json"]
+    store.put_files([(k, p) for k, p in files if k != "metadata.json"])
+    store.put_files(last)
+    return uri
+
+
+def fetch_dir(uri: str) -> Path:
+    """A local directory with everything under the store prefix ``uri``: the directory itself for ``file://``,
+    a fresh temporary download for ``s3://``."""
+    local = _local_dir(uri)
+    if local is not None:
+        return local
+    from polydistill.store import open_store
+
+    store = open_store(uri)
+    dest = Path(tempfile.mkdtemp(prefix="polydistill-fetch-"))
+    for key in store.list():
+        target = dest / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        store.get_file(key, target)
+    return dest
+
+
+def manifest_digest(uri: str) -> str:
+    """sha256 (hex) of the dataset manifest stored at ``uri``: names one exact version of the dataset."""
+    import hashlib
+
+    from polydistill.store import open_store
+
+    return hashlib.sha256(open_store(uri).get_bytes("manifest.json")).hexdigest()
+
+
+def game_record(game: str, teacher_uri: str, buffer_uri: str, latents_uri: str) -> dict[str, str]:
+    """What the students need of one game: its teacher and datasets by store URI, with the datasets'
+    manifest digests (the students refuse a dataset that changed since)."""
+    return {"game": game, "teacher": teacher_uri, "buffer": buffer_uri, "buffer_sha256": manifest_digest(buffer_uri),
+            "latents": latents_uri, "latents_sha256": manifest_digest(latents_uri)}
+
+
+def check_game_records(games: list[str], records: list[Any]) -> dict[str, dict[str, str]]:
+    """The game records by game, after checking that there is exactly one complete record per game.
+
+    Raises:
+        ValueError: one line naming what differs (counts, games, a missing field); a count short of the games
+            is what a backend that drops list items produces, so the message names that issue.
+    """
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise ValueError(f"game records must be a list of dicts, got {type(records).__name__}")
+    by_game: dict[str, dict[str, str]] = {}
+    for r in records:
+        missing = [f for f in GAME_RECORD_FIELDS if not r.get(f)]
+        if missing:
+            raise ValueError(f"the game record of {r.get('game', '?')!r} lacks {', '.join(missing)}")
+        if r["game"] in by_game:
+            raise ValueError(f"two game records for {r['game']}: each game's teacher, buffer and latents once")
+        by_game[r["game"]] = {f: str(r[f]) for f in GAME_RECORD_FIELDS}
+    if sorted(by_game) != sorted(games) or len(records) != len(games):
+        raise ValueError(
+            f"{len(games)} games ({', '.join(games) or 'none'}) but {len(records)} teachers, buffers and latents "
+            f"({', '.join(sorted(by_game)) or 'none'}); the per-game outputs did not all arrive (a backend that "
+            f"drops list items does this: {UPSTREAM_LIST_ISSUE})")
+    return by_game

@@ -71,8 +71,7 @@ def start_run(
     params = {name: arguments[name] for name in C.PIPELINE_PARAMETERS}
     configs = C.resolve_pipeline(profile, params)
     game_list = list(dict.fromkeys(canonical_game(g) for g in games)) or C.default_games(profile)
-    if not store_uri:
-        raise ValueError("store_uri is empty: pass s3://bucket/prefix (cluster) or file:///path (local)")
+    store_uri = store_uri or rt.default_store_uri()
     root = rt.run_root(store_uri, kfp_run_id)
     uri = resolve_tracking_uri(tracking_uri or None, None)  # "" -> $MLFLOW_TRACKING_URI (cluster ConfigMap)
     explicit = {k: v for k, v in params.items() if v != "" and not (isinstance(v, int | float) and v < 0)}

@@ -23,7 +23,8 @@ def train_teacher(
 ):
     """Train a teacher on ``game`` with the resolved teacher ``config``.
 
-    Outputs: ``teacher`` (checkpoint directory), ``experience`` (the recorded dataset directory, exported to
+    Outputs: ``teacher`` (checkpoint directory, also published to ``run_root/teachers/GAME`` for the students:
+    ``metadata["store_uri"]``), ``experience`` (the recorded dataset directory, exported to
     the object store by ``export-buffer``), ``curve`` (learning curve page) and ``metrics``. The working
     directory lives under ``run_root/work/teacher/GAME`` so a retried task resumes from its last checkpoint.
     """
@@ -42,6 +43,7 @@ def train_teacher(
         run.log_config(cfg.model_dump(mode="json"))
         res = train(game, cfg, work.path, on_metrics=rt.chain(run, work.maybe_sync))
         rt.copy_dir(res.checkpoint_dir, teacher.path)
+        store_uri = rt.publish_dir(res.checkpoint_dir, rt.data_uri(run_root, "teachers", game))
         rt.copy_dir(res.out_dir / "dataset", experience.path)
         rt.write_html(curve.path, f"{game}: teacher learning curve", [res.curve_png])
         summary = {"steps": res.steps, "episodes": res.episodes, "final_return_mean": res.final_return_mean}
@@ -50,5 +52,5 @@ def train_teacher(
         run.log_artifact(res.curve_png)
         run.log_artifact(res.curve_csv)
         rt.log_checkpoint(run, res.checkpoint_dir, "teacher")
-    teacher.metadata.update({"game": game, **rt.finite(summary)})
+    teacher.metadata.update({"game": game, "store_uri": store_uri, **rt.finite(summary)})
     experience.metadata.update({"game": game, "uri": experience.uri, "steps": cfg.record_steps})

@@ -13,10 +13,25 @@
 ``start-run`` resolves every stage config from the profile and the pipeline parameters
 (:func:`polydistill.config.resolve_pipeline`) and opens the MLflow parent run; each loop is a sub-pipeline
 that receives those values as parameters, because kfp's local runner replaces an upstream task's output used
-inside a ``ParallelFor`` body by the loop item (``../shared/DESIGN.md``). The students' loop and the report
-take the per-game loop's outputs through ``dsl.Collected``; the students are a loop (over
-:data:`STUDENTS`) so that kfp's local runner, which runs top-level tasks one after another, trains them side
-by side as a cluster does.
+inside a ``ParallelFor`` body by the loop item (``docs/ARCHITECTURE.md``).
+
+What crosses a DAG boundary is judged by the Kubeflow backend, not by the local runner
+(:mod:`polydistill_kfp.compat` checks the compiled YAML; ``tests/test_compat.py``):
+
+- **No list of artifacts enters a sub-DAG.** The backend resolves a sub-DAG task's artifact inputs with
+  ``GetInputArtifactsByExecutionID`` (``backend/src/v2/metadata/client.go``), which keeps only the last
+  artifact per input name (kubeflow/pipelines#13900; fix #13901 unmerged), so a students' loop fed
+  ``list[Model]`` would distill one teacher. The students instead receive one *game record* per game, a
+  dict parameter returned by ``encode-buffer`` and collected by ``dsl.Collected`` (parameters cross DAG
+  boundaries whole: ``resolveUpstreamParameters`` in ``backend/src/v2/driver/resolve.go``); it names each
+  game's teacher checkpoint, buffer and latents by store URI, with the datasets' manifest digests.
+- **Lists of artifacts are consumed only where they are collected**, as in the upstream sample
+  ``test_data/sdk_compiled_pipelines/valid/collected_artifacts.py`` (cases 5 and 6: a sub-DAG returns
+  ``dsl.Collected(...)``, a task of the parent DAG consumes it): the report takes the teachers' scores,
+  buffers, latents, students and their scores that way.
+
+The students are a loop (over :data:`STUDENTS`) so that kfp's local runner, which runs top-level tasks one
+after another, trains them side by side as a cluster does.
 
 Variants (same parameters, same DAG):
 
@@ -49,7 +64,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from kfp import dsl, kubernetes
-from kfp.dsl import Artifact, Dataset, Input, Model
+from kfp.dsl import Artifact, Dataset, Model
 
 from polydistill import config as C
 
@@ -66,13 +81,16 @@ from .components.train_teacher import train_teacher
 
 #: Parameters that are not stage hyperparameters, in signature order.
 FIXED_PARAMETERS = ("games", "profile", "store_uri", "tracking_uri", "minio_endpoint", "experiment")
-DEFAULT_STORE = "s3://polydistill"  # the bucket manifests/ creates
+#: Empty: each run's start-run picks the cluster's store (components.runtime.default_store_uri): the standalone
+#: overlay's s3://polydistill, or on Kubeflow s3://mlpipeline/private/<namespace>/polydistill.
+DEFAULT_STORE = ""
 DEFAULT_EXPERIMENT = "polydistill"
 REGISTERED_MODEL = "polydistill-student"  # the students' name in the MLflow Model Registry
 MINIO_SECRET = "mlpipeline-minio-artifact"
 MINIO_SECRET_ENV = {"accesskey": "AWS_ACCESS_KEY_ID", "secretkey": "AWS_SECRET_ACCESS_KEY"}
 CONFIG_MAP = "polydistill-config"
-CONFIG_MAP_ENV = {"MINIO_ENDPOINT": "MINIO_ENDPOINT", "MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI"}
+CONFIG_MAP_ENV = {"MINIO_ENDPOINT": "MINIO_ENDPOINT", "MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI",
+                  "POLYDISTILL_STORE_URI": "POLYDISTILL_STORE_URI"}
 GPU = "nvidia.com/gpu"
 #: Tasks that read or write the object store (and get the S3 credentials).
 STORE_TASKS = ("train-teacher", "export-buffer", "train-autoencoder", "encode-buffer", "distill")
@@ -204,7 +222,7 @@ def _make_pipeline(variant: Variant) -> Callable[..., Any]:
         minio_endpoint: str,
     ) -> NamedTuple(
         "PerGame",
-        [("teachers", list[Model]), ("buffers", list[Dataset]), ("latents", list[Dataset]),
+        [("game_records", list), ("buffers", list[Dataset]), ("latents", list[Dataset]),
          ("teacher_scores", list[Artifact])],
     ):
         common = {"tracking_uri": tracking_uri, "parent_run_id": parent_run_id, "experiment": experiment}
@@ -224,9 +242,9 @@ def _make_pipeline(variant: Variant) -> Callable[..., Any]:
             scored = configure(comps["evaluate"](
                 label="teacher", games=[game], config=evaluate_config, agent=teacher.outputs["teacher"],
                 **common), "evaluate teacher")
-        outputs = collections.namedtuple("PerGame", ["teachers", "buffers", "latents", "teacher_scores"])
+        outputs = collections.namedtuple("PerGame", ["game_records", "buffers", "latents", "teacher_scores"])
         return outputs(
-            dsl.Collected(teacher.outputs["teacher"]),
+            dsl.Collected(latents.outputs["Output"]),
             dsl.Collected(buffer.outputs["buffer"]),
             dsl.Collected(latents.outputs["latents"]),
             dsl.Collected(scored.outputs["scores"]),
@@ -236,9 +254,7 @@ def _make_pipeline(variant: Variant) -> Callable[..., Any]:
     def students_dag(
         students: list,
         games: list,
-        teachers: Input[list[Model]],
-        buffers: Input[list[Dataset]],
-        latents: Input[list[Dataset]],
+        game_records: list,
         distill_config: dict,
         evaluate_config: dict,
         run_root: str,
@@ -248,11 +264,12 @@ def _make_pipeline(variant: Variant) -> Callable[..., Any]:
         minio_endpoint: str,
     ) -> NamedTuple("Students", [("students", list[Model]), ("scores", list[Artifact])]):
         # A loop rather than two top-level branches: kfp's local runner runs a loop's iterations at once but
-        # top-level tasks one after another, and both students fit side by side on one machine.
+        # top-level tasks one after another, and both students fit side by side on one machine. Only
+        # parameters enter this DAG (see the module docstring).
         common = {"tracking_uri": tracking_uri, "parent_run_id": parent_run_id, "experiment": experiment}
         with dsl.ParallelFor(students, name="sources") as item:
             student = configure(comps["distill"](
-                source=item.source, teachers=teachers, buffers=buffers, latents=latents, config=distill_config,
+                source=item.source, games=games, game_records=game_records, config=distill_config,
                 run_root=run_root, minio_endpoint=minio_endpoint, **common), "distill")
             scored = configure(comps["evaluate"](
                 label=item.label, games=games, config=evaluate_config, agent=student.outputs["student"],
@@ -286,8 +303,7 @@ def _make_pipeline(variant: Variant) -> Callable[..., Any]:
                 autoencoder_config=out["autoencoder_config"], evaluate_config=out["evaluate_config"],
                 run_root=out["run_root"], minio_endpoint=minio_endpoint, **common)
             trained = students_dag(
-                students=STUDENTS, games=out["games"], teachers=loop.outputs["teachers"],
-                buffers=loop.outputs["buffers"], latents=loop.outputs["latents"],
+                students=STUDENTS, games=out["games"], game_records=loop.outputs["game_records"],
                 distill_config=out["distill_config"], evaluate_config=out["evaluate_config"],
                 run_root=out["run_root"], minio_endpoint=minio_endpoint, **common)
             baseline = configure(comps["evaluate"](

@@ -10,16 +10,19 @@ is sent).
 from __future__ import annotations
 
 import json
+import os
 import re
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .compat import MINIMUM_BACKEND, MINIMUM_KUBEFLOW, parse_version, version_text
 from .compile import compile_pipeline, compiled_name
 
 #: Seconds to wait for the host's health endpoint before calling it unreachable.
@@ -101,19 +104,123 @@ def validate_cron(expr: str) -> str:
 
 # ---------------------------------------------------------------------------------------------- client
 
+#: kfp's own names for the in-cluster service-account token (``kfp.client.KF_PIPELINES_SA_TOKEN_*``).
+SA_TOKEN_ENV = "KF_PIPELINES_SA_TOKEN_PATH"
+SA_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"
+#: An existing bearer token (e.g. ``kubectl create token default-editor -n NS --audience pipelines.kubeflow.org``).
+TOKEN_ENV = "KF_PIPELINES_TOKEN"
+#: Session cookies copied from a logged-in browser (``oauth2_proxy_kubeflow=...``).
+COOKIES_ENV = "KF_PIPELINES_COOKIES"
+#: The pod's own namespace, which kfp.Client also reads inside a cluster.
+POD_NAMESPACE_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
-def check_host(host: str, timeout: float = CONNECT_TIMEOUT_S) -> str:
-    """Normalise ``host`` and check that a KFP API answers there; returns the normalised URL."""
-    host = host.strip().rstrip("/")
-    if not re.match(r"^https?://[^/\s]+", host):
-        raise KubeflowError(f"--host {host!r} must be an http:// or https:// URL, e.g. http://localhost:8080")
+
+@dataclass(frozen=True)
+class Credentials:
+    """How requests to the KFP API authenticate: a bearer token or session cookies (or nothing, e.g. through
+    ``kubectl port-forward``). ``source`` says where they came from, for messages; values never appear."""
+
+    token: str | None = None
+    cookies: str | None = None
+    source: str = "none"
+
+    def headers(self) -> dict[str, str]:
+        h = {}
+        if self.token:
+            h["Authorization"] = f"Bearer {self.token}"
+        if self.cookies:
+            h["Cookie"] = self.cookies
+        return h
+
+    def __repr__(self) -> str:  # never the values
+        return f"Credentials(source={self.source!r})"
+
+
+def resolve_credentials(token: str | None = None, token_file: str | None = None, cookies: str | None = None,
+                        environ: Mapping[str, str] | None = None) -> Credentials:
+    """The credentials to use, first found: ``--token``, ``--token-file``, ``--cookies``, then ``$KF_PIPELINES_TOKEN``,
+    ``$KF_PIPELINES_COOKIES``, the service-account token file (``$KF_PIPELINES_SA_TOKEN_PATH`` or kfp's default
+    path, present inside a Kubeflow pod); none of them: unauthenticated."""
+    env = os.environ if environ is None else environ
+    if token:
+        return Credentials(token=token.strip(), source="--token")
+    if token_file:
+        return Credentials(token=_read_token(token_file, "--token-file"), source=f"--token-file {token_file}")
+    if cookies:
+        return Credentials(cookies=cookies.strip(), source="--cookies")
+    if env.get(TOKEN_ENV, "").strip():
+        return Credentials(token=env[TOKEN_ENV].strip(), source=f"${TOKEN_ENV}")
+    if env.get(COOKIES_ENV, "").strip():
+        return Credentials(cookies=env[COOKIES_ENV].strip(), source=f"${COOKIES_ENV}")
+    path = env.get(SA_TOKEN_ENV) or SA_TOKEN_PATH
+    if Path(path).is_file():
+        return Credentials(token=_read_token(path, "the service-account token"), source=f"token file {path}")
+    return Credentials()
+
+
+def _read_token(path: str, what: str) -> str:
     try:
-        with urllib.request.urlopen(host + HEALTHZ_PATH, timeout=timeout) as resp:
-            resp.read()
+        token = Path(path).read_text().strip()
+    except OSError as e:
+        raise KubeflowError(f"{what} {path}: cannot read it ({e.strerror or e})") from None
+    if not token:
+        raise KubeflowError(f"{what} {path} is empty: give a file holding one bearer token")
+    return token
+
+
+def _clean_host(host: str) -> str:
+    host = host.strip().rstrip("/")
+    parts = urllib.parse.urlsplit(host)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise KubeflowError(f"--host {redact_uri(host)!r} must be an http:// or https:// URL, "
+                            "e.g. http://localhost:8080")
+    if parts.username or parts.password:
+        raise KubeflowError(f"--host {redact_uri(host)!r} carries credentials: drop the user:password@ part "
+                            f"and pass the token with --token or ${TOKEN_ENV}")
+    return host
+
+
+@dataclass(frozen=True)
+class Server:
+    """What the KFP API's health endpoint says about the server (``/apis/v2beta1/healthz``:
+    ``commit_sha``, ``tag_name``, ``multi_user``; backend/src/apiserver/main.go)."""
+
+    host: str
+    version: str
+    multi_user: bool
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # a redirect is an answer (the login page), not something to follow
+
+
+def check_host(host: str, credentials: Credentials | None = None, timeout: float = CONNECT_TIMEOUT_S) -> Server:
+    """Normalise ``host`` and ask its KFP API for health and version, with ``credentials``.
+
+    Raises:
+        KubeflowError: unreachable; a login page (a redirect, or HTML where JSON belongs: a multi-user
+            Kubeflow's gateway without valid credentials); refused (401/403); no KFP API (404); unhealthy.
+    """
+    host = _clean_host(host)
+    creds = credentials or Credentials()
+    login_hint = (f"log in with --token (or ${TOKEN_ENV}, e.g. `kubectl create token default-editor -n NAMESPACE "
+                  f"--audience pipelines.kubeflow.org`) or --cookies from a logged-in browser")
+    opener = urllib.request.build_opener(_NoRedirect)
+    request = urllib.request.Request(host + HEALTHZ_PATH, headers=creds.headers())
+    try:
+        with opener.open(request, timeout=timeout) as resp:
+            body = resp.read()
+            ctype = resp.headers.get("Content-Type", "")
     except urllib.error.HTTPError as e:
+        if e.code in (301, 302, 303, 307, 308):
+            where = urllib.parse.urlsplit(e.headers.get("Location", "")).path or "another page"
+            raise KubeflowError(f"Kubeflow at {host} redirects to a login page ({where}) with "
+                                f"{'no credentials' if creds.source == 'none' else creds.source}: "
+                                f"{login_hint}") from None
         if e.code in (401, 403):
-            raise KubeflowError(f"Kubeflow Pipelines at {host} refused access (HTTP {e.code}): authenticate "
-                                "first, e.g. via `kubectl port-forward svc/ml-pipeline-ui 8080:80`") from None
+            raise KubeflowError(f"Kubeflow Pipelines at {host} refused the credentials from {creds.source} "
+                                f"(HTTP {e.code}): {login_hint}") from None
         if e.code == 404:
             raise KubeflowError(f"{host} answers but has no Kubeflow Pipelines API ({HEALTHZ_PATH}: "
                                 "HTTP 404); point --host at the KFP API or UI endpoint") from None
@@ -122,7 +229,84 @@ def check_host(host: str, timeout: float = CONNECT_TIMEOUT_S) -> str:
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise KubeflowError(f"cannot reach Kubeflow Pipelines at {host}: {reason}") from None
-    return host
+    try:
+        data = json.loads(body)
+        if not isinstance(data, dict):
+            raise ValueError
+    except ValueError:
+        looks_html = "html" in ctype.lower() or body.lstrip()[:1] == b"<"
+        if looks_html:
+            raise KubeflowError(f"Kubeflow at {host} answered {HEALTHZ_PATH} with a web page (a login page?), "
+                                f"not the KFP API: {login_hint}") from None
+        raise KubeflowError(f"{host}{HEALTHZ_PATH} did not answer JSON: is --host the KFP API?") from None
+    return Server(host, str(data.get("tag_name") or "unknown"), bool(data.get("multi_user")))
+
+
+def check_version(server: Server, allow_unknown: bool = False) -> None:
+    """Refuse a KFP backend older than the pipeline's minimum (:data:`compat.MINIMUM_BACKEND`)."""
+    need = version_text(MINIMUM_BACKEND)
+    try:
+        have = parse_version(server.version)
+    except ValueError:
+        if allow_unknown:
+            return
+        raise KubeflowError(f"Kubeflow Pipelines at {server.host} reports version {server.version!r}; the pipeline "
+                            f"needs {need} or newer (Kubeflow {MINIMUM_KUBEFLOW}+): pass --skip-version-check if "
+                            "you know it is") from None
+    if have < MINIMUM_BACKEND:
+        raise KubeflowError(f"Kubeflow Pipelines at {server.host} is {server.version}; the pipeline needs {need} or "
+                            f"newer (Kubeflow {MINIMUM_KUBEFLOW}+): older backends reject or mishandle its DAG "
+                            "(see polydistill_kfp.compat)")
+
+
+def resolve_namespace(server: Server, namespace: str | None) -> str | None:
+    """The profile namespace to use: ``--namespace``, else the pod's own inside a cluster; required on a
+    multi-user server, where every experiment, pipeline and run lives in one."""
+    ns = (namespace or "").strip()
+    if not ns and Path(POD_NAMESPACE_PATH).is_file():
+        ns = Path(POD_NAMESPACE_PATH).read_text().strip()
+    if ns and not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", ns):
+        raise KubeflowError(f"--namespace {ns!r} is not a Kubernetes namespace name (lower-case letters, digits, '-')")
+    if server.multi_user and not ns:
+        raise KubeflowError(f"Kubeflow Pipelines at {server.host} is multi-user: pass --namespace YOUR_PROFILE "
+                            "(the namespace of your Kubeflow profile)")
+    return ns or None
+
+
+@dataclass(frozen=True)
+class Connection:
+    """A checked connection: the server, the namespace every call uses, and the kfp client."""
+
+    server: Server
+    namespace: str | None
+    client: Any
+
+    @property
+    def host(self) -> str:
+        return self.server.host
+
+
+def connect(host: str, namespace: str | None = None, credentials: Credentials | None = None,
+            skip_version_check: bool = False) -> Connection:
+    """Check ``host`` (health, login, version, namespace) and open a kfp client on it."""
+    creds = credentials or Credentials()
+    server = check_host(host, creds)
+    check_version(server, allow_unknown=skip_version_check)
+    ns = resolve_namespace(server, namespace)
+    return Connection(server, ns, _client(server.host, creds, ns))
+
+
+def _client(host: str, credentials: Credentials, namespace: str | None) -> Any:
+    import warnings
+
+    import kfp
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # "This client only works with KFP v2.0.0-beta.2 ..."
+        # A namespace other than kfp's "kubeflow" default keeps the client from probing and from writing
+        # ~/.config/kfp/context.json.
+        return kfp.Client(host=host, existing_token=credentials.token, cookies=credentials.cookies,
+                          namespace=namespace or "kubeflow")
 
 
 def _api_error(what: str, host: str, exc: BaseException) -> KubeflowError:
@@ -139,19 +323,25 @@ def _api_error(what: str, host: str, exc: BaseException) -> KubeflowError:
     if status:
         detail = message or getattr(exc, "reason", "") or "no details"
         return KubeflowError(f"Kubeflow Pipelines at {host} rejected {what} (HTTP {status}): "
-                             f"{' '.join(str(detail).split())}")
+                             f"{' '.join(str(detail).split())[:300]}")
     return KubeflowError(f"{what} on Kubeflow Pipelines at {host} failed: {type(exc).__name__}: "
                          f"{' '.join(str(exc).split())[:300]}")
 
 
-def _client(host: str) -> Any:
-    import warnings
+def check_arguments(arguments: Mapping[str, Any]) -> None:
+    """Refuse pipeline parameters that would publish a secret: parameters are shown to everyone who can
+    read the run, so credentials come from the Secret and ConfigMap on the cluster, never from here."""
+    for name, value in arguments.items():
+        if isinstance(value, str) and "://" in value and urllib.parse.urlsplit(value).password:
+            raise KubeflowError(
+                f"parameter {name} ({redact_uri(value)!r}) carries a password; pipeline parameters are visible "
+                "in the Kubeflow UI: drop it from the URI and give the credentials to the pods "
+                "(MLFLOW_TRACKING_USERNAME/PASSWORD or the mlpipeline-minio-artifact Secret)")
 
-    import kfp
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # "This client only works with KFP v2.0.0-beta.2 ..."
-        return kfp.Client(host=host)
+def redact_uri(text: str) -> str:
+    """``text`` with any ``user:password@`` of a URL replaced by ``***@``."""
+    return re.sub(r"(?<=://)[^/@\s]+@", "***@", text)
 
 
 @dataclass
@@ -172,28 +362,40 @@ def default_version_name() -> str:
     return f"{__version__}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
 
 
-def upload(client: Any, host: str, variant: str, pipeline_name: str | None = None,
+def _pipeline_id(conn: Connection, name: str) -> str | None:
+    """The id of the pipeline named ``name`` visible in the connection's namespace (its own or shared)."""
+    flt = json.dumps({"predicates": [{"operation": "EQUALS", "key": "display_name", "string_value": name}]})
+    try:
+        found = conn.client.list_pipelines(filter=flt, page_size=2, namespace=conn.namespace).pipelines or []
+    except Exception as e:
+        raise _api_error(f"looking up pipeline {name!r}", conn.host, e) from None
+    if len(found) > 1:
+        raise KubeflowError(f"Kubeflow Pipelines at {conn.host} has {len(found)} pipelines named {name!r}; "
+                            "pass --pipeline-name to choose another name")
+    return found[0].pipeline_id if found else None
+
+
+def upload(conn: Connection, variant: str, pipeline_name: str | None = None,
            version_name: str | None = None) -> Upload:
-    """Compile ``variant`` and upload it as pipeline ``pipeline_name`` (default: the variant's name), or as
-    a new version ``version_name`` of it when it exists."""
+    """Compile ``variant`` and upload it as pipeline ``pipeline_name`` (default: the variant's name) in the
+    connection's namespace, or as a new version ``version_name`` of it when it exists."""
     name = pipeline_name or variant
     version = version_name or default_version_name()
+    host = conn.host
     with tempfile.TemporaryDirectory(prefix="polydistill-submit-") as tmp:
         package = compile_pipeline(variant, Path(tmp) / compiled_name(variant))
-        try:
-            pipeline_id = client.get_pipeline_id(name)
-        except Exception as e:
-            raise _api_error(f"looking up pipeline {name!r}", host, e) from None
+        pipeline_id = _pipeline_id(conn, name)
         if pipeline_id is None:
             try:
-                created = client.upload_pipeline(str(package), pipeline_name=name,
-                                                 description=f"polydistill ({variant})")
+                created = conn.client.upload_pipeline(str(package), pipeline_name=name,
+                                                      description=f"polydistill ({variant})",
+                                                      namespace=conn.namespace)
             except Exception as e:
                 raise _api_error(f"uploading pipeline {name!r}", host, e) from None
             pipeline_id = created.pipeline_id
             # Uploading a pipeline also creates its first version (named like the pipeline): run that one.
             try:
-                versions = client.list_pipeline_versions(pipeline_id, page_size=1, sort_by="created_at desc")
+                versions = conn.client.list_pipeline_versions(pipeline_id, page_size=1, sort_by="created_at desc")
             except Exception as e:
                 raise _api_error(f"listing versions of pipeline {name!r}", host, e) from None
             if not versions.pipeline_versions:
@@ -202,17 +404,18 @@ def upload(client: Any, host: str, variant: str, pipeline_name: str | None = Non
             first = versions.pipeline_versions[0]
             return Upload(pipeline_id, first.pipeline_version_id, name, first.display_name or name, True)
         try:
-            created_version = client.upload_pipeline_version(str(package), version, pipeline_id=pipeline_id)
+            created_version = conn.client.upload_pipeline_version(str(package), version, pipeline_id=pipeline_id)
         except Exception as e:
             raise _api_error(f"uploading version {version!r} of pipeline {name!r}", host, e) from None
         return Upload(pipeline_id, created_version.pipeline_version_id, name, version, False)
 
 
-def _experiment_id(client: Any, host: str, experiment: str) -> str:
+def _experiment_id(conn: Connection, experiment: str) -> str:
     try:
-        return client.create_experiment(experiment).experiment_id  # returns the existing one if any
+        # Returns the existing one if any (looked up in the same namespace).
+        return conn.client.create_experiment(experiment, namespace=conn.namespace).experiment_id
     except Exception as e:
-        raise _api_error(f"creating experiment {experiment!r}", host, e) from None
+        raise _api_error(f"creating experiment {experiment!r}", conn.host, e) from None
 
 
 @dataclass
@@ -224,6 +427,7 @@ class Submission:
     experiment_id: str
     run_id: str | None = None
     recurring_run_id: str | None = None
+    namespace: str | None = None
 
     def url(self) -> str:
         """The Kubeflow UI page of the run or recurring run."""
@@ -232,8 +436,21 @@ class Submission:
         return f"{self.host}/#/recurringrun/details/{self.recurring_run_id}"
 
 
+@dataclass(frozen=True)
+class Target:
+    """Where and as whom to submit: the host, the profile namespace and the credentials."""
+
+    host: str
+    namespace: str | None = None
+    credentials: Credentials = Credentials()
+    skip_version_check: bool = False
+
+    def connect(self) -> Connection:
+        return connect(self.host, self.namespace, self.credentials, self.skip_version_check)
+
+
 def submit(
-    host: str,
+    target: Target,
     arguments: Mapping[str, Any],
     experiment: str = "polydistill",
     variant: str = "polydistill",
@@ -242,23 +459,24 @@ def submit(
     run_name: str | None = None,
     service_account: str | None = None,
 ) -> Submission:
-    """Upload the pipeline (or a new version) and start one run with ``arguments`` (pipeline parameters)."""
-    host = check_host(host)
-    client = _client(host)
-    up = upload(client, host, variant, pipeline_name, version_name)
-    exp_id = _experiment_id(client, host, experiment)
+    """Upload the pipeline (or a new version) and start one run with ``arguments`` (pipeline parameters),
+    after checking the arguments, the host, its version and the namespace."""
+    check_arguments(arguments)
+    conn = target.connect()
+    up = upload(conn, variant, pipeline_name, version_name)
+    exp_id = _experiment_id(conn, experiment)
     name = run_name or f"{up.pipeline_name} {up.version_name}"
     try:
-        run = client.run_pipeline(experiment_id=exp_id, job_name=name, params=dict(arguments),
-                                  pipeline_id=up.pipeline_id, version_id=up.version_id,
-                                  service_account=service_account)
+        run = conn.client.run_pipeline(experiment_id=exp_id, job_name=name, params=dict(arguments),
+                                       pipeline_id=up.pipeline_id, version_id=up.version_id,
+                                       service_account=service_account)
     except Exception as e:
-        raise _api_error(f"starting run {name!r}", host, e) from None
-    return Submission(host, up, exp_id, run_id=run.run_id)
+        raise _api_error(f"starting run {name!r}", conn.host, e) from None
+    return Submission(conn.host, up, exp_id, run_id=run.run_id, namespace=conn.namespace)
 
 
 def schedule(
-    host: str,
+    target: Target,
     cron: str,
     arguments: Mapping[str, Any],
     experiment: str = "polydistill",
@@ -273,17 +491,17 @@ def schedule(
     cron = validate_cron(cron)  # before anything reaches the server
     if max_concurrency < 1:
         raise KubeflowError(f"--max-concurrency must be at least 1, got {max_concurrency}")
-    host = check_host(host)
-    client = _client(host)
-    up = upload(client, host, variant, pipeline_name, version_name)
-    exp_id = _experiment_id(client, host, experiment)
+    check_arguments(arguments)
+    conn = target.connect()
+    up = upload(conn, variant, pipeline_name, version_name)
+    exp_id = _experiment_id(conn, experiment)
     name = job_name or f"{up.pipeline_name} on {cron}"
     try:
-        job = client.create_recurring_run(
+        job = conn.client.create_recurring_run(
             experiment_id=exp_id, job_name=name, cron_expression=cron, params=dict(arguments),
             pipeline_id=up.pipeline_id, version_id=up.version_id, max_concurrency=max_concurrency,
             no_catchup=True, service_account=service_account,
         )
     except Exception as e:
-        raise _api_error(f"creating recurring run {name!r}", host, e) from None
-    return Submission(host, up, exp_id, recurring_run_id=job.recurring_run_id)
+        raise _api_error(f"creating recurring run {name!r}", conn.host, e) from None
+    return Submission(conn.host, up, exp_id, recurring_run_id=job.recurring_run_id, namespace=conn.namespace)

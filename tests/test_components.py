@@ -113,10 +113,23 @@ def test_start_run_rejects_bad_input_before_anything_runs(tmp_path: Path, games:
     assert not db.exists()  # failed before the parent run was created
 
 
-def test_start_run_requires_a_store(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="store_uri is empty"):
+def test_start_run_requires_a_store_off_a_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(rt.STORE_URI_ENV, raising=False)
+    with pytest.raises(ValueError, match="store_uri is empty and this is no Kubeflow pod"):
         start_run.python_func(profile="smoke", games=[], store_uri="", tracking_uri=f"sqlite:///{tmp_path}/m.db",
                               experiment="e", kfp_run_id="1", **_hyper())
+
+
+def test_default_store_on_a_cluster(tmp_path: Path) -> None:
+    """Empty store_uri: the standalone overlay's ConfigMap value, else Kubeflow's bucket under the profile's
+    private prefix (the only place its key may write, kubeflow/manifests v1.11 sync.py)."""
+    ns = tmp_path / "namespace"
+    ns.write_text("kubeflow-user-example-com\n")
+    assert rt.default_store_uri(ns, {}) == "s3://mlpipeline/private/kubeflow-user-example-com/polydistill"
+    assert rt.default_store_uri(ns, {rt.STORE_URI_ENV: "s3://polydistill"}) == "s3://polydistill"
+    assert rt.default_store_uri(ns, {rt.STORE_URI_ENV: "  "}).startswith("s3://mlpipeline/private/")
+    with pytest.raises(ValueError, match="no Kubeflow pod"):
+        rt.default_store_uri(tmp_path / "absent", {})
 
 
 # ------------------------------------------------------------------------- the stages, one game, in order
@@ -150,6 +163,10 @@ def test_train_teacher(setup: SimpleNamespace, teacher_out: SimpleNamespace) -> 
     assert "data:image/png;base64," in Path(teacher_out.curve.path).read_text()
     assert teacher_out.metrics.metadata["steps"] == 800.0
     assert teacher_out.teacher.metadata["game"] == GAME
+    # Published for the students, who read it by URI (no list of artifacts crosses into their sub-DAG).
+    published = teacher_out.teacher.metadata["store_uri"]
+    assert published == f"{setup.out.run_root}/teachers/{GAME}"
+    assert (rt.fetch_dir(published) / "model.pt").read_bytes() == (Path(teacher_out.teacher.path) / "model.pt").read_bytes()
     # A file store: the working directory is the stable location under the run root.
     work = Path(setup.root / "store" / "runs" / "4242" / "work" / "teacher" / GAME)
     assert (work / "run.json").is_file()
@@ -210,10 +227,11 @@ def latents_out(setup: SimpleNamespace, teacher_out: SimpleNamespace, buffer_out
                 autoencoder_out: SimpleNamespace) -> SimpleNamespace:
     d = setup.root / "encode-buffer"
     o = SimpleNamespace(latents=_art(dsl.Dataset, d, "latents"), metrics=_art(dsl.Metrics, d, "metrics"))
-    encode_buffer.python_func(game=GAME, buffer=buffer_out.buffer, autoencoder=autoencoder_out.autoencoder,
-                              teacher=teacher_out.teacher, autoencoder_config=setup.out.autoencoder_config,
-                              export_config=setup.out.export_config, **_store_args(setup), **vars(o))
-    return o
+    record = encode_buffer.python_func(
+        game=GAME, buffer=buffer_out.buffer, autoencoder=autoencoder_out.autoencoder, teacher=teacher_out.teacher,
+        autoencoder_config=setup.out.autoencoder_config, export_config=setup.out.export_config,
+        **_store_args(setup), **vars(o))
+    return SimpleNamespace(**vars(o), record=record)
 
 
 @pytest.mark.slow
@@ -228,6 +246,11 @@ def test_encode_buffer(setup: SimpleNamespace, buffer_out: SimpleNamespace,
     # (Latents are not always smaller: zstd packs a few hundred early-training frames to ~40 bytes each.)
     assert latents_out.metrics.metadata["bytes_per_state"] > 0
     assert latents_out.latents.metadata["codec"] == "latent" != buffer_out.buffer.metadata["codec"]
+    # The game's record for the students: everything by URI, the datasets pinned by manifest digest.
+    record = latents_out.record
+    assert set(record) == set(rt.GAME_RECORD_FIELDS)
+    assert record["buffer"] == buffer_out.buffer.metadata["uri"] and record["latents"] == uri
+    assert record["buffer_sha256"] == rt.manifest_digest(record["buffer"]) != record["latents_sha256"]
 
 
 @pytest.fixture(scope="module")
@@ -238,9 +261,8 @@ def students(setup: SimpleNamespace, teacher_out: SimpleNamespace, buffer_out: S
         d = setup.root / f"distill-{source}"
         o = SimpleNamespace(student=_art(dsl.Model, d, "student"), curves=_art(dsl.HTML, d, "curves"),
                             metrics=_art(dsl.Metrics, d, "metrics"))
-        distill.python_func(source=source, teachers=[teacher_out.teacher], buffers=[buffer_out.buffer],
-                            latents=[latents_out.latents], config=setup.out.distill_config,
-                            **_store_args(setup), **vars(o))
+        distill.python_func(source=source, games=setup.out.games, game_records=[latents_out.record],
+                            config=setup.out.distill_config, **_store_args(setup), **vars(o))
         out[source] = o
     return out
 
@@ -319,13 +341,77 @@ def test_report_and_end_run(setup: SimpleNamespace, scores: dict[str, Any],
         newest = max(int(v.version) for v in versions)
         assert int(client.get_model_version_by_alias("test-student", "candidate").version) == newest
 
-    # The exit task closes the parent run, found by its kfp run id.
-    status = SimpleNamespace(state="FAILED", pipeline_job_resource_name="x")
+    # The exit task closes the parent run, found by its kfp run id: the backend's success state.
+    status = SimpleNamespace(state="COMPLETE", pipeline_job_resource_name="x", pipeline_task_name="exit-handler-1",
+                             error_message=None, error_code=None)
     end_run.python_func(tracking_uri=setup.tracking, experiment=EXPERIMENT, kfp_run_id="4242", status=status)
-    assert client.get_run(setup.out.parent_run_id).info.status == "FAILED"
+    parent = client.get_run(setup.out.parent_run_id)
+    assert parent.info.status == "FINISHED" and "polydistill.failed_task" not in parent.data.tags
+
+
+@pytest.mark.slow
+def test_distill_refuses_missing_game_records_and_names_the_task(
+        setup: SimpleNamespace, latents_out: SimpleNamespace, tmp_path: Path) -> None:
+    """What a backend that drops list items would hand the students: one record for two games. The task
+    fails before training, the parent run records it, and end-run closes the run FAILED with it."""
+    start = start_run.python_func(profile="smoke", games=[GAME, "Pong"], store_uri=setup.store,
+                                  tracking_uri=setup.tracking, experiment=EXPERIMENT, kfp_run_id="4343",
+                                  **_hyper(**TINY))
+    o = SimpleNamespace(student=_art(dsl.Model, tmp_path, "student"), curves=_art(dsl.HTML, tmp_path, "curves"),
+                        metrics=_art(dsl.Metrics, tmp_path, "metrics"))
+    with pytest.raises(ValueError, match=r"2 games \(Breakout, Pong\) but 1 teachers.*kubeflow/pipelines#13900"):
+        distill.python_func(source="subset", games=start.games, game_records=[latents_out.record],
+                            config=start.distill_config, run_root=start.run_root, minio_endpoint="",
+                            tracking_uri=start.tracking_uri, parent_run_id=start.parent_run_id,
+                            experiment=EXPERIMENT, **vars(o))
+    assert not Path(o.student.path).exists()
+    client = _mlflow(setup.tracking)
+    tags = client.get_run(start.parent_run_id).data.tags
+    assert tags["polydistill.failed_task"] == "distill/subset"
+    assert tags["polydistill.error"].startswith("ValueError: 2 games")
+    # The local runner's final status: FAILED, naming only the exit handler's group.
+    status = SimpleNamespace(state="FAILED", pipeline_job_resource_name="local-pipeline-stages",
+                             pipeline_task_name="stages", error_message="Task stages failed.", error_code=1)
+    end_run.python_func(tracking_uri=setup.tracking, experiment=EXPERIMENT, kfp_run_id="4343", status=status)
+    parent = client.get_run(start.parent_run_id)
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["polydistill.failed_task"] == "distill/subset"  # the stage's, not the group's
 
 
 # ------------------------------------------------------------------------------------------ runtime
+
+
+def _record(game: str, **over: str) -> dict[str, str]:
+    return {"game": game, "teacher": f"s3://b/t/{game}", "buffer": f"s3://b/b/{game}", "buffer_sha256": "1" * 64,
+            "latents": f"s3://b/l/{game}", "latents_sha256": "2" * 64, **over}
+
+
+def test_check_game_records_pairs_by_game() -> None:
+    records = rt.check_game_records(["Pong", "Breakout"], [_record("Breakout"), _record("Pong")])
+    assert sorted(records) == ["Breakout", "Pong"] and records["Pong"]["teacher"] == "s3://b/t/Pong"
+
+
+@pytest.mark.parametrize(("games", "records", "error"), [
+    (["Pong", "Breakout"], [_record("Pong")], r"2 games \(Pong, Breakout\) but 1 teachers.*#13900"),
+    (["Pong"], [_record("Pong"), _record("Breakout")], "1 games"),
+    (["Pong"], [_record("Breakout")], r"1 games \(Pong\) but 1 .*\(Breakout\)"),
+    (["Pong"], [_record("Pong"), _record("Pong")], "two game records for Pong"),
+    (["Pong"], [_record("Pong", teacher="")], "lacks teacher"),
+    (["Pong"], "not a list", "must be a list of dicts"),
+])
+def test_check_game_records_refuses_what_does_not_match(games: list[str], records: Any, error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        rt.check_game_records(games, records)
+
+
+@pytest.mark.parametrize(("state", "outcome"), [
+    ("COMPLETE", "FINISHED"), ("CACHED", "FINISHED"), ("SUCCEEDED", "FINISHED"),  # backend, backend, local
+    ("FAILED", "FAILED"), ("CANCELED", "KILLED"), ("CANCELLED", "KILLED"), ("RUNNING", "FAILED"), ("", "FAILED"),
+])
+def test_run_outcome_reads_both_runners_states(state: str, outcome: str) -> None:
+    from polydistill.tracking import run_outcome
+
+    assert run_outcome(state) == outcome
 
 
 def test_local_work_dir_is_the_store_path(tmp_path: Path) -> None:

@@ -1,13 +1,25 @@
 """``polydistill submit`` and ``schedule`` against a STAND-IN for the Kubeflow Pipelines API server.
 
 No Kubernetes cluster or Kubeflow installation runs on the development machines, so these tests do not
-talk to a real KFP. Instead a small HTTP server on 127.0.0.1 (:class:`StandInKfp`) implements the handful
-of REST endpoints of the v2beta1 API that ``kfp.Client`` 2.17 calls for these commands (paths and JSON
-field names taken from ``kfp/client/client.py`` and the generated ``kfp_server_api`` package): healthz,
-pipelines (list by name, upload, upload_version, list versions), experiments (list by name, create), runs
-(create) and recurring runs (create). It records every request, so the tests check what reached the
-server: the pipeline name and uploaded YAML, the version, the run's parameters and the cron schedule. What
-a real server does beyond that (compiling to Argo, scheduling) is out of reach here.
+talk to a real KFP. Instead a small HTTP server on 127.0.0.1 (:class:`StandInKfp`) implements the REST
+endpoints of the v2beta1 API that ``kfp.Client`` 2.17 calls for these commands (paths and JSON field names
+from ``kfp/client/client.py`` and the generated ``kfp_server_api`` package): healthz, pipelines (list by
+name, upload, upload_version, list versions), experiments (list by name, create), runs and recurring runs.
+
+It behaves like a real server where these commands meet it (kubeflow/pipelines at 2.15-2.17):
+
+- ``healthz`` answers ``commit_sha``, ``tag_name`` (the version) and ``multi_user``
+  (``backend/src/apiserver/main.go``, ``healthzResponse``);
+- in **multi-user** mode it sits behind Kubeflow's gateway under ``/pipeline``: a request without a valid
+  bearer token or session cookie is redirected (302) to the oauth2-proxy login, as Kubeflow 1.9+'s
+  ``oauth2-proxy`` does; a known identity may only use the namespaces of its profiles;
+- its errors are the API server's: an experiment with no namespace in multi-user mode is rejected
+  (``experiment_server.go``: "An experiment cannot have an empty namespace in multi-user mode", HTTP 400),
+  a namespace the user may not use gives ``PermissionDenied`` (``resource_manager.go``: "User '...' is not
+  authorized with reason: ...", HTTP 403), grpc-gateway's ``{"error", "code", "message"}`` JSON.
+
+It records every request (with its auth headers), so the tests check what reached the server. What a real
+server does beyond that (SubjectAccessReviews, compiling to Argo, scheduling) is out of reach here.
 """
 
 from __future__ import annotations
@@ -22,7 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 import yaml
@@ -42,6 +54,13 @@ class Request:
     path: str
     query: dict[str, list[str]]
     body: Any = None  # parsed JSON, or {"fields": ..., "files": {name: bytes}} for uploads
+    headers: dict[str, str] = field(default_factory=dict)  # names lower-cased
+
+
+class _ApiError(Exception):
+    def __init__(self, status: int, code: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
 
 
 @dataclass
@@ -57,9 +76,27 @@ class StandInKfp:
     recurring_runs: list[dict[str, Any]] = field(default_factory=list)
     # (method, path suffix) -> (HTTP status, message): answer that request with an error instead.
     reject: dict[tuple[str, str], tuple[int, str]] = field(default_factory=dict)
+    version: str = "2.15.0"
+    multi_user: bool = False
+    prefix: str = ""  # "/pipeline" behind Kubeflow's gateway
+    tokens: dict[str, str] = field(default_factory=dict)  # bearer token -> user
+    sessions: dict[str, str] = field(default_factory=dict)  # oauth2_proxy_kubeflow cookie -> user
+    access: dict[str, set[str]] = field(default_factory=dict)  # user -> namespaces of their profiles
 
     def calls(self, method: str, suffix: str) -> list[Request]:
-        return [r for r in self.requests if r.method == method and r.path == API + suffix]
+        return [r for r in self.requests if r.method == method and r.path == self.prefix + API + suffix]
+
+    def make_multi_user(self) -> StandInKfp:
+        """Kubeflow with one profile: user alice@example.com (token ``tok-alice``, session ``sess-alice``)
+        owns namespace ``alice``; namespace ``bob`` exists but is not hers."""
+        self.multi_user, self.prefix = True, "/pipeline"
+        self.tokens["tok-alice"] = self.sessions["sess-alice"] = "alice@example.com"
+        self.access["alice@example.com"] = {"alice"}
+        return self
+
+    @property
+    def host(self) -> str:
+        return self.url + self.prefix
 
 
 def _display_name_filter(query: dict[str, list[str]]) -> str | None:
@@ -91,13 +128,25 @@ def _handler(state: StandInKfp) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args: Any) -> None:  # keep pytest output clean
             pass
 
-        def _send(self, status: int, payload: Any) -> None:
+        def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
             data = json.dumps(payload).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
             self.end_headers()
             self.wfile.write(data)
+
+        def _user(self) -> str | None:
+            auth = self.headers.get("Authorization", "")
+            if auth.startswith("Bearer "):
+                return state.tokens.get(auth.removeprefix("Bearer ").strip())
+            for part in self.headers.get("Cookie", "").split(";"):
+                name, _, value = part.strip().partition("=")
+                if name == "oauth2_proxy_kubeflow" and value in state.sessions:
+                    return state.sessions[value]
+            return None
 
         def _handle(self, method: str) -> None:
             parts = urlsplit(self.path)
@@ -110,34 +159,69 @@ def _handler(state: StandInKfp) -> type[BaseHTTPRequestHandler]:
                 body = _multipart(ctype, raw)
             elif raw:
                 body = json.loads(raw)
-            state.requests.append(Request(method, parts.path, query, body))
-            path = parts.path
+            state.requests.append(Request(method, parts.path, query, body,
+                                         {k.lower(): v for k, v in self.headers.items()}))
+            user = self._user()
+            if state.multi_user and user is None:
+                # Kubeflow's gateway (oauth2-proxy) sends a browser without a session to the login.
+                self.send_response(302)
+                self.send_header("Location", f"/oauth2/start?rd={quote(self.path)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            if not parts.path.startswith(state.prefix + API):
+                return self._send(404, {"error": "Not Found", "code": 5, "message": "Not Found"})
+            path = parts.path[len(state.prefix):]
             for (m, suffix), (status, message) in state.reject.items():
                 if m == method and path == API + suffix:
                     return self._send(status, {"error": message, "code": 3, "message": message})
             try:
-                status, payload = self._route(method, path, query, body)
+                status, payload = self._route(method, path, query, body, user)
+            except _ApiError as e:
+                status, payload = e.status, {"error": e.message, "code": e.code, "message": e.message}
             except KeyError as e:
                 status, payload = 404, {"error": f"not found: {e}", "code": 5, "message": f"not found: {e}"}
             self._send(status, payload)
 
-        def _route(self, method: str, path: str, query: dict, body: Any) -> tuple[int, Any]:
+        def _authorize(self, user: str | None, namespace: str | None, verb: str, resource: str) -> None:
+            if not state.multi_user:
+                return
+            if not namespace:
+                raise _ApiError(400, 3, f"Invalid input error: a {resource} needs a namespace in multi-user mode")
+            if namespace not in state.access.get(user or "", set()):
+                raise _ApiError(403, 7, f"User '{user}' is not authorized with reason: no RBAC policy matched "
+                                        f"(request: &ResourceAttributes{{Namespace:{namespace},Verb:{verb},"
+                                        f"Group:pipelines.kubeflow.org,Resource:{resource}}})")
+
+        def _visible(self, pipeline: dict[str, Any], user: str | None) -> bool:
+            ns = pipeline.get("namespace")
+            return not state.multi_user or not ns or ns in state.access.get(user or "", set())
+
+        def _route(self, method: str, path: str, query: dict, body: Any, user: str | None) -> tuple[int, Any]:
+            ns = query.get("namespace", [None])[0] or None
             if method == "GET" and path == f"{API}/healthz":
-                return 200, {"multi_user": False, "pipeline_store": "database"}
+                return 200, {"commit_sha": "0123abc", "tag_name": state.version, "multi_user": state.multi_user,
+                             "pipeline_store": "database"}
             if method == "GET" and path == f"{API}/pipelines":
+                if ns:
+                    self._authorize(user, ns, "list", "pipelines")
                 name = _display_name_filter(query)
-                found = [p for p in state.pipelines.values() if name is None or p["display_name"] == name]
+                found = [p for p in state.pipelines.values() if (name is None or p["display_name"] == name)
+                         and p.get("namespace") in (None, ns)]
                 return 200, {"pipelines": found, "total_size": len(found)}
             if method == "POST" and path == f"{API}/pipelines/upload":
+                if ns:
+                    self._authorize(user, ns, "create", "pipelines")
                 name = query["name"][0]
                 pid = str(uuid.uuid4())
-                state.pipelines[pid] = {"pipeline_id": pid, "display_name": name, "name": name}
+                state.pipelines[pid] = {"pipeline_id": pid, "display_name": name, "name": name,
+                                        **({"namespace": ns} if ns else {})}
                 state.versions[pid] = [{"pipeline_id": pid, "pipeline_version_id": str(uuid.uuid4()),
                                         "display_name": name, "name": name}]
                 return 200, state.pipelines[pid]
             if method == "POST" and path == f"{API}/pipelines/upload_version":
                 pid = query["pipelineid"][0]
-                if pid not in state.pipelines:
+                if pid not in state.pipelines or not self._visible(state.pipelines[pid], user):
                     raise KeyError(pid)
                 name = query["name"][0]
                 v = {"pipeline_id": pid, "pipeline_version_id": str(uuid.uuid4()), "display_name": name,
@@ -146,21 +230,35 @@ def _handler(state: StandInKfp) -> type[BaseHTTPRequestHandler]:
                 return 200, v
             if method == "GET" and path.startswith(f"{API}/pipelines/") and path.endswith("/versions"):
                 pid = path[len(f"{API}/pipelines/"):-len("/versions")]
+                if not self._visible(state.pipelines[pid], user):
+                    raise KeyError(pid)
                 newest_first = list(reversed(state.versions[pid]))
                 return 200, {"pipeline_versions": newest_first, "total_size": len(newest_first)}
             if method == "GET" and path == f"{API}/experiments":
+                self._authorize(user, ns, "list", "experiments")
                 name = _display_name_filter(query)
-                found = [e for e in state.experiments.values() if name is None or e["display_name"] == name]
+                found = [e for e in state.experiments.values() if (name is None or e["display_name"] == name)
+                         and (not state.multi_user or e.get("namespace") == ns)]
                 return 200, {"experiments": found, "total_size": len(found)}
             if method == "POST" and path == f"{API}/experiments":
+                if state.multi_user and not body.get("namespace"):
+                    raise _ApiError(400, 3, "Invalid input error: An experiment cannot have an empty namespace "
+                                            "in multi-user mode")
+                self._authorize(user, body.get("namespace"), "create", "experiments")
                 eid = str(uuid.uuid4())
-                state.experiments[eid] = {"experiment_id": eid, "display_name": body["display_name"]}
+                state.experiments[eid] = {"experiment_id": eid, "display_name": body["display_name"],
+                                          "namespace": body.get("namespace") or ""}
                 return 200, state.experiments[eid]
-            if method == "POST" and path == f"{API}/runs":
-                run = {**body, "run_id": str(uuid.uuid4()), "state": "PENDING"}
-                state.runs.append(run)
-                return 200, run
-            if method == "POST" and path == f"{API}/recurringruns":
+            if method == "POST" and path in (f"{API}/runs", f"{API}/recurringruns"):
+                exp = state.experiments.get(body.get("experiment_id") or "")
+                if state.multi_user:
+                    if exp is None:
+                        raise _ApiError(400, 3, "Invalid input error: a run needs an experiment in multi-user mode")
+                    self._authorize(user, exp["namespace"], "create", path.rsplit("/", 1)[1])
+                if path.endswith("/runs"):
+                    run = {**body, "run_id": str(uuid.uuid4()), "state": "PENDING"}
+                    state.runs.append(run)
+                    return 200, run
                 job = {**body, "recurring_run_id": str(uuid.uuid4()), "status": "ENABLED"}
                 state.recurring_runs.append(job)
                 return 200, job
@@ -192,8 +290,12 @@ def kfp_api() -> Iterator[StandInKfp]:
 
 @pytest.fixture(autouse=True)
 def _isolated_kfp_context(tmp_path, monkeypatch):
-    """kfp.Client reads and may write ~/.config/kfp/context.json: keep it away from the real home."""
+    """kfp.Client reads and may write ~/.config/kfp/context.json, and credentials come from the environment:
+    keep both away from the real ones."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for name in ("KF_PIPELINES_TOKEN", "KF_PIPELINES_COOKIES"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(tmp_path / "no-sa-token"))
     import kfp.client.client as kc
 
     monkeypatch.setattr(kc.Client, "_LOCAL_KFP_CONTEXT", str(tmp_path / "home" / "kfp-context.json"))
@@ -336,4 +438,144 @@ def test_bad_hyperparameter_fails_before_contacting_the_host(kfp_api: StandInKfp
     res = CliRunner().invoke(main, ["submit", "--host", kfp_api.url, "--subset-fraction", "3"])
     assert res.exit_code != 0
     assert "subset_fraction" in res.output
+    assert kfp_api.requests == []
+
+
+# ----------------------------------------------------------------------------------- multi-user Kubeflow
+
+
+def _one_error_line(res: Any) -> str:
+    assert res.exit_code != 0, res.output
+    assert "Traceback" not in res.output
+    errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, res.output
+    return errors[0]
+
+
+def test_multi_user_login_with_token_uses_the_namespace_everywhere(kfp_api: StandInKfp) -> None:
+    kfp_api.make_multi_user()
+    res = _invoke("submit", "--host", kfp_api.host, "--namespace", "alice", "--token", "tok-alice",
+                  "--profile", "smoke")
+    assert res.exit_code == 0, res.output
+    assert "tok-alice" not in res.output
+    assert all(r.headers.get("authorization") == "Bearer tok-alice" for r in kfp_api.requests)
+    (upload,) = kfp_api.calls("POST", "/pipelines/upload")
+    assert upload.query["namespace"] == ["alice"]
+    assert [e["namespace"] for e in kfp_api.experiments.values()] == ["alice"]
+    (run,) = kfp_api.runs
+    assert kfp_api.experiments[run["experiment_id"]]["namespace"] == "alice"
+    assert "in namespace alice" in res.output
+
+
+def test_multi_user_schedule_with_session_cookie_from_the_environment(kfp_api: StandInKfp, monkeypatch) -> None:
+    kfp_api.make_multi_user()
+    monkeypatch.setenv("KF_PIPELINES_COOKIES", "oauth2_proxy_kubeflow=sess-alice")
+    res = _invoke("schedule", "--host", kfp_api.host, "--namespace", "alice", "--cron", "0 0 3 * * *")
+    assert res.exit_code == 0, res.output
+    (job,) = kfp_api.recurring_runs
+    assert kfp_api.experiments[job["experiment_id"]]["namespace"] == "alice"
+    assert "sess-alice" not in res.output
+
+
+def test_service_account_token_file_is_used_inside_a_pod(kfp_api: StandInKfp, tmp_path, monkeypatch) -> None:
+    kfp_api.make_multi_user()
+    token = tmp_path / "sa-token"
+    token.write_text("tok-alice\n")
+    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(token))
+    res = _invoke("submit", "--host", kfp_api.host, "--namespace", "alice")
+    assert res.exit_code == 0, res.output
+    assert kfp_api.calls("POST", "/runs")[0].headers["authorization"] == "Bearer tok-alice"
+
+
+def test_missing_token_stops_at_the_login_redirect(kfp_api: StandInKfp) -> None:
+    kfp_api.make_multi_user()
+    line = _one_error_line(CliRunner().invoke(main, ["submit", "--host", kfp_api.host, "--namespace", "alice"]))
+    assert "redirects to a login page (/oauth2/start) with no credentials" in line
+    assert "--token" in line
+    assert [r.path for r in kfp_api.requests] == ["/pipeline/apis/v2beta1/healthz"]  # nothing else was sent
+
+
+def test_wrong_token_stops_at_the_login_redirect_and_is_never_printed(kfp_api: StandInKfp) -> None:
+    kfp_api.make_multi_user()
+    line = _one_error_line(CliRunner().invoke(
+        main, ["submit", "--host", kfp_api.host, "--namespace", "alice", "--token", "tok-stolen-9f2"]))
+    assert "redirects to a login page" in line and "with --token" in line
+    assert "tok-stolen-9f2" not in line
+    assert len(kfp_api.requests) == 1
+
+
+def test_login_page_answered_in_place_of_json_is_named(kfp_api: StandInKfp) -> None:
+    kfp_api.reject.clear()
+    html_server = ThreadingHTTPServer(("127.0.0.1", 0), _login_page_handler())
+    threading.Thread(target=html_server.serve_forever, daemon=True).start()
+    try:
+        host = f"http://127.0.0.1:{html_server.server_address[1]}"
+        line = _one_error_line(CliRunner().invoke(main, ["submit", "--host", host]))
+    finally:
+        html_server.shutdown()
+        html_server.server_close()
+    assert "with a web page (a login page?)" in line
+
+
+def _login_page_handler() -> type[BaseHTTPRequestHandler]:
+    class LoginPage(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            data = b"<!DOCTYPE html><html><body><form action='/dex/auth'>Log in</form></body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    return LoginPage
+
+
+def test_wrong_namespace_is_refused_by_the_server(kfp_api: StandInKfp) -> None:
+    kfp_api.make_multi_user()
+    line = _one_error_line(CliRunner().invoke(
+        main, ["submit", "--host", kfp_api.host, "--namespace", "bob", "--token", "tok-alice"]))
+    assert "(HTTP 403)" in line
+    assert "User 'alice@example.com' is not authorized" in line
+    assert kfp_api.runs == [] and kfp_api.pipelines == {}
+
+
+def test_multi_user_without_namespace_fails_before_any_call(kfp_api: StandInKfp) -> None:
+    kfp_api.make_multi_user()
+    line = _one_error_line(CliRunner().invoke(main, ["submit", "--host", kfp_api.host, "--token", "tok-alice"]))
+    assert "is multi-user: pass --namespace" in line
+    assert [r.path for r in kfp_api.requests] == ["/pipeline/apis/v2beta1/healthz"]
+
+
+@pytest.mark.parametrize("version", ["2.5.0", "2.14.0", "unknown"])
+def test_old_or_unknown_server_version_is_refused_naming_both(kfp_api: StandInKfp, version: str) -> None:
+    kfp_api.version = version
+    line = _one_error_line(CliRunner().invoke(main, ["submit", "--host", kfp_api.host]))
+    assert version in line and "needs 2.15.0 or newer (Kubeflow 1.11+)" in line
+    assert [r.path for r in kfp_api.requests] == [API + "/healthz"]
+
+
+def test_newer_server_version_is_accepted(kfp_api: StandInKfp) -> None:
+    kfp_api.version = "2.17.0"
+    assert _invoke("submit", "--host", kfp_api.host).exit_code == 0
+
+
+def test_unknown_version_passes_with_skip_version_check(kfp_api: StandInKfp) -> None:
+    kfp_api.version = "unknown"
+    assert _invoke("submit", "--host", kfp_api.host, "--skip-version-check").exit_code == 0
+
+
+def test_credentials_in_the_host_url_are_refused_and_never_printed(kfp_api: StandInKfp) -> None:
+    host = kfp_api.url.replace("http://", "http://user:TOKEN-d1e2@")
+    line = _one_error_line(CliRunner().invoke(main, ["submit", "--host", host]))
+    assert "carries credentials" in line and "TOKEN-d1e2" not in line
+    assert kfp_api.requests == []
+
+
+def test_tracking_uri_with_a_password_is_not_sent_as_a_parameter(kfp_api: StandInKfp) -> None:
+    line = _one_error_line(CliRunner().invoke(
+        main, ["submit", "--host", kfp_api.url, "--tracking-uri", "http://mlf:PASS-77@mlflow:5000"]))
+    assert "tracking_uri" in line and "PASS-77" not in line
     assert kfp_api.requests == []

@@ -134,6 +134,18 @@ TAG_STAGE = "polydistill.stage"
 TAG_GAME = "polydistill.game"
 TAG_KFP_RUN_ID = "kfp.run_id"
 TAG_PARENT = "mlflow.parentRunId"  # what mlflow.start_run(parent_run_id=...) sets
+#: Set on the parent run by the first stage that fails, and by ``end-run`` when no stage said why.
+TAG_FAILED_TASK = "polydistill.failed_task"
+TAG_ERROR = "polydistill.error"
+_ERROR_CHARS = 500  # MLflow tag values hold 8,000 characters; the cause fits in a line
+
+#: Final states of a pipeline run as the runners report them (``PipelineTaskFinalStatus.state``). The KFP
+#: backend reports the MLMD execution state of the exit handler's DAG: ``Execution_State`` names COMPLETE,
+#: CACHED, FAILED, CANCELED (``backend/src/v2/driver/resolve.go``, ``GetLastKnownState().String()``; its own
+#: MLflow plugin maps COMPLETE and CACHED to FINISHED, ``backend/src/v2/common/plugins/mlflow/config.go``);
+#: kfp's local runner reports SUCCEEDED or FAILED (``kfp/local/orchestrator/orchestrator_utils.py``).
+_SUCCEEDED_STATES = frozenset({"SUCCEEDED", "COMPLETE", "CACHED"})
+_CANCELLED_STATES = frozenset({"CANCELED", "CANCELLED"})
 # Parent tags copied onto each child so a child run can be found by pipeline run id or profile alone.
 _INHERITED_TAGS = (TAG_KFP_RUN_ID, TAG_PROFILE, TAG_GAMES)
 
@@ -456,17 +468,55 @@ def start_pipeline_run(
         return ""
 
 
-def end_pipeline_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
-    """Mark a parent run ended with ``status`` (FINISHED, FAILED or KILLED); no-op for an empty id."""
+def run_outcome(state: str) -> str:
+    """The MLflow status of a pipeline run from its final state as either runner reports it: FINISHED for
+    the backend's COMPLETE/CACHED and the local runner's SUCCEEDED, KILLED for CANCELED, FAILED otherwise."""
+    state = str(state).strip().upper()
+    if state in _SUCCEEDED_STATES:
+        return "FINISHED"
+    if state in _CANCELLED_STATES:
+        return "KILLED"
+    return "FAILED"
+
+
+def one_line_error(exc: BaseException | str) -> str:
+    """``Type: message`` on one line, secrets redacted, at most a few hundred characters."""
+    text = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+    text = " ".join(redact_text(str(text), _secret_values()).split())
+    return text if len(text) <= _ERROR_CHARS else text[: _ERROR_CHARS - 3] + "..."
+
+
+def end_pipeline_run(tracking_uri: str, run_id: str, status: str = "FINISHED", failed_task: str = "",
+                     error: str = "") -> dict[str, str]:
+    """Mark a parent run ended with ``status`` (FINISHED, FAILED or KILLED); no-op for an empty id.
+
+    A run ending FAILED carries :data:`TAG_FAILED_TASK` and :data:`TAG_ERROR`: the first failing stage sets
+    them (:class:`StageRun`); when none did (a pod killed from outside), the stage runs still open or failed
+    are named, and else ``failed_task``/``error`` (what the runner's final status says). Returns the failure
+    tags the run ends with (empty unless FAILED)."""
     if status not in ("FINISHED", "FAILED", "KILLED"):
         raise ValueError(f"status must be FINISHED, FAILED or KILLED, got {status!r}")
     if not run_id:
-        return
+        return {}
     try:
         _check_reachable(tracking_uri)
-        _client(tracking_uri).set_terminated(run_id, status=status)
+        client = _client(tracking_uri)
+        tags: dict[str, str] = {}
+        if status == "FAILED":
+            parent = client.get_run(run_id)
+            tags = {k: parent.data.tags[k] for k in (TAG_FAILED_TASK, TAG_ERROR) if k in parent.data.tags}
+            if TAG_FAILED_TASK not in tags:
+                stuck = [r.info.run_name for r in client.search_runs(
+                    [parent.info.experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{run_id}'",
+                    max_results=200) if r.info.status in ("FAILED", "RUNNING", "KILLED")]
+                tags = {TAG_FAILED_TASK: ", ".join(sorted(stuck)) or failed_task or "unknown",
+                        TAG_ERROR: one_line_error(error or "no stage recorded an error (killed from outside?)")}
+                _log_tags_batched(client, run_id, tags)
+        client.set_terminated(run_id, status=status)
+        return tags
     except Exception as e:
         _warn_failure(tracking_uri, f"ending run {run_id}", e, "the run stays open in MLflow")
+        return {}
 
 
 def _log_params_batched(client: Any, run_id: str, params: Mapping[str, str]) -> None:
@@ -606,7 +656,24 @@ class StageRun:
             status = "KILLED"
         else:
             status = "FAILED"
+            if exc is not None:
+                self.record_failure(exc)
         self.end(status)
+
+    def record_failure(self, exc: BaseException) -> None:
+        """Tag this run, and its parent unless an earlier stage already did, with this stage's name and the
+        error on one line: what ``end-run`` reports for a failed pipeline run."""
+        error = one_line_error(exc)
+
+        def tag() -> None:
+            self._client.set_tag(self._run_id, TAG_ERROR, error)
+            if self.parent_run_id:
+                parent = self._client.get_run(self.parent_run_id)
+                if TAG_FAILED_TASK not in parent.data.tags:
+                    _log_tags_batched(self._client, self.parent_run_id,
+                                      {TAG_FAILED_TASK: self.run_name, TAG_ERROR: error})
+
+        self._call("recording the stage's failure", tag)
 
     # -- error handling
 

@@ -54,7 +54,8 @@ def pipeline_options(fn: Callable) -> Callable:
                            "default: $MLFLOW_TRACKING_URI of the pods).")(fn)
     fn = click.option("--store", "store_uri", default=None,
                       help="Object store for datasets: s3://bucket/prefix or file:///path (local default: "
-                           "file://RUN_DIR/store; cluster default: s3://polydistill).")(fn)
+                           "file://RUN_DIR/store; on Kubeflow: s3://mlpipeline/private/NAMESPACE/polydistill; "
+                           "standalone overlay: s3://polydistill).")(fn)
     fn = click.option("--games", multiple=True,
                       help="Games, repeated or comma-separated (--games Pong,Breakout) [the profile's].")(fn)
 
@@ -156,6 +157,18 @@ def kubeflow_options(fn: Callable) -> Callable:
         click.option("--minio-endpoint", default=None,
                      help="host:port of MinIO for the steps [$MINIO_ENDPOINT from polydistill-config]."),
         click.option("--service-account", default=None, help="Kubernetes ServiceAccount the run uses."),
+        click.option("--namespace", default=None,
+                     help="Kubeflow profile namespace for the experiment, pipeline and run (required on a "
+                          "multi-user Kubeflow) [inside a pod: the pod's namespace]."),
+        click.option("--token", default=None,
+                     help="Bearer token for a multi-user Kubeflow [$KF_PIPELINES_TOKEN]; never printed."),
+        click.option("--token-file", type=click.Path(dir_okay=False), default=None,
+                     help="File holding the bearer token [inside a pod: $KF_PIPELINES_SA_TOKEN_PATH or "
+                          "/var/run/secrets/kubeflow/pipelines/token]."),
+        click.option("--cookies", default=None,
+                     help="Session cookies of a logged-in browser, 'name=value; ...' [$KF_PIPELINES_COOKIES]."),
+        click.option("--skip-version-check", is_flag=True, default=False,
+                     help="Submit even when the server does not report its version (dev builds)."),
     ]
     for d in reversed(decorators):
         fn = d(fn)
@@ -181,23 +194,39 @@ def _profile_for(variant: str, profile: str | None) -> str:
     return profile or ("paper" if variant == "polydistill-paper" else "cpu")
 
 
+def _target(host: str, namespace: str | None, token: str | None, token_file: str | None, cookies: str | None,
+            skip_version_check: bool) -> Any:
+    from polydistill_kfp.submit import KubeflowError, Target, resolve_credentials
+
+    try:
+        creds = resolve_credentials(token, token_file, cookies)
+    except KubeflowError as e:
+        fail(str(e))
+    return Target(host, namespace, creds, skip_version_check)
+
+
 @main.command("submit")
 @host_option
 @click.option("--run-name", default=None, help="Name of the run [<pipeline> <version>].")
 @kubeflow_options
 def submit_cmd(host: str, profile: str | None, variant: str, pipeline_name: str | None,
                version_name: str | None, minio_endpoint: str | None, service_account: str | None,
-               run_name: str | None, games: list[str], store_uri: str | None, tracking_uri: str | None,
-               experiment: str | None, params: dict[str, Any]) -> None:
-    """Upload the pipeline (or a new version of it) to Kubeflow and start a run."""
+               namespace: str | None, token: str | None, token_file: str | None, cookies: str | None,
+               skip_version_check: bool, run_name: str | None, games: list[str], store_uri: str | None,
+               tracking_uri: str | None, experiment: str | None, params: dict[str, Any]) -> None:
+    """Upload the pipeline (or a new version of it) to Kubeflow and start a run.
+
+    The host is checked first: its health, a login page in the way, its KFP version (2.15 or newer), and on a
+    multi-user Kubeflow the namespace; then every call goes to that namespace."""
     games = _check_games(games)
     _check_params(_profile_for(variant, profile), params)
     _import_kfp()
     from polydistill_kfp.submit import KubeflowError, submit
 
+    target = _target(host, namespace, token, token_file, cookies, skip_version_check)
     args = _arguments(profile, games, store_uri, tracking_uri, minio_endpoint, experiment, params)
     try:
-        sub = submit(host, args, experiment=experiment or "polydistill", variant=variant,
+        sub = submit(target, args, experiment=experiment or "polydistill", variant=variant,
                      pipeline_name=pipeline_name, version_name=version_name, run_name=run_name,
                      service_account=service_account)
     except KubeflowError as e:
@@ -205,7 +234,7 @@ def submit_cmd(host: str, profile: str | None, variant: str, pipeline_name: str 
     up = sub.upload
     click.echo(f"{'uploaded pipeline' if up.created_pipeline else 'uploaded version'} "
                f"{up.pipeline_name!r} version {up.version_name!r}")
-    click.echo(f"started run {sub.run_id}: {sub.url()}")
+    click.echo(f"started run {sub.run_id}{f' in namespace {sub.namespace}' if sub.namespace else ''}: {sub.url()}")
 
 
 @main.command("schedule")
@@ -217,9 +246,11 @@ def submit_cmd(host: str, profile: str | None, variant: str, pipeline_name: str 
               help="Runs of this schedule allowed at the same time.")
 @kubeflow_options
 def schedule_cmd(host: str, profile: str | None, variant: str, pipeline_name: str | None,
-                 version_name: str | None, minio_endpoint: str | None, service_account: str | None, cron: str,
-                 job_name: str | None, max_concurrency: int, games: list[str], store_uri: str | None,
-                 tracking_uri: str | None, experiment: str | None, params: dict[str, Any]) -> None:
+                 version_name: str | None, minio_endpoint: str | None, service_account: str | None,
+                 namespace: str | None, token: str | None, token_file: str | None, cookies: str | None,
+                 skip_version_check: bool, cron: str, job_name: str | None, max_concurrency: int,
+                 games: list[str], store_uri: str | None, tracking_uri: str | None, experiment: str | None,
+                 params: dict[str, Any]) -> None:
     """Upload the pipeline (or a new version of it) and create a recurring run on a cron schedule."""
     games = _check_games(games)
     _check_params(_profile_for(variant, profile), params)
@@ -230,9 +261,10 @@ def schedule_cmd(host: str, profile: str | None, variant: str, pipeline_name: st
         validate_cron(cron)  # before compiling or contacting anything
     except KubeflowError as e:
         raise click.BadParameter(str(e), param_hint="--cron") from None
+    target = _target(host, namespace, token, token_file, cookies, skip_version_check)
     args = _arguments(profile, games, store_uri, tracking_uri, minio_endpoint, experiment, params)
     try:
-        sub = schedule(host, cron, args, experiment=experiment or "polydistill", variant=variant,
+        sub = schedule(target, cron, args, experiment=experiment or "polydistill", variant=variant,
                        pipeline_name=pipeline_name, version_name=version_name, job_name=job_name,
                        max_concurrency=max_concurrency, service_account=service_account)
     except KubeflowError as e:

@@ -1,0 +1,147 @@
+"""Check a compiled pipeline (KFP IR YAML) against what the Kubeflow Pipelines backend really runs.
+
+kfp's local runner resolves every construct in Python and accepts DAGs that the backend's Go driver breaks or
+rejects, so the compiled YAML is judged here against the backend's own source (kubeflow/pipelines, read at
+the tags named below). Two kinds of finding:
+
+- **broken**: the backend mishandles the construct on every release this project supports; the pipeline must
+  not use it. A list-typed artifact input that a task inside a sub-DAG takes from that DAG's inputs
+  receives only the last artifact: ``GetInputArtifactsByExecutionID`` (``backend/src/v2/metadata/
+  client.go``) assigns ``inputs[name] = {Artifacts: [one]}`` per INPUT event, and ``resolveInputs``
+  (``backend/src/v2/driver/resolve.go``) reads a DAG's input artifacts through it (kubeflow/pipelines#13900;
+  fix #13901 unmerged as of 2.17.0). An artifact iterator (``ParallelFor`` over artifacts) fails with
+  "artifact iterator not implemented yet" (resolve.go).
+- **too new**: a construct the backend supports only from some version on; a finding when the target backend
+  is older. ``PipelineTaskFinalStatus`` is "not implemented yet" in 2.5.0's ``driver.go`` and resolved in
+  2.14.0's ``resolve.go``; ``dsl.Collected`` fan-in (``CollectInputs``) first appears in 2.14.0's
+  ``resolve.go``; retries of tasks in nested DAGs are read per task (``task.GetRetryPolicy()``) from 2.14.0's
+  ``argocompiler/container.go`` (2.5.0 looks them up by name in the root DAG); the ``optional`` flag that
+  kfp-kubernetes 2.17 writes for a ConfigMap as env is honoured from 2.15.0's ``driver/k8s.go``.
+
+Kubeflow 1.10 ships KFP 2.5.0, Kubeflow 1.11 ships 2.15.0 (kubeflow/manifests README at v1.10.2 and
+v1.11.0), so :data:`MINIMUM_BACKEND` is 2.15.0.
+
+Use: ``polydistill compile --check`` (``check_file`` on every compiled variant) or :func:`check_file`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+#: The oldest KFP backend the compiled pipelines run on, and the Kubeflow release that ships it.
+MINIMUM_BACKEND = (2, 15, 0)
+MINIMUM_KUBEFLOW = "1.11"
+LIST_ARTIFACT_ISSUE = "kubeflow/pipelines#13900"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One construct the target backend mishandles: where it is, what it is, and the upstream reference."""
+
+    dag: str  # the DAG component holding the task ("root" for the pipeline's own DAG)
+    task: str
+    construct: str
+    reference: str  # the upstream issue or source file that says so
+    since: tuple[int, int, int] | None = None  # None: broken on every supported release
+
+    def __str__(self) -> str:
+        when = "every backend release" if self.since is None else f"backends before {version_text(self.since)}"
+        return f"task {self.task!r} in {self.dag}: {self.construct} ({when}; {self.reference})"
+
+
+def version_text(v: tuple[int, int, int]) -> str:
+    return ".".join(str(x) for x in v)
+
+
+def parse_version(text: str) -> tuple[int, int, int]:
+    """``"2.15.0"``, ``"v2.15"`` or ``"2.15.0-rc.1"`` -> ``(2, 15, 0)``; ValueError otherwise."""
+    core = text.strip().lstrip("vV").split("-", 1)[0].split("+", 1)[0]
+    parts = core.split(".")
+    if not 1 <= len(parts) <= 3 or not all(p.isdigit() for p in parts):
+        raise ValueError(f"not a version: {text!r} (expected e.g. 2.15.0)")
+    nums = [int(p) for p in parts] + [0] * (3 - len(parts))
+    return nums[0], nums[1], nums[2]
+
+
+def load_ir(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pipeline spec and the platform spec (``{}`` if none) of a compiled YAML file."""
+    docs = [d for d in yaml.safe_load_all(Path(path).read_text()) if d]
+    if not docs or "root" not in docs[0]:
+        raise ValueError(f"{path} is not a compiled KFP pipeline (no pipelineSpec root)")
+    platform = next((d for d in docs[1:] if "platforms" in d), {})
+    return docs[0], platform
+
+
+def _dags(spec: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any], Mapping[str, Any]]]:
+    """(name, component spec, dag) of the root and of every DAG component."""
+    yield "root", spec["root"], spec["root"].get("dag", {})
+    for name, comp in spec.get("components", {}).items():
+        if "dag" in comp:
+            yield name, comp, comp["dag"]
+
+
+def _loop_tasks(dag: Mapping[str, Any]) -> set[str]:
+    return {n for n, t in dag.get("tasks", {}).items() if "parameterIterator" in t or "artifactIterator" in t}
+
+
+def check_spec(spec: Mapping[str, Any], platform: Mapping[str, Any] | None = None,
+               backend: tuple[int, int, int] = MINIMUM_BACKEND) -> list[Finding]:
+    """Every construct in ``spec`` that a KFP backend of version ``backend`` breaks or rejects."""
+    found: list[Finding] = []
+    for dag_name, comp, dag in _dags(spec):
+        list_inputs = {n for n, a in comp.get("inputDefinitions", {}).get("artifacts", {}).items()
+                       if a.get("isArtifactList")}
+        loops = _loop_tasks(dag)
+        for task_name, task in dag.get("tasks", {}).items():
+            inputs = task.get("inputs", {})
+            for arg, art in inputs.get("artifacts", {}).items():
+                src = art.get("componentInputArtifact")
+                if dag_name != "root" and src in list_inputs:
+                    found.append(Finding(
+                        dag_name, task_name,
+                        f"list-typed artifact input {arg!r} taken from the DAG's input {src!r} (the backend "
+                        "passes on only its last artifact)", LIST_ARTIFACT_ISSUE))
+            if "artifactIterator" in task:
+                found.append(Finding(dag_name, task_name, "ParallelFor over artifacts",
+                                     "backend/src/v2/driver/resolve.go: artifact iterator not implemented"))
+            if backend < (2, 14, 0):
+                if any("taskFinalStatus" in p for p in inputs.get("parameters", {}).values()):
+                    found.append(Finding(dag_name, task_name, "PipelineTaskFinalStatus input of an exit task",
+                                         "backend 2.5.0 driver.go: TaskFinalStatus not implemented", (2, 14, 0)))
+                producers = [v.get("taskOutputArtifact", {}).get("producerTask")
+                             for v in inputs.get("artifacts", {}).values()]
+                producers += [v.get("taskOutputParameter", {}).get("producerTask")
+                              for v in inputs.get("parameters", {}).values()]
+                if any(p in loops for p in producers):
+                    found.append(Finding(dag_name, task_name, "dsl.Collected fan-in from a ParallelFor",
+                                         "backend 2.14.0 resolve.go: CollectInputs", (2, 14, 0)))
+                if dag_name != "root" and "retryPolicy" in task:
+                    found.append(Finding(dag_name, task_name, "retries of a task in a nested DAG",
+                                         "backend 2.14.0 argocompiler/container.go", (2, 14, 0)))
+        if backend < (2, 14, 0):
+            outputs = dag.get("outputs", {})
+            selectors = [s for o in outputs.get("artifacts", {}).values() for s in o.get("artifactSelectors", [])]
+            selectors += [o.get("valueFromParameter", {}) for o in outputs.get("parameters", {}).values()]
+            for s in selectors:
+                if s.get("producerSubtask") in loops:
+                    found.append(Finding(dag_name, s["producerSubtask"], "dsl.Collected as a DAG output",
+                                         "backend 2.14.0 resolve.go: CollectInputs", (2, 14, 0)))
+    if backend < (2, 15, 0):
+        executors = (platform or {}).get("platforms", {}).get("kubernetes", {}).get(
+            "deploymentSpec", {}).get("executors", {})
+        for executor, cfg in executors.items():
+            if any("optional" in c for c in cfg.get("configMapAsEnv", [])):
+                found.append(Finding("platform spec", executor, "optional ConfigMap as env (kfp-kubernetes 2.17)",
+                                     "backend 2.15.0 driver/k8s.go: configMapAsEnv.Optional", (2, 15, 0)))
+    return found
+
+
+def check_file(path: str | Path, backend: tuple[int, int, int] = MINIMUM_BACKEND) -> list[Finding]:
+    """:func:`check_spec` of a compiled YAML file."""
+    spec, platform = load_ir(path)
+    return check_spec(spec, platform, backend)
