@@ -47,7 +47,8 @@ def _mini_spec(list_input: bool, source: str) -> dict:
         "components": {
             "comp-inner": {
                 "inputDefinitions": {"artifacts": {"models": {
-                    "artifactType": {"schemaTitle": "system.Model"}, **({"isArtifactList": True} if list_input else {})}}},
+                    "artifactType": {"schemaTitle": "system.Model"},
+                    **({"isArtifactList": True} if list_input else {})}}},
                 "dag": {"tasks": {"consume": {"inputs": {"artifacts": {"models": {source: "models"}}}}}},
             },
         },
@@ -110,3 +111,16 @@ def test_load_ir_refuses_what_is_not_a_pipeline(tmp_path: Path) -> None:
     f.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "ConfigMap"}))
     with pytest.raises(ValueError, match="not a compiled KFP pipeline"):
         compat.load_ir(f)
+
+
+def test_compile_check_cli(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from polydistill.cli import main
+
+    ok = CliRunner().invoke(main, ["compile", "--out", str(tmp_path), "--check", "2.15.0"])
+    assert ok.exit_code == 0, ok.output
+    assert "every variant runs on KFP backend 2.15.0" in ok.output
+    old = CliRunner().invoke(main, ["compile", "--out", str(tmp_path), "--check", "2.5.0"])
+    assert old.exit_code != 0
+    assert "PipelineTaskFinalStatus" in old.output and "KFP backend 2.5.0 breaks or rejects" in old.output

@@ -166,7 +166,8 @@ def test_train_teacher(setup: SimpleNamespace, teacher_out: SimpleNamespace) -> 
     # Published for the students, who read it by URI (no list of artifacts crosses into their sub-DAG).
     published = teacher_out.teacher.metadata["store_uri"]
     assert published == f"{setup.out.run_root}/teachers/{GAME}"
-    assert (rt.fetch_dir(published) / "model.pt").read_bytes() == (Path(teacher_out.teacher.path) / "model.pt").read_bytes()
+    model = (Path(teacher_out.teacher.path) / "model.pt").read_bytes()
+    assert (rt.fetch_dir(published) / "model.pt").read_bytes() == model
     # A file store: the working directory is the stable location under the run root.
     work = Path(setup.root / "store" / "runs" / "4242" / "work" / "teacher" / GAME)
     assert (work / "run.json").is_file()

@@ -184,7 +184,10 @@ def test_mlflow_server(rendered, name):
         "mlflow.$(POD_NAMESPACE).svc.cluster.local",
         "mlflow.$(POD_NAMESPACE).svc.cluster.local:5000",
     } <= hosts
-    assert "--serve-artifacts" in args and "--artifacts-destination=s3://mlflow/" in args
+    # Standalone: its own bucket; Kubeflow: the profile's private prefix of mlpipeline, the only place the
+    # profile's key may write (kubeflow/manifests v1.11.0 pipelines-profile-controller/sync.py).
+    destination = {"base": "s3://mlflow/", "local": "s3://mlflow/", "kubeflow": "s3://mlpipeline/private/$(POD_NAMESPACE)/mlflow/"}[name]
+    assert "--serve-artifacts" in args and f"--artifacts-destination={destination}" in args
     env = _resolved_env(server, docs)
     namespace_var = next(v for v in server["env"] if v["name"] == "POD_NAMESPACE")
     assert namespace_var["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
@@ -203,9 +206,8 @@ def test_mlflow_server(rendered, name):
     assert server["image"] == f"ghcr.io/mlflow/mlflow:v{pin.removeprefix('mlflow==')}-full"
 
 
-@pytest.mark.parametrize("name", DEPLOYABLE)
-def test_bucket_job_creates_both_buckets(rendered, name):
-    docs = rendered[name]
+def test_bucket_job_creates_both_buckets(rendered):
+    docs = rendered["local"]
     container = _one(docs, "Job", "polydistill-buckets")["spec"]["template"]["spec"]["containers"][0]
     env = _resolved_env(container, docs)
     script = re.sub(r"\$\{?(\w+)\}?", lambda m: env.get(m[1], m[0]), "\n".join(container["command"]))
@@ -255,6 +257,7 @@ def test_local_overlay_runs_its_own_minio(rendered):
         assert _one(docs, kind, name)
     assert _config(docs)["MINIO_ENDPOINT"] == "minio:9000"
     assert _config(docs)["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert _config(docs)["POLYDISTILL_STORE_URI"] == "s3://polydistill"  # the bucket its Job creates
 
 
 def test_kubeflow_overlay_reuses_kubeflows_minio(rendered):
@@ -263,6 +266,10 @@ def test_kubeflow_overlay_reuses_kubeflows_minio(rendered):
     assert config["MINIO_ENDPOINT"] == "minio-service.kubeflow:9000"
     assert config["MLFLOW_S3_ENDPOINT_URL"] == "http://minio-service.kubeflow:9000"
     assert config["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    # Empty: start-run stores datasets under s3://mlpipeline/private/<namespace>/polydistill.
+    assert config["POLYDISTILL_STORE_URI"] == ""
+    # Kubeflow's buckets: the profile's key may not create any, so nothing here tries.
+    assert not _find(docs, "Job")
     # Kubeflow owns the profile namespace and the object store.
     assert not _find(docs, "Namespace")
     assert not [d for d in docs if d["metadata"]["name"].startswith("minio")]

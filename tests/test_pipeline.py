@@ -155,13 +155,20 @@ def test_every_dag_edge(variant: str) -> None:
     assert inputs["parameters"]["students"]["runtimeValue"]["constant"] == STUDENTS
     assert [s["source"] for s in STUDENTS] == ["subset", "latent"]
     assert [s["label"] for s in STUDENTS] == ["student_subset", "student_latent"]
-    # Both students get the buffers and the latents collected from the per-game loop; the source picks one.
-    for output in ("teachers", "buffers", "latents"):
-        assert inputs["artifacts"][output]["taskOutputArtifact"] == {
-            "outputArtifactKey": output, "producerTask": "per-game"}
-    outputs = spec["components"]["comp-per-game"]["dag"]["outputs"]["artifacts"]
-    assert outputs["latents"]["artifactSelectors"] == [
+    # Both students get every game's record (teacher, buffer, latents by URI) collected from the per-game
+    # loop as a parameter; no artifact enters their sub-DAG (kubeflow/pipelines#13900); the source picks.
+    assert "artifacts" not in inputs
+    assert inputs["parameters"]["game_records"]["taskOutputParameter"] == {
+        "outputParameterKey": "game_records", "producerTask": "per-game"}
+    per_game = spec["components"]["comp-per-game"]["dag"]["outputs"]
+    assert per_game["parameters"]["game_records"]["valueFromParameter"] == {
+        "outputParameterKey": "pipelinechannel--encode-buffer-Output", "producerSubtask": "for-loop-1"}
+    assert per_game["artifacts"]["latents"]["artifactSelectors"] == [
         {"outputArtifactKey": "pipelinechannel--encode-buffer-latents", "producerSubtask": "for-loop-1"}]
+    # The report consumes the lists where they are collected: outputs of the sub-DAGs, in the parent DAG.
+    report = stages["report"]["inputs"]["artifacts"]
+    assert report["students"]["taskOutputArtifact"] == {"outputArtifactKey": "students", "producerTask": "students"}
+    assert report["buffers"]["taskOutputArtifact"] == {"outputArtifactKey": "buffers", "producerTask": "per-game"}
 
 
 def test_gpus_only_in_the_paper_variant() -> None:
@@ -218,7 +225,8 @@ def test_store_tasks_get_minio_credentials_from_the_secret(variant: str) -> None
                 assert secrets == [], component
             (cm,) = cfg["configMapAsEnv"]
             assert cm["configMapName"] == "polydistill-config" and cm["optional"] is True
-            assert {e["envVar"] for e in cm["keyToEnv"]} == {"MINIO_ENDPOINT", "MLFLOW_TRACKING_URI"}
+            assert {e["envVar"] for e in cm["keyToEnv"]} == {"MINIO_ENDPOINT", "MLFLOW_TRACKING_URI",
+                                                             "POLYDISTILL_STORE_URI"}
 
 
 _CREDENTIAL_VALUE = re.compile(

@@ -552,3 +552,33 @@ def test_failure_mid_run_warns_once_and_stage_finishes(
     assert len(_warnings(caplog)) == 1 and "distill/latent" in _warnings(caplog)[0].getMessage()
     hist = _client(mlflow_sqlite_uri).get_metric_history(run.run_id, "loss")
     assert [m.step for m in hist] == [0]
+
+
+def test_failed_run_without_a_failing_stage_names_the_open_ones(mlflow_sqlite_uri: str, mlflow_experiment: str) -> None:
+    """A pod killed from outside leaves its stage run RUNNING and tags nothing: end-run names that stage."""
+    uri = mlflow_sqlite_uri
+    parent = T.start_pipeline_run(uri, mlflow_experiment, run_name="killed", tags={"kfp.run_id": "k1"}, params={})
+    done = T.StageRun(uri, parent, "train-teacher", "Pong")
+    with done:
+        pass
+    T.StageRun(uri, parent, "train-teacher", "Breakout").start()  # never ended: its pod died
+    tags = T.end_pipeline_run(uri, parent, "FAILED", failed_task="stages", error="Task stages failed.")
+    assert tags == {T.TAG_FAILED_TASK: "train-teacher/Breakout", T.TAG_ERROR: "Task stages failed."}
+    from mlflow import MlflowClient
+
+    run = MlflowClient(uri).get_run(parent)
+    assert run.info.status == "FAILED" and run.data.tags[T.TAG_FAILED_TASK] == "train-teacher/Breakout"
+
+
+def test_failing_stage_tags_the_parent_once(mlflow_sqlite_uri: str, mlflow_experiment: str) -> None:
+    uri = mlflow_sqlite_uri
+    parent = T.start_pipeline_run(uri, mlflow_experiment, run_name="failing", tags={"kfp.run_id": "f1"}, params={})
+    for game in ("Pong", "Breakout"):
+        with pytest.raises(RuntimeError), T.StageRun(uri, parent, "export-buffer", game):
+            raise RuntimeError(f"store refused {game}\nsecond line")
+    from mlflow import MlflowClient
+
+    tags = MlflowClient(uri).get_run(parent).data.tags
+    assert tags[T.TAG_FAILED_TASK] == "export-buffer/Pong"  # the first failure, not overwritten
+    assert tags[T.TAG_ERROR] == "RuntimeError: store refused Pong second line"
+    assert T.end_pipeline_run(uri, parent, "FINISHED") == {}

@@ -129,13 +129,29 @@ def run_cmd(profile: str, run_dir: str | None, games: list[str], store_uri: str 
 @main.command("compile")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Directory for the YAML files [the package's pipelines/compiled/].")
-def compile_cmd(out_dir: str | None) -> None:
+@click.option("--check", "backend", default=None, metavar="VERSION",
+              help="Then check each file against what a KFP backend of VERSION runs (e.g. 2.15.0, the minimum); "
+                   "fail naming every construct it would break or reject.")
+def compile_cmd(out_dir: str | None, backend: str | None) -> None:
     """Compile the pipeline variants to KFP YAML: polydistill.yaml (CPU) and polydistill-paper.yaml (GPUs)."""
     _import_kfp()
+    from polydistill_kfp import compat
     from polydistill_kfp.compile import COMPILED_DIR, compile_all
 
+    try:
+        target = compat.parse_version(backend) if backend else None
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--check") from None
+    problems = 0
     for path in compile_all(Path(out_dir) if out_dir else COMPILED_DIR):
         click.echo(str(path))
+        for finding in compat.check_file(path, target) if target else []:
+            problems += 1
+            click.echo(f"  {finding}")
+    if target:
+        if problems:
+            fail(f"{problems} construct(s) that KFP backend {backend} breaks or rejects (listed above)")
+        click.echo(f"every variant runs on KFP backend {backend}")
 
 
 host_option = click.option(
