@@ -474,6 +474,29 @@ def test_s3_work_dir_mirrors_and_restores(s3_env: str, monkeypatch: pytest.Monke
     assert store.list() == []
 
 
+def test_publish_and_fetch_a_checkpoint_through_s3(s3_env: str, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """How the students get a teacher on a cluster: published under the run root, fetched by URI."""
+    src = tmp_path / "checkpoint"
+    (src / "sub").mkdir(parents=True)
+    (src / "model.pt").write_bytes(b"weights")
+    (src / "sub" / "extra.json").write_text("{}")
+    (src / "metadata.json").write_text('{"kind": "teacher"}')
+    uri = f"{s3_env}/runs/7/teachers/Pong"
+    order: list[str] = []
+    from polydistill import store as S
+
+    real = S.S3Store.put_file
+    monkeypatch.setattr(S.S3Store, "put_file", lambda self, key, path: (order.append(key), real(self, key, path)))
+    assert rt.publish_dir(src, uri) == uri
+    assert order[-1] == "metadata.json"  # last: a reader that finds it finds the whole checkpoint
+    got = rt.fetch_dir(uri)
+    assert got != src
+    assert sorted(p.relative_to(got).as_posix() for p in got.rglob("*") if p.is_file()) == [
+        "metadata.json", "model.pt", "sub/extra.json"]
+    assert (got / "model.pt").read_bytes() == b"weights"
+
+
 def test_work_dir_context_syncs_on_failure_and_cleans_up_on_success(s3_env: str) -> None:
     uri = f"{s3_env}/work/distill/subset"
     with pytest.raises(RuntimeError, match="boom"), rt.work_dir(uri, sync_seconds=3600) as wd:
