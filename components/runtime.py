@@ -50,6 +50,47 @@ DEFAULT_SYNC_SECONDS = 300.0
 LOOP_THREADS_ENV = "POLYDISTILL_LOOP_THREADS"
 # Uploaded last, so a reader of the mirror never follows a pointer to a half-uploaded resume point.
 _POINTER_FILES = ("LATEST", "run.json")
+#: The keys under a mirrored directory, written after them: readers never list the prefix, since a key scoped
+#: to a prefix may not (ListObjects needs s3:ListBucket on the bucket, which Kubeflow's per-profile policy
+#: does not grant: kubeflow/manifests v1.11.0 pipelines-profile-controller/sync.py).
+INDEX_KEY = "polydistill-index.json"
+
+
+def _read_index(store: Any) -> list[str]:
+    """The keys a mirror's index names ([] when there is no index yet)."""
+    from polydistill.store import ObjectNotFoundError
+
+    try:
+        data = json.loads(store.get_bytes(INDEX_KEY))
+    except ObjectNotFoundError:
+        return []
+    keys = data.get("keys") if isinstance(data, dict) else None
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise ValueError(f"{store.uri}/{INDEX_KEY} is not an index of keys")
+    return keys
+
+
+def _write_index(store: Any, keys: list[str]) -> None:
+    store.put_bytes(INDEX_KEY, json.dumps({"keys": sorted(keys)}).encode())
+
+
+def _delete_all(store: Any, keys: list[str]) -> int:
+    """Delete ``keys``; returns how many could not be, because the key may not delete: Kubeflow's
+    per-profile policy grants ``s3:Put*``, ``s3:Get*`` and ``s3:List*`` but no ``s3:DeleteObject``
+    (kubeflow/manifests v1.11.0 sync.py). Stale objects are harmless once the index no longer names them."""
+    from polydistill.store import StoreAccessDeniedError
+
+    kept = 0
+    for key in keys:
+        try:
+            store.delete(key)
+        except StoreAccessDeniedError:
+            kept += 1
+    if kept:
+        log.warning("%d objects under %s stay: this key may not delete (on Kubeflow the profile's policy "
+                    "grants no s3:DeleteObject; the bucket's lifecycle rules or an admin remove them)",
+                    kept, store.uri)
+    return kept
 
 
 def setup(minio_endpoint: str = "", in_loop: bool = False) -> None:
@@ -164,7 +205,7 @@ class WorkDir:
         if not self.remote:
             return 0
         store = self._open()
-        keys = store.list()
+        keys = _read_index(store)
         for key in keys:
             dest = self.path / key
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -190,9 +231,12 @@ class WorkDir:
             st = files[key].stat()
             store.put_file(key, files[key])
             self._synced[key] = (st.st_size, st.st_mtime_ns)
-        gone = [k for k in store.list() if k not in files]
+        before = _read_index(store)
+        if changed or sorted(before) != sorted(files):
+            _write_index(store, list(files))  # after the files it names, before the old ones go
+        gone = [k for k in before if k not in files]
+        _delete_all(store, gone)
         for key in gone:
-            store.delete(key)
             self._synced.pop(key, None)
         self._last_sync = time.monotonic()
         if changed or gone:
@@ -211,8 +255,10 @@ class WorkDir:
         """Remove the remote mirror (the task succeeded; its outputs are in artifacts and the store)."""
         if self.remote:
             store = self._open()
-            for key in store.list():
-                store.delete(key)
+            if _delete_all(store, _read_index(store)):
+                _write_index(store, [])  # what stays is no resume point for a later attempt
+            else:
+                _delete_all(store, [INDEX_KEY])
             shutil.rmtree(self.path, ignore_errors=True)
 
 
@@ -352,6 +398,7 @@ def publish_dir(src: str | Path, uri: str) -> str:
     last = [(k, p) for k, p in files if k == "metadata.json"]
     store.put_files([(k, p) for k, p in files if k != "metadata.json"])
     store.put_files(last)
+    _write_index(store, [k for k, _ in files])
     return uri
 
 
@@ -365,7 +412,10 @@ def fetch_dir(uri: str) -> Path:
 
     store = open_store(uri)
     dest = Path(tempfile.mkdtemp(prefix="polydistill-fetch-"))
-    for key in store.list():
+    keys = _read_index(store)
+    if not keys:
+        raise FileNotFoundError(f"nothing published at {uri} (no {INDEX_KEY})")
+    for key in keys:
         target = dest / key
         target.parent.mkdir(parents=True, exist_ok=True)
         store.get_file(key, target)

@@ -451,7 +451,7 @@ def test_s3_work_dir_mirrors_and_restores(s3_env: str, monkeypatch: pytest.Monke
     monkeypatch.setattr(store, "put_file", lambda key, path: (uploaded.append(key), real_put(key, path)))
     wd.sync()
     assert uploaded == ["resume/step-1/state.pt", "resume/LATEST", "run.json"]  # pointers last
-    assert store.list() == ["resume/LATEST", "resume/step-1/state.pt", "run.json"]  # hidden ones not
+    assert store.list() == ["polydistill-index.json", "resume/LATEST", "resume/step-1/state.pt", "run.json"]
 
     # A new resume point replaces the old one; only the changes travel.
     uploaded.clear()
@@ -462,7 +462,7 @@ def test_s3_work_dir_mirrors_and_restores(s3_env: str, monkeypatch: pytest.Monke
         p.unlink()
     wd.maybe_sync({"loss": 1.0}, 10)
     assert uploaded == ["resume/step-2/state.pt", "resume/LATEST"]
-    assert store.list() == ["resume/LATEST", "resume/step-2/state.pt", "run.json"]
+    assert store.list() == ["polydistill-index.json", "resume/LATEST", "resume/step-2/state.pt", "run.json"]
 
     # A retry in a fresh pod: an empty local directory restored from the mirror.
     again = rt.WorkDir(uri)
@@ -504,7 +504,7 @@ def test_work_dir_context_syncs_on_failure_and_cleans_up_on_success(s3_env: str)
         raise RuntimeError("boom")
     from polydistill.store import open_store
 
-    assert open_store(uri).list() == ["run.json"]  # left for the retry
+    assert open_store(uri).list() == ["polydistill-index.json", "run.json"]  # left for the retry
     with rt.work_dir(uri) as wd:
         assert (wd.path / "run.json").read_text() == "{}"
     assert open_store(uri).list() == []  # success: the mirror is removed

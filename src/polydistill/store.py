@@ -133,6 +133,10 @@ class StoreAuthError(StoreError):
     """The server rejected the credentials (wrong access key or secret key, or no permission)."""
 
 
+class StoreAccessDeniedError(StoreAuthError):
+    """Valid credentials that may not do this here (S3 ``AccessDenied``), e.g. a key scoped to a prefix."""
+
+
 class StoreUnreachableError(StoreError):
     """The server could not be reached (connection refused, DNS failure, timeout) after all retries."""
 
@@ -580,9 +584,17 @@ def _make_client(settings: S3Settings) -> Minio:
         secret_key=settings.secret_key,
         session_token=settings.session_token,
         secure=settings.secure,
-        region=settings.region,
+        region=settings.region or _default_region(settings.endpoint),
         http_client=http,
     )
+
+
+def _default_region(endpoint: str) -> str | None:
+    """The region to sign with when none is set: None on AWS (minio asks the bucket), else ``us-east-1``, the
+    region MinIO and SeaweedFS use by default. Asking costs a GetBucketLocation, which a key scoped to a
+    prefix may not make (Kubeflow's per-profile keys): every request of such a key would be refused."""
+    host = endpoint.rsplit("@", 1)[-1].split(":", 1)[0].lower()
+    return None if host == "amazonaws.com" or host.endswith(".amazonaws.com") else "us-east-1"
 
 
 # S3/MinIO bucket naming rules (what MinIO enforces); checked here so a typo is not reported as "missing".
@@ -677,7 +689,15 @@ class S3Store(ObjectStore):
         return f"S3Store({self.uri!r}, endpoint={self.endpoint_url!r})"
 
     def _ensure_bucket(self, create: bool) -> None:
-        if self._call("check bucket", "", lambda: self._client.bucket_exists(self.bucket)):
+        try:
+            if self._call("check bucket", "", lambda: self._client.bucket_exists(self.bucket)):
+                return
+        except StoreAccessDeniedError:
+            if not self.prefix:
+                raise
+            # A key scoped to a prefix may not look at the bucket itself (HeadBucket needs s3:ListBucket on
+            # the bucket), as Kubeflow's per-profile keys: its objects say whether it may use them.
+            logger.debug("not allowed to check bucket %s; using prefix %s as it is", self.bucket, self.prefix)
             return
         if not create:
             raise BucketNotFoundError(
@@ -846,9 +866,14 @@ class S3Store(ObjectStore):
             elif code in ("InvalidToken", "ExpiredToken"):
                 fix = f"the session token is invalid or expired: refresh or unset {SESSION_TOKEN_VAR}"
             elif code in _AUTH_CODES:
-                fix = (
-                    f"access denied: check {ACCESS_KEY_VARS[0]}/{SECRET_KEY_VARS[0]} and that this user "
-                    f"may read and write bucket {self.bucket!r}"
+                prefix = f"{self.prefix}/" if self.prefix else ""
+                return False, StoreAccessDeniedError(
+                    f"{op} {where} at {endpoint} was refused ({detail}): access denied to bucket "
+                    f"{self.bucket!r}, prefix {prefix!r}: check {ACCESS_KEY_VARS[0]}/{SECRET_KEY_VARS[0]} and that "
+                    "this key may read and write there. On Kubeflow 1.11 a profile's key (Secret "
+                    "mlpipeline-minio-artifact) may only use mlpipeline/private/<namespace>/, mlpipeline/shared/ "
+                    "and the artifact prefixes, and create no bucket: use "
+                    "s3://mlpipeline/private/NAMESPACE/polydistill (the pipeline's default on Kubeflow)"
                 )
             else:
                 fix = ""
