@@ -301,12 +301,14 @@ def test_smoke_dag_end_to_end_on_the_local_runner(tmp_path: Path) -> None:
     for name in ("report.html", "report.json"):
         assert (run_dir / "report" / name).is_file()
 
-    # The datasets in the store: a buffer and a latent dataset per game.
+    # The store: a teacher checkpoint (what the students load), a buffer and a latent dataset per game.
     store = run_dir / "store" / "runs"
     (run_root,) = list(store.iterdir())
     for kind in ("buffers", "latents"):
         for game in games:
             assert (run_root / kind / game / "manifest.json").is_file(), (kind, game)
+    for game in games:
+        assert (run_root / "teachers" / game / "metadata.json").is_file(), game
 
     # MLflow: one parent run (ended) and a child run per task under it.
     client = MlflowClient(tracking_uri)
@@ -325,6 +327,12 @@ def test_smoke_dag_end_to_end_on_the_local_runner(tmp_path: Path) -> None:
                          "evaluate/student_latent", "evaluate/random"])
     assert names == expected
     assert all(r.info.status == "FINISHED" for r in children)
+    # Both students from every game's teacher, side by side (the students' loop runs its iterations at once).
+    students = {r.info.run_name: r for r in children if r.info.run_name.startswith("distill/")}
+    for run in students.values():
+        assert {k.split(".", 1)[1] for k in run.data.params if k.startswith("datasets.")} == set(games), run.data.params
+    subset, latent = students["distill/subset"].info, students["distill/latent"].info
+    assert subset.start_time < latent.end_time and latent.start_time < subset.end_time
     teacher_run = next(r for r in children if r.info.run_name == "train-teacher/Pong")
     assert teacher_run.data.params["total_steps"] == "1000"
     assert any(k.startswith("geo_mean_pct/") or k.startswith("score/") for k in parent.data.metrics)
