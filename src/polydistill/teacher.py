@@ -47,9 +47,9 @@ from .checkpoint import (
 )
 from .config import TeacherConfig
 from .envs import EpisodeStats, action_meanings, canonical_game, make_vector_env, observation_spec
-from .networks import DuelingQNetwork, make_adam, pick_device
+from .networks import DeviceError, DuelingQNetwork, make_adam, pick_device
 from .progress import MetricsCallback, progress
-from .replay import FrameReplay, StepRecorder
+from .replay import FrameReplay, StepRecorder, check_memory, replay_bytes
 from .store import open_store
 
 log = logging.getLogger(__name__)
@@ -209,13 +209,26 @@ def train_teacher(
     """
     game = canonical_game(game)  # fails fast on unknown names
     out = Path(out_dir)
-    resuming = _prepare_out_dir(out, game, cfg)
     if cfg.record_steps > cfg.buffer_size:
         raise TeacherRunError(
             f"record_steps={cfg.record_steps} exceeds buffer_size={cfg.buffer_size}: the recorded states "
-            f"come "
-            f"from the replay memory; raise buffer_size or lower record_steps"
+            f"come from the replay memory; raise buffer_size or lower record_steps"
         )
+    # Everything that can be refused is refused before run.json exists: a refused run must not leave a
+    # record that then blocks the corrected command.
+    try:
+        pick_device(cfg.device)
+    except DeviceError as e:
+        raise TeacherRunError(str(e)) from None
+    try:
+        check_memory(
+            replay_bytes(cfg.buffer_size, cfg.num_envs),
+            f"--buffer-size {cfg.buffer_size} (replay memory, {cfg.num_envs} envs)",
+            "lower --buffer-size (about 7,066 bytes per transition)",
+        )
+    except MemoryError as e:
+        raise TeacherRunError(str(e)) from None
+    resuming = _prepare_out_dir(out, game, cfg)
     out.mkdir(parents=True, exist_ok=True)
     if resuming and _finished(out):
         log.info("%s teacher run in %s is already finished; reusing it", game, out)
