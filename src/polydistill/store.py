@@ -128,6 +128,11 @@ DEADLINE_S = 55.0
 
 _ACCEPTED_FORMS = "s3://bucket/prefix, file:///absolute/path or a plain local path"
 _ENDPOINT_HINT = f"set {ENDPOINT_VARS[0]} (or {ENDPOINT_VARS[1]}) to http://host:port or https://host:port"
+# Keys: NUL and other control characters are refused (they are never meant, and some servers and file
+# systems treat them differently); S3 caps keys at 1,024 bytes, file systems a name at 255.
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+_MAX_KEY_BYTES = 1024
+_MAX_SEGMENT_BYTES = 255
 # Suffix of LocalStore's temporary files; list() hides them.
 _TMP_SUFFIX = ".polydistill-tmp"
 # Values shorter than this are not redacted: replacing every "ab" in a message would garble it and a
@@ -190,14 +195,27 @@ def _clean_key(key: str, uri: str, *, what: str = "key", prefix: bool = False) -
     bad = (
         key.startswith("/")
         or "\\" in key
-        or "\x00" in key
+        or _CONTROL_CHARS.search(key) is not None
         or any(segment in ("", ".", "..") for segment in segments)
     )
+    shown = repr(key) if len(key) <= 80 else repr(key[:77]) + "..."
     if bad:
         raise StoreConfigError(
-            f"invalid {what} {key!r} for {uri}: use a relative '/'-separated path without '.', '..' or "
-            "empty segments, not starting with '/' (keys may not escape the store's root)"
+            f"invalid {what} {shown} for {uri}: use a relative '/'-separated path without '.', '..' or "
+            "empty segments, backslashes or control characters, not starting with '/' (keys may not escape "
+            "the store's root)"
         )
+    if len(key.encode("utf-8", "surrogatepass")) > _MAX_KEY_BYTES or any(
+        len(seg.encode("utf-8", "surrogatepass")) > _MAX_SEGMENT_BYTES for seg in segments
+    ):
+        raise StoreConfigError(
+            f"invalid {what} {shown} for {uri}: keys are at most {_MAX_KEY_BYTES} bytes and each segment at "
+            f"most {_MAX_SEGMENT_BYTES} (S3's and local file systems' limits)"
+        )
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise StoreConfigError(f"invalid {what} {shown} for {uri}: not valid Unicode (a lone surrogate)") from None
     return key
 
 

@@ -298,7 +298,7 @@ def _train_loop(
     """Act, record, learn and checkpoint until ``cfg.total_steps`` agent steps (see the module docstring)."""
     n = cfg.num_envs
     n_actions = lr.online.num_actions[0]
-    obs, info = envs.reset(seed=cfg.seed + lr.step)  # a resumed run starts fresh episodes
+    obs, info = envs.reset(seed=cfg.seed + lr.step)  # a resumed run starts fresh episodes, as _cut does
     recorder = StepRecorder(lr.replay, np.asarray(info["lives"]))
     stats = EpisodeStats(n)
     recent: deque[float] = deque(maxlen=20)
@@ -341,6 +341,10 @@ def _train_loop(
         if lr.step - last_ckpt >= cfg.checkpoint_every and lr.step < cfg.total_steps:
             _save_resume(out, lr)
             last_ckpt = lr.step
+            # Cut here exactly as a resume from this point does (fresh episodes from a seed derived from
+            # the step, the interrupted ones ended in the replay): ALE's emulator state is not saved, so
+            # this is what makes a killed-and-resumed run the same run as an unbroken one.
+            obs, recorder, stats = _cut(cfg, envs, lr)
         if _crossings(lr.step, k, 1000):
             sps = (lr.step - steps0) / max(time.monotonic() - t0, 1e-9)
             mean_ret = float(np.mean(recent)) if recent else float("nan")
@@ -354,6 +358,14 @@ def _train_loop(
             bar.close()
             raise KeyboardInterrupt(f"stop_after={stop_after} reached at step {lr.step}")
     bar.close()
+
+
+def _cut(cfg: TeacherConfig, envs: Any, lr: _Learner) -> tuple[np.ndarray, StepRecorder, EpisodeStats]:
+    """End every episode at a resume point: what an unbroken run does right after saving one, and what a
+    resumed run does right after loading it (``_load_resume`` marks the cut, ``_train_loop`` resets)."""
+    lr.replay.mark_cut()
+    obs, info = envs.reset(seed=cfg.seed + lr.step)
+    return obs, StepRecorder(lr.replay, np.asarray(info["lives"])), EpisodeStats(cfg.num_envs)
 
 
 def _crossings(step: int, n: int, every: int) -> int:
