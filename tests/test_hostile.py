@@ -577,3 +577,63 @@ def test_pipeline_parameters_keep_only_exact_sentinels() -> None:
         with pytest.raises(C.ConfigError) as e:
             C.resolve_pipeline("smoke", params)
         assert next(iter(params)) in str(e.value) and "\n" not in str(e.value)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 5. Resume means the same run
+
+# Smoke-sized and then some: 700 agent steps, a resume point every 200, about 70 learner updates.
+RESUME_TEACHER = {
+    "total_steps": 700,
+    "num_envs": 4,
+    "buffer_size": 1_000,
+    "learning_starts": 100,
+    "batch_size": 16,
+    "train_frequency": 8,
+    "target_network_frequency": 200,
+    "exploration_fraction": 0.5,
+    "record_steps": 500,
+    "checkpoint_every": 200,
+}
+
+
+def _latest(out: Path) -> str | None:
+    try:
+        return (out / "resume" / "LATEST").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def test_teacher_killed_twice_ends_as_the_unbroken_run(tmp_path: Path) -> None:
+    # Issue #23.5: killed at step 2,000 and again later, the resumed teacher ended with another dataset and
+    # learning curve. Here: SIGKILL right after its first resume point, again after a later one, then done.
+    from polydistill.teacher import train_teacher
+
+    cfg_file = tmp_path / "teacher.yaml"
+    cfg_file.write_text(json.dumps(RESUME_TEACHER))  # JSON is YAML
+    unbroken = tmp_path / "unbroken"
+    train_teacher("Breakout", C.resolve("teacher", "smoke", cfg_file), unbroken)
+
+    out = tmp_path / "resumed"
+    args = [sys.executable, "-m", "polydistill.cli", "train-teacher", "--game", "Breakout", "--out", str(out),
+            "--profile", "smoke", "--config", str(cfg_file)]
+    env = {**os.environ, "POLYDISTILL_PROGRESS": "off"}
+    kills = []
+    for _ in range(2):
+        before = _latest(out)
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 400
+        while _latest(out) in (None, before) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)  # waiting for a condition (a new resume point), not for time
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills.append(_latest(out))
+        assert kills[-1] not in (None, before), kills
+    assert json.loads((out / "run.json").read_text()).get("status") != "finished"
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=500)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming Breakout teacher from step" in done.stderr
+    assert kills[0] < kills[1]  # two different points (step-000000000200 < step-000000000400 ...)
+    for name in ("dataset/manifest.json", "curve.csv"):
+        assert (out / name).read_bytes() == (unbroken / name).read_bytes(), name  # sha256s and curve alike
+    assert not ExperienceDataset(str(out / "dataset")).verify_all()

@@ -16,7 +16,10 @@ The algorithm, top to bottom (CleanRL ``dqn_atari.py`` structure):
    (``OUT/dataset``), and the learning curve (``curve.csv``, ``curve.png``).
 
 A run killed at any point and started again with the same output directory resumes from its last
-checkpoint and ends with the same number of steps and the same dataset length as an unbroken run.
+checkpoint and ends with the same dataset (byte for byte), curve and weights as an unbroken run of the same
+seed on the same machine. ALE's emulator state is not part of a resume point, so every run, killed or not,
+ends its episodes at each resume point and restarts them from ``reset(seed + step)`` (:func:`_cut`); all
+other state (networks, optimizer, replay, torch and NumPy RNGs, counters, curve) is saved.
 """
 
 from __future__ import annotations
