@@ -28,8 +28,7 @@ from minio import Minio
 from polydistill import config as C
 from polydistill.buffer import MANIFEST, DatasetError, DatasetWriter, ExperienceDataset, Manifest
 from polydistill.envs import action_meanings, observation_spec
-from polydistill.redaction import redact_uri
-from polydistill.store import LocalStore, StoreConfigError, StoreError, check_store_uri, open_store
+from polydistill.store import LocalStore, StoreConfigError, StoreError, open_store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -238,6 +237,8 @@ def test_file_uri_with_dot_dot_is_refused_not_collapsed(tmp_path: Path) -> None:
     err = _one_line_error(_cli("buffer-info", uri))
     assert "'..' segment" in err
     assert not (tmp_path / "esc").exists() and not (tmp_path / "a").exists()
+    from polydistill.store import check_store_uri  # the function submit calls before sending anything
+
     for bad in ("s3://b/../x", "s3://bucket/a/../x", f"{tmp_path}/x/../y", "file:///a/./b"):
         with pytest.raises(StoreConfigError):
             check_store_uri(bad)
@@ -442,6 +443,8 @@ def test_frozen_server_gives_a_one_line_error_within_the_deadline(tmp_path: Path
 
 
 def test_redact_uri_removes_every_form_of_credential() -> None:
+    from polydistill.redaction import redact_uri
+
     cases = {
         "http://user:TOKEN1234@host:80/p": "http://user:***@host:80/p",
         "https://TOKEN1234@host/p": "https://***@host/p",
