@@ -104,6 +104,7 @@ HOSTILE_NAMES = st.one_of(
             "\u202e/..",
             "\ud800",
             "a" * 300,
+            "b" * 240,
             "/".join(["d"] * 600),
             "shard-000000.npz/..",
             "v-0123456789abcdef/../../x",
@@ -208,11 +209,15 @@ def test_s3_cache_never_deletes_outside_itself(s3_env: str, tmp_path: Path) -> N
     for hostile in (str(victim), os.path.relpath(victim, cache / "x")):
         d["shards"][0]["name"] = hostile
         d["shards"][0]["sha256"] = "0" * 64
+        d["shards"][0]["bytes"] = victim.stat().st_size  # the right size: the cache takes it as its copy
         store.put_bytes(MANIFEST, json.dumps(d).encode())
-        with pytest.raises(DatasetError, match=r"shards\[0\]\.name"):
-            ds = ExperienceDataset(s3_env, cache_dir=cache)
-            ds.verify_all()
-        assert victim.read_text() == "precious"
+        refused = None
+        try:
+            ExperienceDataset(s3_env, cache_dir=cache).verify_all()
+        except DatasetError as e:
+            refused = str(e)
+        assert victim.exists(), f"the cache deleted {victim} (shard named {hostile!r})"
+        assert refused and "shards[0].name" in refused
     assert m.shards
 
 

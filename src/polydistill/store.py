@@ -129,10 +129,11 @@ DEADLINE_S = 55.0
 _ACCEPTED_FORMS = "s3://bucket/prefix, file:///absolute/path or a plain local path"
 _ENDPOINT_HINT = f"set {ENDPOINT_VARS[0]} (or {ENDPOINT_VARS[1]}) to http://host:port or https://host:port"
 # Keys: NUL and other control characters are refused (they are never meant, and some servers and file
-# systems treat them differently); S3 caps keys at 1,024 bytes, file systems a name at 255.
+# systems treat them differently); S3 caps keys at 1,024 bytes, file systems a name at 255, and a local
+# write's temporary name adds about 30 characters to the last segment.
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_KEY_BYTES = 1024
-_MAX_SEGMENT_BYTES = 255
+_MAX_SEGMENT_BYTES = 200
 # Suffix of LocalStore's temporary files; list() hides them.
 _TMP_SUFFIX = ".polydistill-tmp"
 # Values shorter than this are not redacted: replacing every "ab" in a message would garble it and a
@@ -210,7 +211,7 @@ def _clean_key(key: str, uri: str, *, what: str = "key", prefix: bool = False) -
     ):
         raise StoreConfigError(
             f"invalid {what} {shown} for {uri}: keys are at most {_MAX_KEY_BYTES} bytes and each segment at "
-            f"most {_MAX_SEGMENT_BYTES} (S3's and local file systems' limits)"
+            f"most {_MAX_SEGMENT_BYTES} (within S3's and local file systems' limits)"
         )
     try:
         key.encode("utf-8")
