@@ -31,6 +31,19 @@ env produces). Every shard is self-contained: it starts with up to ``frame_stack
 
 Readers verify each shard's sha256 and byte size against the manifest and refuse unknown schema versions;
 errors name the dataset URI and the shard.
+
+Names in a manifest are data, never paths: every field is type-checked when the manifest is read, before
+any shard is touched, and shard ``i`` must be named exactly ``<version>/shard-<i:06d>.npz`` (or
+``shard-<i:06d>.npz`` in a manifest without a version), so a manifest cannot point outside its prefix or
+its version, and the local shard cache only ever writes or deletes below its own directory.
+
+Versions and atomic replacement: a writer puts its shards under a new version directory
+``v-<16 hex digits>/`` (the digits are a sha256 of the manifest's content, so identical data gets the
+same version and re-exporting it changes nothing), then switches ``manifest.json`` to it in one atomic
+write, and only then deletes the version the replaced manifest named. Until the switch the previous
+dataset stays whole and readable; a writer killed at any point leaves it so (plus, at worst, an
+unreferenced version directory). Two concurrent writers each publish a manifest naming only their own
+version's shards; the last manifest written wins.
 """
 
 from __future__ import annotations
@@ -40,6 +53,7 @@ import io
 import json
 import logging
 import os
+import re
 import tempfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -63,9 +77,14 @@ class DatasetError(RuntimeError):
     """A dataset is missing, incomplete, corrupt or of an unknown version; the message names it."""
 
 
-def shard_name(index: int) -> str:
-    """File name of shard ``index`` (zero-padded so names sort in order)."""
-    return f"shard-{index:06d}.npz"
+_VERSION_RE = re.compile(r"v-[0-9a-f]{16}")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def shard_name(index: int, version: str = "") -> str:
+    """Key of shard ``index`` (zero-padded so names sort in order), under its ``version`` directory."""
+    base = f"shard-{index:06d}.npz"
+    return f"{version}/{base}" if version else base
 
 
 # ----------------------------------------------------------------------------------------------- stacking
@@ -178,6 +197,7 @@ class Manifest:
     shards: list[ShardInfo] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
     kind: str = "experience"
+    version: str = ""
 
     @property
     def frame_stack(self) -> int:
@@ -205,22 +225,130 @@ class Manifest:
         return json.dumps(d, indent=2, sort_keys=True) + "\n"
 
     @classmethod
-    def from_json(cls, text: str, where: str) -> Manifest:
+    def from_json(cls, text: str | bytes, where: str) -> Manifest:
+        """Parse and validate a manifest; any problem is a one-line :class:`DatasetError` naming ``where``
+        and the field. Runs before any shard is read, so a hostile manifest causes no I/O."""
+        if isinstance(text, bytes):
+            try:
+                text = text.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DatasetError(
+                    f"{where}/{MANIFEST} is not UTF-8 text (a binary file?); re-export the dataset"
+                ) from None
         try:
             d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"{where}/{MANIFEST} is not valid JSON ({e}); re-export the dataset") from e
-        version = d.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise DatasetError(
-                f"{where}/{MANIFEST} has schema_version {version!r}; this polydistill reads version "
-                f"{SCHEMA_VERSION}. Upgrade polydistill or re-export the dataset."
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise DatasetError(f"{where}/{MANIFEST} is not valid JSON ({e}); re-export the dataset") from None
+        return _manifest_from_dict(d, where)
+
+
+def _bad(where: str, field_name: str, problem: str) -> DatasetError:
+    return DatasetError(f"{where}/{MANIFEST}: field {field_name!r} {problem}; re-export the dataset")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _need(d: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, prefix: str = "") -> Any:
+    v = d[key]
+    ok = _is_int(v) if kind is int else isinstance(v, kind)
+    if not ok:
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise _bad(where, prefix + key, f"must be {names}, got {type(v).__name__} {_short(v)}")
+    return v
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_MANIFEST_REQUIRED = ("game", "num_actions", "action_meanings", "observation", "codec")
+_SHARD_FIELDS = ("name", "start", "stop", "context", "bytes", "sha256", "valid_states")
+
+
+def _manifest_from_dict(d: Any, where: str) -> Manifest:
+    """The checks of :meth:`Manifest.from_json` on parsed JSON."""
+    if not isinstance(d, dict):
+        raise DatasetError(
+            f"{where}/{MANIFEST} must hold a JSON object, got {type(d).__name__} {_short(d)}; re-export the dataset"
+        )
+    version = d.get("schema_version")
+    if version != SCHEMA_VERSION or not _is_int(version):
+        raise DatasetError(
+            f"{where}/{MANIFEST} has schema_version {_short(version)}; this polydistill reads version "
+            f"{SCHEMA_VERSION}. Upgrade polydistill or re-export the dataset."
+        )
+    known = set(Manifest.__dataclass_fields__)
+    extra = sorted(set(d) - known)
+    if extra:
+        raise _bad(where, str(extra[0])[:60], f"is unknown (fields: {', '.join(sorted(known))})")
+    missing = [k for k in _MANIFEST_REQUIRED if k not in d]
+    if missing:
+        raise _bad(where, missing[0], "is missing")
+    game = _need(d, "game", str, where)
+    if not game or len(game) > 100:
+        raise _bad(where, "game", f"must be a game name, got {_short(game)}")
+    n_act = _need(d, "num_actions", int, where)
+    if not 1 <= n_act <= 1024:
+        raise _bad(where, "num_actions", f"must be in [1, 1024], got {n_act}")
+    meanings = _need(d, "action_meanings", list, where)
+    if len(meanings) != n_act or not all(isinstance(m, str) for m in meanings):
+        raise _bad(where, "action_meanings", f"must be {n_act} strings, got {_short(meanings)}")
+    obs = _need(d, "observation", dict, where)
+    if "frame_stack" in obs and not (_is_int(obs["frame_stack"]) and 1 <= obs["frame_stack"] <= 64):
+        raise _bad(where, "observation.frame_stack", f"must be an int in [1, 64], got {_short(obs['frame_stack'])}")
+    if "frame_shape" in obs:
+        fs = obs["frame_shape"]
+        if not (isinstance(fs, list) and len(fs) == 2 and all(_is_int(x) and 1 <= x <= 4096 for x in fs)):
+            raise _bad(where, "observation.frame_shape", f"must be [height, width], got {_short(fs)}")
+    codec = _need(d, "codec", str, where)
+    if codec not in CODECS:
+        raise _bad(where, "codec", f"must be one of {', '.join(CODECS)}, got {_short(codec)}")
+    for key in ("num_steps", "num_episodes", "num_valid_states"):
+        if key in d and (_need(d, key, int, where) < 0):
+            raise _bad(where, key, f"must be >= 0, got {d[key]}")
+    for key in ("codec_params", "source"):
+        if key in d:
+            _need(d, key, dict, where)
+    if d.get("q_values") is not None:
+        _need(d, "q_values", dict, where)
+    if "kind" in d:
+        _need(d, "kind", str, where)
+    ds_version = _need(d, "version", str, where) if "version" in d else ""
+    if ds_version and not _VERSION_RE.fullmatch(ds_version):
+        raise _bad(where, "version", f"must look like v-<16 hex digits>, got {_short(ds_version)}")
+    raw_shards = _need(d, "shards", list, where) if "shards" in d else []
+    shards: list[ShardInfo] = []
+    step = 0
+    for i, entry in enumerate(raw_shards):
+        at = f"shards[{i}]"
+        if not isinstance(entry, dict):
+            raise _bad(where, at, f"must be an object, got {type(entry).__name__} {_short(entry)}")
+        extra = sorted(set(entry) - set(_SHARD_FIELDS))
+        if extra:
+            raise _bad(where, f"{at}.{str(extra[0])[:60]}", f"is unknown (shard fields: {', '.join(_SHARD_FIELDS)})")
+        missing = [k for k in _SHARD_FIELDS if k not in entry]
+        if missing:
+            raise _bad(where, f"{at}.{missing[0]}", "is missing")
+        name = _need(entry, "name", str, where, f"{at}.")
+        expected = shard_name(i, ds_version)
+        if name != expected:
+            raise _bad(
+                where, f"{at}.name", f"is {_short(name)}: shard names are data, not paths; expected {expected!r}"
             )
-        d["shards"] = [ShardInfo(**s) for s in d.get("shards", [])]
-        try:
-            return cls(**d)
-        except TypeError as e:
-            raise DatasetError(f"{where}/{MANIFEST} is malformed: {e}") from e
+        for key in ("start", "stop", "context", "bytes", "valid_states"):
+            if _need(entry, key, int, where, f"{at}.") < 0:
+                raise _bad(where, f"{at}.{key}", f"must be >= 0, got {entry[key]}")
+        if not _SHA256_RE.fullmatch(_need(entry, "sha256", str, where, f"{at}.")):
+            raise _bad(where, f"{at}.sha256", f"must be 64 lowercase hex digits, got {_short(entry['sha256'])}")
+        if entry["start"] != step or entry["stop"] < entry["start"]:
+            raise _bad(where, f"{at}.start", f"must continue at step {step} (got [{entry['start']}, {entry['stop']}))")
+        step = entry["stop"]
+        shards.append(ShardInfo(**entry))
+    fields = {k: v for k, v in d.items() if k != "shards"}
+    return Manifest(**fields, shards=shards)
 
 
 # ----------------------------------------------------------------------------------------------- writer
@@ -367,8 +495,32 @@ class DatasetWriter:
         m.num_valid_states += valid
         m.num_episodes += int(cols["first"][ctx_rows:].sum())
 
+    def _seal(self) -> bytes:
+        """Name the version after the content (sha256 of the manifest with bare shard names) and put every
+        shard under it; returns the manifest's bytes."""
+        m = self.manifest
+        m.version = ""
+        for i, info in enumerate(m.shards):
+            info.name = shard_name(i)
+        m.version = "v-" + hashlib.sha256(m.to_json().encode()).hexdigest()[:16]
+        for i, info in enumerate(m.shards):
+            info.name = shard_name(i, m.version)
+        return m.to_json().encode()
+
+    def _previous(self) -> Manifest | None:
+        """The manifest this write replaces (validated), or None when there is none or it is unreadable
+        (then nothing it names is deleted)."""
+        try:
+            return Manifest.from_json(self.store.get_bytes(MANIFEST), self.store.uri)
+        except ObjectNotFoundError:
+            return None
+        except DatasetError as e:
+            log.warning("not cleaning up after the manifest being replaced: %s", e)
+            return None
+
     def close(self) -> Manifest:
-        """Write remaining rows, upload all shards (in parallel), then the manifest. Returns the manifest."""
+        """Write remaining rows, upload all shards (in parallel) under a new version, then switch the
+        manifest to it, then delete the replaced version. Returns the manifest."""
         if self._closed:
             return self.manifest
         try:
@@ -376,17 +528,22 @@ class DatasetWriter:
                 self._flush(self._pending_rows)
             if not self.manifest.shards:
                 raise DatasetError("refusing to write an empty dataset (no rows were added)")
-            new_manifest = self.manifest.to_json().encode()
+            new_manifest = self._seal()
             if self._already_there(new_manifest):
                 log.info("dataset %s already holds these exact shards; nothing to upload", self.store.uri)
                 return self.manifest
-            # An older manifest must not describe new shards during the upload: remove it first.
-            self.store.delete(MANIFEST)
-            self.store.put_files(self._staged, workers=self.workers, progress=self.progress)
+            previous = self._previous()
+            # The old manifest stays in place, describing its own (untouched) version, until the switch.
+            keys = [(info.name, path) for info, (_, path) in zip(self.manifest.shards, self._staged, strict=True)]
+            self.store.put_files(keys, workers=self.workers, progress=self.progress)
             self.store.put_bytes(MANIFEST, new_manifest)
+            if previous is not None and previous.version != self.manifest.version:
+                for info in previous.shards:  # names validated: all inside this prefix and that version
+                    self.store.delete(info.name)
             log.info(
-                "wrote dataset %s: %d steps, %d shards, %.1f bytes/state",
+                "wrote dataset %s (%s): %d steps, %d shards, %.1f bytes/state",
                 self.store.uri,
+                self.manifest.version,
                 self.manifest.num_steps,
                 len(self.manifest.shards),
                 self.manifest.bytes_per_state,
@@ -467,10 +624,11 @@ class ExperienceDataset:
         max_decoded: int = 4,
         verify: bool = True,
     ) -> None:
-        self.store = open_store(source) if isinstance(source, str) else source
+        # A reader never creates a local directory: a wrong path must not leave one behind.
+        self.store = open_store(source, create=False) if isinstance(source, str) else source
         self.uri = self.store.uri
         try:
-            text = self.store.get_bytes(MANIFEST).decode()
+            text = self.store.get_bytes(MANIFEST)
         except ObjectNotFoundError:
             raise DatasetError(
                 f"no dataset at {self.uri}: {MANIFEST} is missing (the export never finished, or the URI is "
@@ -489,7 +647,7 @@ class ExperienceDataset:
                 or tempfile.mkdtemp(prefix="polydistill-cache-")
             )
             digest = hashlib.sha256(self.uri.encode()).hexdigest()[:16]
-            self._cache = Path(base) / digest
+            self._cache = (Path(base) / digest).resolve()
             self._cache.mkdir(parents=True, exist_ok=True)
             self._local = self._cache
         self.max_decoded = max(1, max_decoded)
@@ -517,8 +675,20 @@ class ExperienceDataset:
         return self.manifest.q_values is not None
 
     # -- shard access
+    def _path(self, info: ShardInfo) -> Path:
+        """Where shard ``info`` lives locally: below the dataset's directory or the cache, never outside
+        (names were validated when the manifest was read; this also stops a symlink planted in the cache)."""
+        path = self._local.joinpath(*info.name.split("/"))
+        resolved = path.resolve()
+        if self._local.resolve() not in resolved.parents:
+            raise DatasetError(
+                f"dataset {self.uri}: shard {info.name!r} resolves to {resolved}, outside {self._local}; "
+                "remove that link or use another cache directory"
+            )
+        return path
+
     def _fetch(self, info: ShardInfo) -> Path:
-        path = self._local / info.name
+        path = self._path(info)
         if self._cache is not None and not (path.is_file() and path.stat().st_size == info.bytes):
             try:
                 self.store.get_file(info.name, path)
@@ -534,7 +704,7 @@ class ExperienceDataset:
     def _verify(self, info: ShardInfo, data: bytes) -> None:
         if len(data) != info.bytes or hashlib.sha256(data).hexdigest() != info.sha256:
             if self._cache is not None:
-                (self._local / info.name).unlink(missing_ok=True)  # a bad cached copy must not stick
+                self._path(info).unlink(missing_ok=True)  # a bad cached copy must not stick (cache only)
             raise DatasetError(
                 f"dataset {self.uri}: shard {info.name} is corrupt (size {len(data)} vs {info.bytes} bytes, "
                 f"or "

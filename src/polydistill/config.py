@@ -14,12 +14,13 @@ name says ``frames``; learning rates are per optimizer step; sizes are in transi
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PROFILES = ("smoke", "cpu", "paper")
 Profile = Literal["smoke", "cpu", "paper"]
@@ -31,6 +32,19 @@ class ConfigError(ValueError):
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+    @field_validator("device", check_fields=False)
+    @classmethod
+    def _device_spelling(cls, v: str) -> str:
+        # Spelling only (no torch import here); whether the device exists is checked by
+        # networks.pick_device before any work starts.
+        if not DEVICE_RE.fullmatch(v):
+            raise ValueError(f"device {v!r} is not one of auto, cpu, cuda, cuda:N, mps")
+        return v
+
+
+#: Accepted spellings of a torch device setting.
+DEVICE_RE = re.compile(r"auto|cpu|cuda|cuda:\d{1,3}|mps")
 
 
 class EnvConfig(_Model):
@@ -91,6 +105,17 @@ class TeacherConfig(_Model):
         if v > start:
             raise ValueError(f"end_e={v} must not exceed start_e={start}")
         return v
+
+    @model_validator(mode="after")
+    def _settings_fit_together(self) -> TeacherConfig:
+        # A batch the replay can never hold means the learner never runs: refuse it instead of training
+        # nothing for hours.
+        if self.batch_size >= self.buffer_size:
+            raise ValueError(
+                f"batch_size={self.batch_size} must be smaller than buffer_size={self.buffer_size} (the replay "
+                "it samples from); lower batch_size or raise buffer_size"
+            )
+        return self
 
 
 class ExportConfig(_Model):
@@ -330,9 +355,16 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist; pass a YAML file of the stage's settings")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {p} is not UTF-8 text (a binary file?); pass a YAML file of settings") from None
+    except OSError as e:
+        raise ConfigError(f"config file {p} cannot be read ({e.strerror}); pass a readable YAML file") from None
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
+        first = " ".join(str(e).split())[:200]  # one line: YAML errors span several
+        raise ConfigError(f"config file {p} is not valid YAML: {first}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p} must hold a mapping of setting: value, got {type(data).__name__}")
     return data
@@ -407,15 +439,25 @@ PIPELINE_PARAMETERS: dict[str, tuple[str, str]] = {
 }
 
 
+#: The "use the profile's value" sentinels of pipeline parameters (a KFP parameter cannot be None).
+UNSET_SENTINELS = (None, "", -1, -1.0)
+
+
 def _is_unset(v: Any) -> bool:
-    return v is None or (isinstance(v, str) and v == "") or (isinstance(v, int | float) and v < 0)
+    # Only the exact sentinels: any other negative number (teacher_steps=-5) is a value, and is refused by
+    # the config's own validation rather than silently replaced by the profile's.
+    if isinstance(v, bool):
+        return False
+    return v is None or v == "" or (isinstance(v, int | float) and v == -1)
 
 
 def resolve_pipeline(profile: str, params: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """Resolve every stage config from a profile and pipeline parameters.
 
     Returns ``{stage: config_dict}`` (JSON-serialisable), validated. Parameters that are unset (``None``,
-    ``""`` or negative numbers, the pipeline's "use the profile" sentinels) are ignored.
+    ``""``, ``-1`` or ``-1.0``, the pipeline's "use the profile" sentinels, :data:`UNSET_SENTINELS`) are
+    ignored; any other value is validated like a CLI flag, so ``teacher_steps=-5`` is a :class:`ConfigError`
+    naming it (``submit`` calls this before sending anything).
     """
     _check_profile(profile)
     params = dict(params or {})
@@ -428,7 +470,16 @@ def resolve_pipeline(profile: str, params: Mapping[str, Any] | None = None) -> d
             continue
         stage, key = PIPELINE_PARAMETERS[name]
         per_stage[stage][key] = value
-    return {s: resolve(s, profile, overrides=o).model_dump(mode="json") for s, o in per_stage.items()}
+    out: dict[str, dict[str, Any]] = {}
+    for stage, overrides in per_stage.items():
+        try:
+            out[stage] = resolve(stage, profile, overrides=overrides).model_dump(mode="json")
+        except ConfigError as e:
+            given = ", ".join(
+                f"{n}={params[n]!r}" for n, (st, _) in PIPELINE_PARAMETERS.items() if st == stage and n in params
+            )
+            raise ConfigError(f"{e} (pipeline parameters: {given or 'none'})") from None
+    return out
 
 
 def from_dict(stage: str, data: Mapping[str, Any]) -> Any:

@@ -240,8 +240,34 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
+class DeviceError(ValueError):
+    """A ``--device`` that is misspelt or not on this machine; the message says which ones are."""
+
+
 def pick_device(spec: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; otherwise the named device."""
+    """``auto`` -> CUDA when available, else CPU; otherwise the named device, which must exist here.
+
+    Raises :class:`DeviceError` (one line) for an unknown spelling, ``cuda`` without a usable CUDA device,
+    ``cuda:N`` past the device count, or ``mps`` where it is not available; callers check this before any
+    work or file is written.
+    """
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise DeviceError(f"--device {spec!r} is not a device: use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise DeviceError(f"--device {spec!r}: this machine has no usable CUDA device; use --device cpu or auto")
+        if dev.index is not None and dev.index >= count:
+            raise DeviceError(f"--device {spec!r}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+        return dev
+    if dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise DeviceError(f"--device {spec!r}: MPS is not available here; use --device cpu or auto")
+        return dev
+    raise DeviceError(f"--device {spec!r} is not supported: use auto, cpu, cuda, cuda:N or mps")

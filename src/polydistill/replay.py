@@ -13,6 +13,7 @@ Truncated rows (the 108k-frame cap) are never sampled because their successor st
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,40 @@ _COLUMNS = {
     "life_lost": np.bool_,
     "first": np.bool_,
 }
+
+
+def replay_bytes(capacity: int, num_envs: int = 1, frame_shape: tuple[int, int] = (84, 84)) -> int:
+    """Bytes a :class:`FrameReplay` of ``capacity`` transitions allocates (frames once per step + columns),
+    computed without allocating: what :func:`check_memory` compares with the machine's memory."""
+    per_env = capacity // max(1, num_envs)
+    row = int(np.prod(frame_shape)) + sum(np.dtype(t).itemsize for t in _COLUMNS.values())
+    return num_envs * per_env * row
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still give a process (``MemAvailable`` of /proc/meminfo, else
+    free physical pages), or None when it cannot be told."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(needed: int, what: str, fix: str) -> None:
+    """Raise ``MemoryError`` (one line naming ``what`` and ``fix``) when ``needed`` bytes exceed the
+    machine's available memory; called before allocating and before any file is written."""
+    free = available_memory()
+    if free is not None and needed > free:
+        raise MemoryError(
+            f"{what} needs {needed / 1e9:,.1f} GB but this machine has {free / 1e9:,.1f} GB available; {fix}"
+        )
 
 
 class FrameReplay:

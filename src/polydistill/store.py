@@ -27,6 +27,13 @@ Environment for ``s3://`` URIs
     ``SlowDown``) are retried with exponential backoff: 0.2 s, 0.4 s, 0.8 s ... capped at 5 s, each
     multiplied by a random factor in [0.5, 1]. With the default, an unreachable endpoint is reported
     after at most about 3 s of waiting.
+``POLYDISTILL_STORE_CONNECT_TIMEOUT`` (seconds, default 5), ``POLYDISTILL_STORE_READ_TIMEOUT`` (seconds,
+default 20), ``POLYDISTILL_STORE_DEADLINE`` (seconds, default 55)
+    Bounded waits, all read by :meth:`Timeouts.from_env` (the one place they are set): the TCP connect
+    timeout, the longest wait for any byte of a response, and the total time one store operation may
+    take with its retries. No attempt starts unless its connect + read timeouts fit before the deadline,
+    so a server that stops answering (a frozen process, a dead link) is reported as one
+    :class:`StoreUnreachableError` within the deadline.
 
 On Kubeflow, the credentials come from the Secret ``mlpipeline-minio-artifact`` (keys ``accesskey`` and
 ``secretkey``) mapped to ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, and the endpoint is
@@ -71,6 +78,8 @@ from urllib3.exceptions import (
     SSLError,
 )
 
+from .redaction import redact_uri
+
 __all__ = [
     "BucketNotFoundError",
     "LocalStore",
@@ -83,6 +92,8 @@ __all__ = [
     "StoreConfigError",
     "StoreError",
     "StoreUnreachableError",
+    "Timeouts",
+    "check_store_uri",
     "join_uri",
     "open_store",
     "redact",
@@ -99,18 +110,30 @@ SECRET_KEY_VARS = ("AWS_SECRET_ACCESS_KEY", "MINIO_SECRET_KEY")
 SESSION_TOKEN_VAR = "AWS_SESSION_TOKEN"
 REGION_VAR = "AWS_REGION"
 RETRIES_VAR = "POLYDISTILL_STORE_RETRIES"
+CONNECT_TIMEOUT_VAR = "POLYDISTILL_STORE_CONNECT_TIMEOUT"
+READ_TIMEOUT_VAR = "POLYDISTILL_STORE_READ_TIMEOUT"
+DEADLINE_VAR = "POLYDISTILL_STORE_DEADLINE"
 
 #: Smallest part minio (and S3) accepts for a multipart upload, in bytes.
 MIN_PART_SIZE = 5 * 1024 * 1024
 #: Default multipart part size in bytes; objects up to this size go up in one PUT.
 DEFAULT_PART_SIZE = 64 * 1024 * 1024
-#: Seconds to wait for a TCP connection; short so a wrong endpoint fails fast.
-CONNECT_TIMEOUT_S = 3.0
-#: Seconds to wait for response bytes; long because completing a big multipart upload takes a while.
-READ_TIMEOUT_S = 120.0
+#: Default seconds to wait for a TCP connection; short so a wrong endpoint fails fast.
+CONNECT_TIMEOUT_S = 5.0
+#: Default seconds to wait for any byte of a response (MinIO answers a shard PUT or a multipart completion
+#: well within this; a server that says nothing for this long is treated as gone).
+READ_TIMEOUT_S = 20.0
+#: Default total seconds per store operation, retries included (the issue's bar: an error within 60 s).
+DEADLINE_S = 55.0
 
 _ACCEPTED_FORMS = "s3://bucket/prefix, file:///absolute/path or a plain local path"
 _ENDPOINT_HINT = f"set {ENDPOINT_VARS[0]} (or {ENDPOINT_VARS[1]}) to http://host:port or https://host:port"
+# Keys: NUL and other control characters are refused (they are never meant, and some servers and file
+# systems treat them differently); S3 caps keys at 1,024 bytes, file systems a name at 255, and a local
+# write's temporary name adds about 30 characters to the last segment.
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+_MAX_KEY_BYTES = 1024
+_MAX_SEGMENT_BYTES = 200
 # Suffix of LocalStore's temporary files; list() hides them.
 _TMP_SUFFIX = ".polydistill-tmp"
 # Values shorter than this are not redacted: replacing every "ab" in a message would garble it and a
@@ -163,11 +186,7 @@ def redact(text: str) -> str:
         value = os.environ.get(name)
         if value:
             secrets.add(value)
-    # Longest first, so a secret that contains another one is removed whole.
-    for secret in sorted(secrets, key=len, reverse=True):
-        if len(secret) >= _MIN_REDACT_LEN:
-            text = text.replace(secret, "***")
-    return text
+    return redact_uri(text, (s for s in secrets if len(s) >= _MIN_REDACT_LEN))
 
 
 def _clean_key(key: str, uri: str, *, what: str = "key", prefix: bool = False) -> str:
@@ -181,15 +200,75 @@ def _clean_key(key: str, uri: str, *, what: str = "key", prefix: bool = False) -
     bad = (
         key.startswith("/")
         or "\\" in key
-        or "\x00" in key
+        or _CONTROL_CHARS.search(key) is not None
         or any(segment in ("", ".", "..") for segment in segments)
     )
+    shown = repr(key) if len(key) <= 80 else repr(key[:77]) + "..."
     if bad:
         raise StoreConfigError(
-            f"invalid {what} {key!r} for {uri}: use a relative '/'-separated path without '.', '..' or "
-            "empty segments, not starting with '/' (keys may not escape the store's root)"
+            f"invalid {what} {shown} for {uri}: use a relative '/'-separated path without '.', '..' or "
+            "empty segments, backslashes or control characters, not starting with '/' (keys may not escape "
+            "the store's root)"
         )
+    if len(key.encode("utf-8", "surrogatepass")) > _MAX_KEY_BYTES or any(
+        len(seg.encode("utf-8", "surrogatepass")) > _MAX_SEGMENT_BYTES for seg in segments
+    ):
+        raise StoreConfigError(
+            f"invalid {what} {shown} for {uri}: keys are at most {_MAX_KEY_BYTES} bytes and each segment at "
+            f"most {_MAX_SEGMENT_BYTES} (within S3's and local file systems' limits)"
+        )
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise StoreConfigError(f"invalid {what} {shown} for {uri}: not valid Unicode (a lone surrogate)") from None
     return key
+
+
+def _check_local_path(path: str, shown: str) -> str:
+    """``path`` if it is a local store path with no '.' or '..' segment (which would be collapsed and could
+    leave the directory the user named), else a one-line :class:`StoreConfigError`."""
+    if "\x00" in path:
+        raise StoreConfigError(f"{shown!r} contains a NUL byte: give a plain directory path")
+    segments = path.replace(os.sep, "/").split("/")
+    if any(seg in (".", "..") for seg in segments[1:]) or (segments and segments[0] == ".."):
+        raise StoreConfigError(
+            f"{shown!r} has a '.' or '..' segment: give the directory without them (an absolute path, "
+            "e.g. file:///data/store), so the store cannot resolve outside the path you named"
+        )
+    return path
+
+
+def check_store_uri(uri: str) -> str:
+    """Validate a store URI without touching the network or the disk; returns it stripped.
+
+    Refuses, with a one-line :class:`StoreConfigError` that names the (credential-free) URI: an empty URI,
+    an unknown scheme, credentials in the URI, a bad bucket name, and any '.', '..' or empty segment (or
+    backslash, NUL) in the prefix or path, for ``s3://`` and ``file://`` and plain paths alike. Used by
+    :func:`open_store` and by ``submit`` before anything is sent.
+    """
+    if not isinstance(uri, str) or not uri.strip():
+        raise StoreConfigError(f"empty store URI: use {_ACCEPTED_FORMS}")
+    uri = uri.strip()
+    if "://" not in uri:
+        _check_local_path(uri, _safe_uri(uri))
+        return uri
+    scheme = uri.split("://", 1)[0].lower()
+    shown = _safe_uri(uri)
+    if scheme == "s3":
+        _parse_s3_uri(uri)
+        return uri
+    if scheme == "file":
+        parts = urlsplit(uri)
+        if parts.netloc not in ("", "localhost"):
+            raise StoreConfigError(f"{shown!r} names a host: file URIs are local, write file:///absolute/path")
+        if parts.query or parts.fragment:
+            raise StoreConfigError(f"{shown!r} has a query or fragment: write file:///absolute/path")
+        path = url2pathname(unquote(parts.path))
+        if not os.path.isabs(path):
+            raise StoreConfigError(f"{shown!r} is not absolute: write file:///absolute/path")
+        _check_local_path(path, shown)
+        return uri
+    raise StoreConfigError(f"unsupported store URI {shown!r}: use {_ACCEPTED_FORMS}")
 
 
 def join_uri(uri: str, *parts: str) -> str:
@@ -265,6 +344,48 @@ class RetryPolicy:
     def delay(self, retry: int) -> float:
         """Seconds to wait before retry number ``retry`` (1-based)."""
         return min(self.max_delay, self.base_delay * 2 ** (retry - 1)) * random.uniform(0.5, 1.0)
+
+
+def _env_seconds(environ: Mapping[str, str], name: str, default: float) -> float:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value != value or value == float("inf"):
+        raise StoreConfigError(f"{name}={raw!r} is invalid: set it to a number of seconds > 0 (default {default:g})")
+    return value
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Bounded waits of every S3 request, in seconds (see the module docstring).
+
+    ``connect``: TCP connect; ``read``: longest silence while waiting for response bytes; ``deadline``:
+    total per store operation with its retries (an attempt only starts if ``connect + read`` fit in what
+    is left of it).
+    """
+
+    connect: float = CONNECT_TIMEOUT_S
+    read: float = READ_TIMEOUT_S
+    deadline: float = DEADLINE_S
+
+    def __post_init__(self) -> None:
+        if not (self.connect > 0 and self.read > 0 and self.deadline > 0):
+            raise StoreConfigError(f"store timeouts must be > 0 seconds, got {self}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Timeouts:
+        """The defaults, overridden by ``POLYDISTILL_STORE_CONNECT_TIMEOUT`` / ``_READ_TIMEOUT`` /
+        ``_DEADLINE`` when set."""
+        environ = os.environ if environ is None else environ
+        return cls(
+            connect=_env_seconds(environ, CONNECT_TIMEOUT_VAR, CONNECT_TIMEOUT_S),
+            read=_env_seconds(environ, READ_TIMEOUT_VAR, READ_TIMEOUT_S),
+            deadline=_env_seconds(environ, DEADLINE_VAR, DEADLINE_S),
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -389,25 +510,39 @@ def _atomic_write(dest: Path, write: Callable[[BinaryIO], None]) -> None:
 class LocalStore(ObjectStore):
     """An object store in a local directory; ``put_*`` are atomic renames, readers never see halves."""
 
-    def __init__(self, root: str | Path) -> None:
-        """Open (and create) the directory ``root``."""
+    def __init__(self, root: str | Path, *, create: bool = True) -> None:
+        """Open the directory ``root``; ``create`` makes it (and its parents) when missing. Readers pass
+        ``create=False`` so that looking at a wrong path leaves no directory behind."""
         self.root = Path(root).expanduser().resolve()
         self.uri = self.root.as_uri()
         if self.root.exists() and not self.root.is_dir():
             raise StoreConfigError(f"{self.uri} is a file, not a directory: choose another store path")
-        self.root.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
-        return self.root.joinpath(*_clean_key(key, self.uri).split("/"))
+        path = self.root.joinpath(*_clean_key(key, self.uri).split("/"))
+        # A symlink inside the store could still point outside it: the resolved path must stay under root.
+        resolved = path.resolve()
+        if resolved != self.root and self.root not in resolved.parents:
+            raise StoreConfigError(
+                f"key {key!r} of {self.uri} resolves to {resolved}, outside the store (a symlink?): "
+                "keys may not escape the store's root"
+            )
+        return path
 
     def child(self, *parts: str) -> LocalStore:
-        """A store rooted at the subdirectory ``parts`` (created)."""
+        """A store rooted at the subdirectory ``parts`` (created; must stay inside this store)."""
         path = self.root
         for part in parts:
             part = part.strip("/")
             if part:
                 path = path.joinpath(*_clean_key(part, self.uri, what="path part").split("/"))
-        return LocalStore(path)
+        child = LocalStore(path, create=False)
+        if child.root != self.root and self.root not in child.root.parents:
+            raise StoreConfigError(f"{path} resolves outside {self.uri}: keys may not escape the store's root")
+        child.root.mkdir(parents=True, exist_ok=True)
+        return child
 
     def put_bytes(self, key: str, data: bytes) -> None:
         """Write ``data`` to ``key`` atomically."""
@@ -448,7 +583,7 @@ class LocalStore(ObjectStore):
         base_rel = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         base = self.root.joinpath(*base_rel.split("/")) if base_rel else self.root
         keys = []
-        for dirpath, _dirnames, filenames in os.walk(base):
+        for dirpath, _dirnames, filenames in os.walk(base):  # does not follow symlinked directories
             rel_dir = Path(dirpath).relative_to(self.root).as_posix()
             for name in filenames:
                 if name.endswith(_TMP_SUFFIX):
@@ -568,11 +703,11 @@ class S3Settings:
         )
 
 
-def _make_client(settings: S3Settings) -> Minio:
+def _make_client(settings: S3Settings, timeouts: Timeouts) -> Minio:
     # retries=0: our own loop owns retrying (with backoff and clear errors); a short connect timeout makes
     # a wrong endpoint fail fast. redirect=False hands 301/307 to minio, which turns them into S3Errors.
     http = urllib3.PoolManager(
-        timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S),
+        timeout=urllib3.Timeout(connect=timeouts.connect, read=timeouts.read),
         maxsize=32,  # put_files workers x minio's parallel part uploads share one pool per host
         cert_reqs="CERT_REQUIRED",
         ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
@@ -672,6 +807,7 @@ class S3Store(ObjectStore):
         part_size: int = DEFAULT_PART_SIZE,
         settings: S3Settings | None = None,
         retry: RetryPolicy | None = None,
+        timeouts: Timeouts | None = None,
     ) -> None:
         if part_size < MIN_PART_SIZE:
             raise StoreConfigError(f"part_size must be >= {MIN_PART_SIZE} bytes (5 MiB), got {part_size}")
@@ -682,7 +818,8 @@ class S3Store(ObjectStore):
         self.endpoint_url = settings.endpoint_url
         self._region = settings.region
         self._retry = retry if retry is not None else RetryPolicy.from_env()
-        self._client = _make_client(settings)
+        self._timeouts = timeouts if timeouts is not None else Timeouts.from_env()
+        self._client = _make_client(settings, self._timeouts)
         self._ensure_bucket(create_bucket)
 
     def __repr__(self) -> str:
@@ -817,17 +954,27 @@ class S3Store(ObjectStore):
     # -- retries and error translation --------------------------------------------------------------
 
     def _call(self, op: str, key: str, fn: Callable[[], T]) -> T:
-        """Run ``fn``, retrying transient failures, and turn every client error into a StoreError."""
+        """Run ``fn``, retrying transient failures within the deadline, and turn every client error into a
+        StoreError."""
         policy = self._retry
+        limits = self._timeouts
+        deadline = time.monotonic() + limits.deadline
         for attempt in range(1, policy.attempts + 1):
             try:
                 return fn()
             except _CLIENT_ERRORS as exc:
                 transient, error = self._translate(op, key, exc, attempt)
-                if not transient or attempt == policy.attempts:
+                delay = policy.delay(attempt)
+                # The next attempt may wait connect + read seconds: only start it if that fits.
+                out_of_time = time.monotonic() + delay + limits.connect + limits.read > deadline
+                if not transient or attempt == policy.attempts or out_of_time:
+                    if transient and out_of_time and attempt < policy.attempts:
+                        error = type(error)(
+                            f"{error} (gave up within the {limits.deadline:g} s deadline per operation, "
+                            f"{DEADLINE_VAR}; read timeout {limits.read:g} s, {READ_TIMEOUT_VAR})"
+                        )
                     # Not chained: the client's exception text may quote request headers.
                     raise error from None
-                delay = policy.delay(attempt)
                 logger.warning(
                     "%s %s failed (%s); retry %d of %d in %.2f s",
                     op,
@@ -940,34 +1087,20 @@ def _copy_stream(chunks: Iterator[bytes], out: BinaryIO) -> None:
 # ---------------------------------------------------------------------------------------------------
 
 
-def open_store(uri: str, *, create_bucket: bool = False) -> ObjectStore:
-    """Open the store named by ``uri``.
+def open_store(uri: str, *, create_bucket: bool = False, create: bool = True) -> ObjectStore:
+    """Open the store named by ``uri`` (validated first by :func:`check_store_uri`).
 
-    ``file:///abs/path`` or a plain local path gives a :class:`LocalStore` (the directory is created);
-    ``s3://bucket/prefix`` gives an :class:`S3Store` configured from the environment (see the module
-    docstring), after checking that the bucket exists; ``create_bucket`` creates a missing bucket
-    instead of raising :class:`BucketNotFoundError`.
+    ``file:///abs/path`` or a plain local path gives a :class:`LocalStore` (the directory is created
+    unless ``create`` is False, as readers pass); ``s3://bucket/prefix`` gives an :class:`S3Store`
+    configured from the environment (see the module docstring), after checking that the bucket exists;
+    ``create_bucket`` creates a missing bucket instead of raising :class:`BucketNotFoundError`.
     """
-    if not isinstance(uri, str) or not uri.strip():
-        raise StoreConfigError(f"empty store URI: use {_ACCEPTED_FORMS}")
-    uri = uri.strip()
+    uri = check_store_uri(uri)
     if "://" not in uri:
-        return LocalStore(uri)
-    scheme = uri.split("://", 1)[0].lower()
-    shown = _safe_uri(uri)
-    if scheme == "s3":
+        return LocalStore(uri, create=create)
+    if uri.split("://", 1)[0].lower() == "s3":
         return S3Store(uri, create_bucket=create_bucket)
-    if scheme == "file":
-        parts = urlsplit(uri)
-        if parts.netloc not in ("", "localhost"):
-            raise StoreConfigError(
-                f"{shown!r} names a host: file URIs are local, write file:///absolute/path"
-            )
-        path = url2pathname(unquote(parts.path))
-        if not os.path.isabs(path):
-            raise StoreConfigError(f"{uri!r} is not absolute: write file:///absolute/path")
-        return LocalStore(path)
-    raise StoreConfigError(f"unsupported store URI {shown!r}: use {_ACCEPTED_FORMS}")
+    return LocalStore(url2pathname(unquote(urlsplit(uri).path)), create=create)
 
 
 def _safe_uri(uri: str) -> str:
@@ -976,4 +1109,4 @@ def _safe_uri(uri: str) -> str:
     netloc, slash, path = rest.partition("/")
     if "@" in netloc:
         netloc = "***@" + netloc.rsplit("@", 1)[1]
-    return redact(f"{scheme}{sep}{netloc}{slash}{path}")
+    return redact(f"{scheme}{sep}{netloc}{slash}{path}")[:300]

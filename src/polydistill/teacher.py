@@ -16,7 +16,10 @@ The algorithm, top to bottom (CleanRL ``dqn_atari.py`` structure):
    (``OUT/dataset``), and the learning curve (``curve.csv``, ``curve.png``).
 
 A run killed at any point and started again with the same output directory resumes from its last
-checkpoint and ends with the same number of steps and the same dataset length as an unbroken run.
+checkpoint and ends with the same dataset (byte for byte), curve and weights as an unbroken run of the same
+seed on the same machine. ALE's emulator state is not part of a resume point, so every run, killed or not,
+ends its episodes at each resume point and restarts them from ``reset(seed + step)`` (:func:`_cut`); all
+other state (networks, optimizer, replay, torch and NumPy RNGs, counters, curve) is saved.
 """
 
 from __future__ import annotations
@@ -47,9 +50,9 @@ from .checkpoint import (
 )
 from .config import TeacherConfig
 from .envs import EpisodeStats, action_meanings, canonical_game, make_vector_env, observation_spec
-from .networks import DuelingQNetwork, make_adam, pick_device
+from .networks import DeviceError, DuelingQNetwork, make_adam, pick_device
 from .progress import MetricsCallback, progress
-from .replay import FrameReplay, StepRecorder
+from .replay import FrameReplay, StepRecorder, check_memory, replay_bytes
 from .store import open_store
 
 log = logging.getLogger(__name__)
@@ -209,13 +212,26 @@ def train_teacher(
     """
     game = canonical_game(game)  # fails fast on unknown names
     out = Path(out_dir)
-    resuming = _prepare_out_dir(out, game, cfg)
     if cfg.record_steps > cfg.buffer_size:
         raise TeacherRunError(
             f"record_steps={cfg.record_steps} exceeds buffer_size={cfg.buffer_size}: the recorded states "
-            f"come "
-            f"from the replay memory; raise buffer_size or lower record_steps"
+            f"come from the replay memory; raise buffer_size or lower record_steps"
         )
+    # Everything that can be refused is refused before run.json exists: a refused run must not leave a
+    # record that then blocks the corrected command.
+    try:
+        pick_device(cfg.device)
+    except DeviceError as e:
+        raise TeacherRunError(str(e)) from None
+    try:
+        check_memory(
+            replay_bytes(cfg.buffer_size, cfg.num_envs),
+            f"--buffer-size {cfg.buffer_size} (replay memory, {cfg.num_envs} envs)",
+            "lower --buffer-size (about 7,066 bytes per transition)",
+        )
+    except MemoryError as e:
+        raise TeacherRunError(str(e)) from None
+    resuming = _prepare_out_dir(out, game, cfg)
     out.mkdir(parents=True, exist_ok=True)
     if resuming and _finished(out):
         log.info("%s teacher run in %s is already finished; reusing it", game, out)
@@ -285,7 +301,7 @@ def _train_loop(
     """Act, record, learn and checkpoint until ``cfg.total_steps`` agent steps (see the module docstring)."""
     n = cfg.num_envs
     n_actions = lr.online.num_actions[0]
-    obs, info = envs.reset(seed=cfg.seed + lr.step)  # a resumed run starts fresh episodes
+    obs, info = envs.reset(seed=cfg.seed + lr.step)  # a resumed run starts fresh episodes, as _cut does
     recorder = StepRecorder(lr.replay, np.asarray(info["lives"]))
     stats = EpisodeStats(n)
     recent: deque[float] = deque(maxlen=20)
@@ -328,6 +344,10 @@ def _train_loop(
         if lr.step - last_ckpt >= cfg.checkpoint_every and lr.step < cfg.total_steps:
             _save_resume(out, lr)
             last_ckpt = lr.step
+            # Cut here exactly as a resume from this point does (fresh episodes from a seed derived from
+            # the step, the interrupted ones ended in the replay): ALE's emulator state is not saved, so
+            # this is what makes a killed-and-resumed run the same run as an unbroken one.
+            obs, recorder, stats = _cut(cfg, envs, lr)
         if _crossings(lr.step, k, 1000):
             sps = (lr.step - steps0) / max(time.monotonic() - t0, 1e-9)
             mean_ret = float(np.mean(recent)) if recent else float("nan")
@@ -341,6 +361,14 @@ def _train_loop(
             bar.close()
             raise KeyboardInterrupt(f"stop_after={stop_after} reached at step {lr.step}")
     bar.close()
+
+
+def _cut(cfg: TeacherConfig, envs: Any, lr: _Learner) -> tuple[np.ndarray, StepRecorder, EpisodeStats]:
+    """End every episode at a resume point: what an unbroken run does right after saving one, and what a
+    resumed run does right after loading it (``_load_resume`` marks the cut, ``_train_loop`` resets)."""
+    lr.replay.mark_cut()
+    obs, info = envs.reset(seed=cfg.seed + lr.step)
+    return obs, StepRecorder(lr.replay, np.asarray(info["lives"])), EpisodeStats(cfg.num_envs)
 
 
 def _crossings(step: int, n: int, every: int) -> int:

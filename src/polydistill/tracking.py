@@ -87,6 +87,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from .progress import MetricsCallback
+from .redaction import is_text_file, redact_uri
 
 __all__ = [
     "CONNECT_TIMEOUT_S",
@@ -170,12 +171,8 @@ _SECRET_WORDS = frozenset({
 _SECRET_PAIRS = frozenset({("access", "key"), ("secret", "key"), ("api", "key"), ("private", "key")})
 # Values of secret-named env vars that are settings, not secrets (replacing every "true" would garble text).
 _NOT_SECRET_VALUES = frozenset({"true", "false", "yes", "no", "none", "null", "on", "off"})
-# user:password@ in a URI.
-_URI_PASSWORD = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^/\s:@]*):[^@/\s]*@")
 _MIN_SECRET_LEN = 4  # shorter values are not treated as secrets (replacing "ab" everywhere protects nothing)
 _BAD_NAME_CHARS = re.compile(r"[^\w.\- /:]")
-_TEXT_SUFFIXES = {".json", ".yaml", ".yml", ".txt", ".md", ".html", ".htm", ".csv", ".log", ".cfg", ".ini"}
-_MAX_TEXT_SCAN = 20 * 1024 * 1024  # bytes; bigger text files are uploaded unscanned
 
 # mlflow.pytorch.log_model reads the global tracking URI; swapping it is serialised by this lock.
 _GLOBAL_URI_LOCK = threading.RLock()
@@ -226,10 +223,9 @@ def _secret_values() -> list[str]:
 
 
 def redact_text(text: str, secrets: Sequence[str] | None = None) -> str:
-    """``text`` with credential values and URI passwords replaced by ``***``."""
-    for s in _secret_values() if secrets is None else secrets:
-        text = text.replace(s, "***")
-    return _URI_PASSWORD.sub(r"\g<head>:***@", text)
+    """``text`` with credential values, URI passwords/tokens and credential query values replaced by
+    ``***`` (:func:`polydistill.redaction.redact_uri`)."""
+    return redact_uri(text, _secret_values() if secrets is None else secrets)
 
 
 def safe_tracking_uri(uri: str) -> str:
@@ -871,31 +867,48 @@ class StageRun:
         return info.model_uri
 
 
+def _redact_stream(src: Path, dst: Path | None, secrets: Sequence[str]) -> bool:
+    """Redact ``src`` line by line (bytes kept as they are, via surrogateescape) into ``dst``, or only scan
+    it when ``dst`` is None; returns whether any line changed. Streams, so file size does not matter."""
+    changed = False
+    with contextlib.ExitStack() as stack:
+        fin = stack.enter_context(open(src, encoding="utf-8", errors="surrogateescape", newline=""))
+        fout = (
+            stack.enter_context(open(dst, "w", encoding="utf-8", errors="surrogateescape", newline=""))
+            if dst is not None
+            else None
+        )
+        for line in fin:
+            clean = redact_text(line, secrets)
+            changed = changed or clean != line
+            if fout is not None:
+                fout.write(clean)
+            elif changed:
+                return True
+    return changed
+
+
 def _redacted_copy(path: Path, tmp: Path) -> Path:
-    """``path`` itself, or a copy under ``tmp`` with credential values in text files redacted."""
+    """``path`` itself, or a copy under ``tmp`` with credential values in its text files redacted.
+
+    Every file is sniffed for text by content (no NUL byte, valid UTF-8 in its first 8 KiB), whatever its
+    name (``stderr.txt.1``, ``run.log.gz``-named text, no suffix at all); text files of any size are
+    scanned. Binary files (weights, images) are uploaded as they are.
+    """
     secrets = _secret_values()
-    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
-
-    def needs(p: Path) -> bool:
-        if p.suffix.lower() not in _TEXT_SUFFIXES or p.stat().st_size > _MAX_TEXT_SCAN:
-            return False
-        text = p.read_text(errors="replace")
-        return redact_text(text, secrets) != text
-
-    dirty = [p for p in files if needs(p)]
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file() and not p.is_symlink()]
+    dirty = [p for p in files if is_text_file(str(p)) and _redact_stream(p, None, secrets)]
     if not dirty:
         return path
+    out = tmp / path.name
     if path.is_file():
-        out = tmp / path.name
-        out.write_text(redact_text(path.read_text(errors="replace"), secrets))
+        _redact_stream(path, out, secrets)
         return out
     import shutil
 
-    out = tmp / path.name
-    shutil.copytree(path, out)
+    shutil.copytree(path, out, symlinks=True)
     for p in dirty:
-        target = out / p.relative_to(path)
-        target.write_text(redact_text(p.read_text(errors="replace"), secrets))
+        _redact_stream(p, out / p.relative_to(path), secrets)
     return out
 
 

@@ -19,6 +19,7 @@ def _pair_by_game(
     from ..checkpoint import CheckpointError, read_metadata
     from ..distill import teacher_checkpoint_dir
     from ..envs import canonical_game
+    from ..store import StoreError, redact
 
     teachers: dict[str, str] = {}
     for t in teacher_dirs:
@@ -36,8 +37,8 @@ def _pair_by_game(
     for d in dataset_uris:
         try:
             game = canonical_game(open_dataset(d).game)
-        except DatasetError as e:
-            fail(f"--dataset {d}: {e}")
+        except (DatasetError, StoreError) as e:
+            fail(f"--dataset {redact(d)}: {e}")
         if game in datasets:
             fail(f"two --dataset URIs for {game}: {datasets[game]} and {d}; give one per game")
         datasets[game] = d
@@ -85,13 +86,14 @@ def distill_cmd(
     from ..checkpoint import CheckpointError
     from ..distill import DistillError, distill
     from ..envs import UnknownGameError
+    from ..store import StoreError
 
     teachers, datasets = run_guarded(
         lambda: _pair_by_game(teacher_dirs, dataset_uris), (UnknownGameError, DatasetError, CheckpointError)
     )
     res = run_guarded(
         lambda: distill(teachers, datasets, cfg, Path(out_dir)),
-        (DistillError, DatasetError, CheckpointError, UnknownGameError),
+        (DistillError, DatasetError, CheckpointError, UnknownGameError, StoreError),
     )
     lines = [
         f"{res.out_dir}: {res.steps} steps, {res.parameters:,} parameters, "

@@ -68,6 +68,15 @@ def config_options(stage: str, aliases: dict[str, str] | None = None, skip: tupl
                 cfg = C.resolve(stage, profile, kwargs.pop("config_file"), overrides)
             except C.ConfigError as e:
                 raise click.UsageError(str(e)) from None
+            if getattr(cfg, "device", "auto") != "auto":
+                # The device must exist here before any work or file: cuda on a CPU-only machine is a
+                # one-line error, not a traceback halfway in.
+                from ..networks import DeviceError, pick_device
+
+                try:
+                    pick_device(cfg.device)
+                except DeviceError as e:
+                    raise click.UsageError(str(e)) from None
             return fn(*args, cfg=cfg, profile=profile, **kwargs)
 
         return wrapper
@@ -76,8 +85,11 @@ def config_options(stage: str, aliases: dict[str, str] | None = None, skip: tupl
 
 
 def fail(message: str) -> typing.NoReturn:
-    """Exit with a one-line error (no traceback) and status 2."""
-    raise click.ClickException(message)
+    """Exit with a one-line error (no traceback) and status 1; credentials in it are redacted (URI
+    passwords and tokens, and the values of credential environment variables)."""
+    from ..store import redact
+
+    raise click.ClickException(" ".join(redact(str(message)).split("\n")))
 
 
 def run_guarded(fn: Callable[[], Any], errors: tuple[type[BaseException], ...]) -> Any:
