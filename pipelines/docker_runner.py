@@ -123,10 +123,11 @@ def make_runner(image: str, dirs: Iterable[Path], environment: Mapping[str, str]
                              f"sudo bash scripts/docker-engine.sh start, then export DOCKER_HOST=unix://{ENGINE_SOCKET}"
                              ) from None
     try:
-        with client:
-            config = client.images.get(image).attrs.get("Config") or {}
+        config = client.images.get(image).attrs.get("Config") or {}
     except docker.errors.ImageNotFound:
         raise DockerRunError(f"image {image} is not in the Docker engine at {host}; {BUILD_HINT}") from None
+    finally:
+        client.close()
     uid, gid = parse_user(config.get("User", ""), image)
     unique = sorted({d.resolve() for d in dirs})
     # A directory inside another one is covered by the outer mount.

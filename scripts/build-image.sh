@@ -15,6 +15,8 @@
 #   --base IMAGE   the base image (build argument PYTHON_IMAGE): Python 3.11 on Debian bookworm.
 #   --tag TAG      another tag than images/IMAGE[_CUDA] (the components and `polydistill run --runner docker`
 #                  use that file's tag).
+#   --wheels-only  fill the wheelhouse and stop (implies --offline): to carry it to an air-gapped machine, whose
+#                  POLYDISTILL_CACHE_DIR/wheels/<variant>/ it then fills.
 #
 # The engine: the one DOCKER_HOST (or the default socket) points at; when none answers and we are root, the
 # script installs and starts its own (scripts/docker-engine.sh) and leaves it running for the next command
@@ -32,10 +34,11 @@ CPU_TORCH_INDEX="https://download.pytorch.org/whl/cpu"
 DEFAULT_OFFLINE_BASE="polydistill/base:bookworm"
 DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 
-offline=0 variant=cpu base="" tag=""
+offline=0 variant=cpu base="" tag="" wheels_only=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --offline) offline=1 ;;
+    --wheels-only) offline=1; wheels_only=1 ;;
     --cuda) variant=cuda ;;
     --base) base="${2:?--base needs an image}"; shift ;;
     --tag) tag="${2:?--tag needs a tag}"; shift ;;
@@ -51,7 +54,7 @@ else dockerfile=images/Dockerfile; tag_file=images/IMAGE; fi
 tag="${tag:-$(cat "$tag_file")}"
 
 # ---- the engine ----
-if ! docker version --format '{{.Server.Version}}' >/dev/null 2>&1; then
+if [ "$wheels_only" = 0 ] && ! docker version --format '{{.Server.Version}}' >/dev/null 2>&1; then
   eval "$(bash scripts/docker-engine.sh env)"
   if ! bash scripts/docker-engine.sh status >/dev/null; then
     [ "$(id -u)" = 0 ] || { say "no Docker engine answers; start one (sudo bash scripts/docker-engine.sh start)"; exit 1; }
@@ -82,7 +85,7 @@ make_base() {
   say "base image $1 imported from $tarball"
 }
 
-if [ "$offline" = 1 ]; then
+if [ "$offline" = 1 ] && [ "$wheels_only" = 0 ]; then
   base="${base:-$DEFAULT_OFFLINE_BASE}"
   docker image inspect "$base" >/dev/null 2>&1 || make_base "$base"
 fi
@@ -125,6 +128,7 @@ fill_wheelhouse() {
 build_args=(--build-arg "INSTALL=online" --network host)
 if [ "$offline" = 1 ]; then
   fill_wheelhouse
+  [ "$wheels_only" = 1 ] && exit 0
   # Hard links (copies across file systems) into the build context; removed again however the build ends.
   trap 'find images/wheelhouse -maxdepth 1 -name "*.whl" -delete' EXIT
   find images/wheelhouse -maxdepth 1 -name "*.whl" -delete

@@ -44,9 +44,12 @@ def _engine_and_image() -> None:
         _unavailable("the Docker SDK is not installed (pip install 'polydistill[docker]')")
     host = docker_runner.engine_host()
     try:
-        with docker.from_env() as client:
+        client = docker.from_env()
+        try:
             client.ping()
             client.images.get(IMAGE)
+        finally:
+            client.close()
     except docker.errors.ImageNotFound:
         _unavailable(f"image {IMAGE} is not built (bash scripts/build-image.sh --offline)")
     except docker.errors.DockerException as e:
@@ -105,8 +108,11 @@ def test_docker_smoke_run_ran_in_the_image(docker_run):
                 assert Path(cell["agent_path"]).is_dir(), cell["agent_path"]  # the container's path is the host's
     import docker
 
-    with docker.from_env() as client:
+    client = docker.from_env()
+    try:
         uid, _ = docker_runner.parse_user(client.images.get(IMAGE).attrs["Config"]["User"], IMAGE)
+    finally:
+        client.close()
     outputs = [p for p in (docker_run / "kfp").rglob("executor_output.json")]
     assert outputs, "no task wrote its executor output"
     assert {p.stat().st_uid for p in outputs} == {uid}, "the tasks did not run as the image's user"
