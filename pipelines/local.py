@@ -7,9 +7,11 @@ Everything lands under one run directory::
     RUN_DIR/mlflow.db   MLflow's SQLite store unless ``--tracking-uri`` names another
     RUN_DIR/report/     the results report (Markdown, HTML, JSON), copied from the report task
 
-Each task runs as a subprocess of this Python (``SubprocessRunner(use_venv=False)``), so the package must be
-installed in it, as it is for the ``polydistill`` command. ``kfp.local.init`` deletes its workspace after a
-run, so nothing of value is kept there.
+With ``runner="subprocess"`` (the default) each task runs as a subprocess of this Python
+(``SubprocessRunner(use_venv=False)``), so the package must be installed in it, as it is for the ``polydistill``
+command. With ``runner="docker"`` each task runs in the project image instead, as its user, with no network and
+the run's directories mounted at their own paths (:mod:`.docker_runner`): how an image is tried before it is
+pushed to a cluster. ``kfp.local.init`` deletes its workspace after a run, so nothing of value is kept there.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from .components.runtime import LOOP_THREADS_ENV
 DEFAULT_RUNS_DIR = Path("runs")
 #: Loop iterations kfp's local runner runs at once (its ParallelExecutor's cap).
 LOCAL_LOOP_PARALLELISM = 2
+#: Where the tasks run: subprocesses of this Python, or containers of the project image.
+RUNNERS = ("subprocess", "docker")
 
 
 @dataclass
@@ -93,6 +97,7 @@ def run_local(
     run_dir: str | Path | None = None,
     params: Mapping[str, Any] | None = None,
     experiment: str | None = None,
+    runner: str = "subprocess",
 ) -> LocalRun:
     """Run the whole DAG on kfp's local runner and return where the results are.
 
@@ -104,8 +109,10 @@ def run_local(
         run_dir: where everything goes; default ``runs/<timestamp>-<profile>``.
         params: pipeline hyperparameters (names of ``config.PIPELINE_PARAMETERS``); unset: the profile's.
         experiment: MLflow experiment name; default the pipeline's (``polydistill``).
+        runner: ``subprocess`` (tasks run in this Python) or ``docker`` (in the image the components name).
     Raises:
         RuntimeError: a task failed (the message names it; its log is above it on stdout).
+        DockerRunError: (a RuntimeError) the docker runner cannot start: engine, image, URIs or permissions.
     """
     from kfp import local
 
@@ -114,6 +121,8 @@ def run_local(
     from .pipeline import STUDENTS, local_pipeline
 
     run = Path(run_dir) if run_dir is not None else default_run_dir(profile)
+    if runner not in RUNNERS:
+        raise ValueError(f"unknown runner {runner!r}; choose one of {', '.join(RUNNERS)}")
     run = run.expanduser().resolve()
     run.mkdir(parents=True, exist_ok=True)
     store = store_uri or (run / "store").as_uri()
@@ -127,8 +136,18 @@ def run_local(
     n_games = len(args["games"] or C.default_games(profile))
     concurrent = min(max(n_games, len(STUDENTS)), LOCAL_LOOP_PARALLELISM)
     os.environ.setdefault(LOOP_THREADS_ENV, str(task_threads(concurrent)))
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run / "kfp"),
-               raise_on_error=True)
+    if runner == "docker":
+        from . import docker_runner
+        from .components.image import IMAGE
+
+        # Created here, before the run directory goes to the image's user: kfp would create it as us.
+        (run / "kfp").mkdir(exist_ok=True)
+        dirs = [run, docker_runner.local_dir(store, "store"), docker_runner.local_dir(tracking, "tracking URI")]
+        task_runner = docker_runner.make_runner(IMAGE, dirs, {LOOP_THREADS_ENV: os.environ[LOOP_THREADS_ENV]},
+                                                owned=[run])
+    else:
+        task_runner = local.SubprocessRunner(use_venv=False)
+    local.init(runner=task_runner, pipeline_root=str(run / "kfp"), raise_on_error=True)
     t0 = time.monotonic()
     with warnings.catch_warnings():
         # The runner warns that the project image's name lacks "python": it runs this Python instead.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-step set-up on a fresh machine (Python 3.11+). Idempotent.
 #
-#   bash scripts/setup.sh          # the package, kfp and MLflow: enough for `polydistill run`
+#   bash scripts/setup.sh          # the package, kfp, MLflow and the Docker SDK: enough for `polydistill run`
 #   bash scripts/setup.sh --test   # plus the test tools (pytest, moto, kubectl/kustomize, kubernetes-validate)
 #
 # torch is installed first and pinned on its own: `pip install torch==2.13.0` takes the CPU wheel on these
@@ -9,8 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
-extras="kfp"
-[[ "${1:-}" == "--test" ]] && extras="kfp,test"
+extras="kfp,docker"
+[[ "${1:-}" == "--test" ]] && extras="kfp,docker,test"
 
 "$PYTHON" -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
 "$PYTHON" -m pip install --quiet --disable-pip-version-check -e ".[${extras}]"

@@ -1,14 +1,21 @@
-"""Static checks of the project image's Dockerfiles (images/Dockerfile, images/Dockerfile.cuda).
+"""The project image: policy checks of its Dockerfiles, and checks of the real, built image.
 
-No Docker engine runs on the development or CI machines, so nothing is built here. The Dockerfiles are parsed
-as text (continuation lines joined, comments dropped, `ARG` defaults substituted) and checked against
-pyproject.toml, read with tomllib: torch==2.13.0 is installed before the package, the kfp pins are the ones
-of pyproject's `kfp` extra, the base image is pinned, the image runs as a numeric non-root user, and so on.
-A real build additionally runs the image's own smoke test (`RUN python -c "import polydistill, ale_py, kfp"`).
+A real build (``scripts/build-image.sh``, which CI runs) covers what reading the Dockerfiles used to stand in for:
+that every COPY source reaches the build context, that the package installs whole and its smoke test (imports,
+ROMs) passes as the runtime user. What a build cannot show stays a text check here, parsed as Docker does
+(continuation lines joined, comments dropped, ``ARG`` defaults substituted) and compared with pyproject.toml:
+the base and every pin are pinned and agree with pyproject, torch comes first and from PyTorch's index (a build
+from the wheelhouse never meets PyPI's CUDA torch, an online one would), the user is numeric and non-root, no
+credential is baked in, and ``.dockerignore`` keeps run outputs and secrets out of the context.
+
+The built image itself (``images/IMAGE``; the CUDA one when built) is inspected and run, with no network: its
+user, environment, writable directories, versions, and that the wheelhouse stayed in the builder stage. Without
+an engine or the image these tests skip, except on CI (``CI=true``), where they fail.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -105,7 +112,7 @@ def test_torch_is_installed_before_the_package(dockerfile):
     _, ins = dockerfile
     pip_runs = [(i, run) for i, run in _runs(ins) if "pip install" in run]
     torch_at = [i for i, run in pip_runs if TORCH_PIN in run.split()]
-    package_at = [i for i, run in pip_runs if re.search(r"""pip install ["']?\.\[kfp\]""", run)]
+    package_at = [i for i, run in pip_runs if re.search(r"""pip install .*["']?\.\[kfp\]""", run)]
     assert torch_at, f"no RUN installs {TORCH_PIN}"
     assert package_at, 'no RUN installs the package with its kfp extra (pip install ".[kfp]")'
     assert pip_runs[0][0] == torch_at[0], "the first pip install must be torch's"
@@ -151,26 +158,6 @@ def test_runs_as_numeric_non_root_user_with_home_and_workdir(dockerfile):
     assert any(workdir in run and "chown 1000:1000" in run for _, run in _runs(final)), workdir
 
 
-def test_environment_and_no_entrypoint(dockerfile):
-    variant, ins = dockerfile
-    final = _final_stage(ins)
-    env = " ".join(rest for keyword, rest in final if keyword == "ENV")
-    assert "PYTHONUNBUFFERED=1" in env
-    if variant == "cuda":
-        assert "NVIDIA_VISIBLE_DEVICES=all" in env
-        assert "compute" in env
-    # KFP sets the container command of every component.
-    assert not [rest for keyword, rest in ins if keyword == "ENTRYPOINT"]
-
-
-def test_smoke_import_runs_as_the_user_after_install(dockerfile):
-    _, ins = dockerfile
-    last_user = max(i for i, (keyword, _) in enumerate(ins) if keyword == "USER")
-    smoke = [i for i, run in _runs(ins) if 'python -c "import polydistill, ale_py, kfp' in run]
-    assert smoke, 'missing RUN python -c "import polydistill, ale_py, kfp"'
-    assert smoke[-1] > last_user
-
-
 def _ignored(path: str, patterns: list[str]) -> bool:
     """Docker's .dockerignore rule: the last pattern matching the path or one of its parents wins."""
 
@@ -195,20 +182,6 @@ def _ignored(path: str, patterns: list[str]) -> bool:
 def _dockerignore() -> list[str]:
     lines = (ROOT / ".dockerignore").read_text().splitlines()
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-
-
-def test_copy_sources_exist_and_reach_the_build_context(dockerfile):
-    _, ins = dockerfile
-    patterns = _dockerignore()
-    for keyword, rest in ins:
-        if keyword != "COPY" or rest.startswith("--from"):
-            continue
-        *sources, _dest = rest.split()
-        for source in sources:
-            if any(ch in source for ch in "*?["):
-                continue  # a glob may match nothing (README.md*): BuildKit allows that
-            assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
-            assert not _ignored(source, patterns), f"COPY {source}: excluded by .dockerignore"
 
 
 @pytest.mark.parametrize(
@@ -247,3 +220,123 @@ def test_image_tag_files_hold_one_tag_each():
     # The tag follows the package version, so a release bumps both together.
     assert cpu == f"ghcr.io/polydistill/polydistill:{version}"
     assert cuda == f"{cpu}-cuda"
+
+
+# Names that would put a secret into an image layer or its metadata (ARG values are kept in the history too).
+SECRET_NAME = re.compile(r"(TOKEN|PASSWORD|PASSWD|SECRET|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL)", re.IGNORECASE)
+
+
+def test_no_credentials_in_the_dockerfiles(dockerfile):
+    _, ins = dockerfile
+    for keyword, rest in ins:
+        if keyword in ("ARG", "ENV", "LABEL"):
+            assert not SECRET_NAME.search(rest), f"{keyword} {rest}: credentials never go into an image"
+        if keyword == "RUN":
+            assert not re.search(r"https?://[^/\s:@]+:[^/\s@]+@", rest), f"credentials in a URL: {rest}"
+
+
+def test_install_mode_defaults_to_online_and_offline_needs_no_index(dockerfile):
+    """The offline mode is a build argument beside the online default; offline, pip sees only the wheelhouse."""
+    _, ins = dockerfile
+    assert _arg_defaults(ins).get("INSTALL") == "online"
+    mode_run = next(run for _, run in _runs(ins) if "$INSTALL" in run)
+    assert "no-index = true" in mode_run and "find-links = /wheelhouse" in mode_run
+    final = _final_stage(ins)
+    copies = [rest for keyword, rest in final if keyword == "COPY"]
+    assert copies == ["--from=deps /opt/venv /opt/venv", "--from=builder /opt/package /opt/venv"], (
+        "the runtime stage takes the venv and the package only"
+    )
+
+
+# ------------------------------------------------------------------------------------------- the built image
+
+ON_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """A Docker SDK client on the engine the docker runner would use (skips, or fails on CI, without one)."""
+    try:
+        import docker
+    except ImportError:
+        if ON_CI:
+            pytest.fail("CI=true but the Docker SDK is missing")
+        pytest.skip("no Docker SDK")
+    from polydistill_kfp.docker_runner import engine_host
+
+    host = engine_host()
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as e:
+        if ON_CI:
+            pytest.fail(f"CI=true but no Docker engine answers at {host}: {type(e).__name__}")
+        pytest.skip(f"no Docker engine at {host}")
+    yield client
+    client.close()
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def built_image(request, engine) -> tuple[str, str, dict]:
+    """(variant, tag, attrs) of a built project image; CI builds the CPU one (the CUDA one may be missing)."""
+    import docker
+
+    tag = (IMAGES / ("IMAGE" if request.param == "cpu" else "IMAGE_CUDA")).read_text().strip()
+    try:
+        image = engine.images.get(tag)
+    except docker.errors.ImageNotFound:
+        if ON_CI and request.param == "cpu":
+            pytest.fail(f"CI=true but {tag} is not built")
+        flag = " --cuda" if request.param == "cuda" else ""
+        pytest.skip(f"{tag} is not built (bash scripts/build-image.sh --offline{flag})")
+    return request.param, tag, image.attrs
+
+
+def _run_in(engine, tag: str, script: str) -> str:
+    """Run a shell script in the image as its own user, with no network; its stdout (stderr on failure)."""
+    import docker
+
+    try:
+        out = engine.containers.run(tag, ["bash", "-c", script], network_mode="none", remove=True, stderr=True)
+    except docker.errors.ContainerError as e:
+        raise AssertionError(f"in {tag}: {script!r} failed: {e.stderr.decode(errors='replace')[-2000:]}") from None
+    return out.decode()
+
+
+def test_built_image_metadata(built_image):
+    variant, tag, attrs = built_image
+    config = attrs["Config"]
+    assert config["User"] == "1000:1000"
+    assert not config.get("Entrypoint"), "KFP sets the command; no ENTRYPOINT"
+    env = dict(item.split("=", 1) for item in config["Env"])
+    assert env["PYTHONUNBUFFERED"] == "1" and env["HOME"] == "/home/polydistill"
+    assert env["PATH"].startswith("/opt/venv/bin:")
+    assert config["WorkingDir"] == "/workspace"
+    assert not [k for k in env if SECRET_NAME.search(k)], env
+    if variant == "cuda":
+        assert env["NVIDIA_VISIBLE_DEVICES"] == "all"
+    print(f"{tag}: {attrs['Size'] / 1e6:.0f} MB")
+
+
+def test_built_image_runs_as_its_user_with_the_pinned_versions(built_image, engine):
+    variant, tag, _ = built_image
+    project = _pyproject()["project"]
+    pins = dict(req.split("==") for req in project["dependencies"] + project["optional-dependencies"]["kfp"]
+                if "==" in req)
+    out = _run_in(engine, tag, """set -e
+        id -u; id -g
+        for d in /workspace /gcs /minio /s3 "$HOME"; do touch "$d/.w" && rm "$d/.w"; done
+        test ! -e /wheelhouse && test ! -e /etc/pip.conf && test ! -e /build
+        polydistill --help >/dev/null
+        python -c "from importlib.metadata import version as v; import torch
+print(*(f'{n}=={v(n)}' for n in ('kfp', 'kfp-kubernetes', 'mlflow', 'polydistill')))
+print(torch.__version__, torch.version.cuda)"
+    """).split("\n")
+    assert out[0:2] == ["1000", "1000"], out
+    versions = dict(item.split("==") for item in out[2].split())
+    for name in ("kfp", "kfp-kubernetes", "mlflow"):
+        assert versions[name] == pins[name], (name, versions[name])
+    assert versions["polydistill"] == project["version"]
+    torch_version, cuda = out[3].split()
+    assert torch_version.split("+")[0] == pins["torch"]
+    assert (cuda == "None") is (variant == "cpu"), f"{variant} image has torch {torch_version}, CUDA {cuda}"

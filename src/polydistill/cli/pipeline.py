@@ -98,22 +98,30 @@ def _import_kfp() -> None:
               help="Preset sizes: smoke (minutes), cpu (a laptop, about an hour), paper (the seed protocol).")
 @click.option("--run-dir", type=click.Path(file_okay=False), default=None,
               help="Directory for everything this run writes [runs/<time>-<profile>].")
+@click.option("--runner", type=click.Choice(["subprocess", "docker"]), default="subprocess", show_default=True,
+              help="Where each task runs: a subprocess of this Python, or a container of the project image "
+                   "(images/IMAGE; its user, no network, the run's directories mounted at their own paths).")
 @pipeline_options
-def run_cmd(profile: str, run_dir: str | None, games: list[str], store_uri: str | None,
+def run_cmd(profile: str, run_dir: str | None, runner: str, games: list[str], store_uri: str | None,
             tracking_uri: str | None, experiment: str | None, params: dict[str, Any]) -> None:
     """Run the whole pipeline on this machine with kfp's local runner.
 
-    Each task runs as a subprocess of this Python; outputs, the object store (file://) and MLflow (SQLite)
-    go under --run-dir. At the end the results table is printed, with the command that opens MLflow's UI.
+    Each task runs as a subprocess of this Python (or, --runner docker, in the project image); outputs, the
+    object store (file://) and MLflow (SQLite) go under --run-dir. At the end the results table is printed,
+    with the command that opens MLflow's UI.
     """
     games = _check_games(games)
     _check_params(profile, params)
     _import_kfp()
+    from polydistill_kfp.docker_runner import DockerRunError
     from polydistill_kfp.local import run_local
 
     try:
         result = run_local(profile=profile, games=games or None, store_uri=store_uri,
-                           tracking_uri=tracking_uri, run_dir=run_dir, params=params, experiment=experiment)
+                           tracking_uri=tracking_uri, run_dir=run_dir, params=params, experiment=experiment,
+                           runner=runner)
+    except DockerRunError as e:
+        fail(str(e))
     except RuntimeError as e:
         fail(f"{e} (the failing task's log is above)")
     click.echo("")
