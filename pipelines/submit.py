@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from polydistill.redaction import redact_uri
+
 from .compat import MINIMUM_BACKEND, MINIMUM_KUBEFLOW, parse_version, version_text
 from .compile import compile_pipeline, compiled_name
 
@@ -329,19 +331,22 @@ def _api_error(what: str, host: str, exc: BaseException) -> KubeflowError:
 
 
 def check_arguments(arguments: Mapping[str, Any]) -> None:
-    """Refuse pipeline parameters that would publish a secret: parameters are shown to everyone who can
-    read the run, so credentials come from the Secret and ConfigMap on the cluster, never from here."""
+    """Refuse, before anything is sent, pipeline parameters that would publish a secret (parameters are shown
+    to everyone who can read the run, so credentials come from the Secret and ConfigMap on the cluster) and a
+    store URI that ``run`` would refuse (the same check, :func:`polydistill.store.check_store_uri`)."""
+    from polydistill.store import StoreConfigError, check_store_uri
+
     for name, value in arguments.items():
-        if isinstance(value, str) and "://" in value and urllib.parse.urlsplit(value).password:
+        if isinstance(value, str) and "://" in value and urllib.parse.urlsplit(value).username:
             raise KubeflowError(
-                f"parameter {name} ({redact_uri(value)!r}) carries a password; pipeline parameters are visible "
-                "in the Kubeflow UI: drop it from the URI and give the credentials to the pods "
+                f"parameter {name} ({redact_uri(value)!r}) carries credentials; pipeline parameters are visible "
+                "in the Kubeflow UI: drop them from the URI and give them to the pods "
                 "(MLFLOW_TRACKING_USERNAME/PASSWORD or the mlpipeline-minio-artifact Secret)")
-
-
-def redact_uri(text: str) -> str:
-    """``text`` with any ``user:password@`` of a URL replaced by ``***@``."""
-    return re.sub(r"(?<=://)[^/@\s]+@", "***@", text)
+    if arguments.get("store_uri"):
+        try:
+            check_store_uri(str(arguments["store_uri"]))
+        except StoreConfigError as e:
+            raise KubeflowError(f"--store: {e}") from None
 
 
 @dataclass

@@ -579,3 +579,23 @@ def test_tracking_uri_with_a_password_is_not_sent_as_a_parameter(kfp_api: StandI
         main, ["submit", "--host", kfp_api.url, "--tracking-uri", "http://mlf:PASS-77@mlflow:5000"]))
     assert "tracking_uri" in line and "PASS-77" not in line
     assert kfp_api.requests == []
+
+
+@pytest.mark.parametrize(("flags", "named"), [
+    (["--teacher-steps", "-5"], "teacher_steps"),  # issue #23.6: any negative used to mean "the profile's"
+    (["--store", "s3://b/../x"], "--store"),
+    (["--store", "file:///a/./b"], "--store"),
+])
+def test_bad_parameters_are_refused_before_anything_is_sent(kfp_api: StandInKfp, flags: list[str],
+                                                            named: str) -> None:
+    line = _one_error_line(CliRunner().invoke(main, ["submit", "--host", kfp_api.url, *flags]))
+    assert named in line
+    assert kfp_api.requests == []
+
+
+def test_store_with_credentials_is_not_sent_as_a_parameter(kfp_api: StandInKfp) -> None:
+    line = _one_error_line(CliRunner().invoke(
+        main, ["submit", "--host", kfp_api.url, "--store", "file:///tmp/x", "--tracking-uri",
+               "https://TOKEN-abc@mlflow.example.com"]))
+    assert "carries credentials" in line and "TOKEN-abc" not in line
+    assert kfp_api.requests == []
