@@ -63,7 +63,7 @@ from typing import Any
 
 import numpy as np
 
-from .store import ObjectNotFoundError, ObjectStore, open_store
+from .store import ObjectNotFoundError, ObjectStore, StoreAccessDeniedError, open_store
 
 log = logging.getLogger(__name__)
 
@@ -538,8 +538,15 @@ class DatasetWriter:
             self.store.put_files(keys, workers=self.workers, progress=self.progress)
             self.store.put_bytes(MANIFEST, new_manifest)
             if previous is not None and previous.version != self.manifest.version:
+                kept = 0
                 for info in previous.shards:  # names validated: all inside this prefix and that version
-                    self.store.delete(info.name)
+                    try:
+                        self.store.delete(info.name)
+                    except StoreAccessDeniedError:  # Kubeflow's per-profile keys may not delete
+                        kept += 1
+                if kept:
+                    log.warning("%d shards of the replaced version %s stay in %s: this key may not delete",
+                                kept, previous.version, self.store.uri)
             log.info(
                 "wrote dataset %s (%s): %d steps, %d shards, %.1f bytes/state",
                 self.store.uri,
