@@ -708,6 +708,18 @@ class ExperienceDataset:
             raise DatasetError(f"dataset {self.uri}: shard {info.name} is missing; re-export the dataset")
         return path
 
+    def _read(self, info: ShardInfo) -> bytes:
+        """The shard's bytes; a shard that vanishes between the check and the read (a newer export replaced
+        this dataset's version meanwhile) is a DatasetError like any missing shard."""
+        path = self._fetch(info)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise DatasetError(
+                f"dataset {self.uri}: shard {info.name} is missing (replaced by a newer export while reading? "
+                "reopen the dataset); else re-export it"
+            ) from None
+
     def _verify(self, info: ShardInfo, data: bytes) -> None:
         if len(data) != info.bytes or hashlib.sha256(data).hexdigest() != info.sha256:
             if self._cache is not None:
@@ -724,7 +736,7 @@ class ExperienceDataset:
             self._decoded.move_to_end(i)
             return self._decoded[i]
         info = self.manifest.shards[i]
-        data = self._fetch(info).read_bytes()
+        data = self._read(info)
         if self.verify:
             self._verify(info, data)
         try:
@@ -750,7 +762,7 @@ class ExperienceDataset:
         problems = []
         for info in self.manifest.shards:
             try:
-                self._verify(info, self._fetch(info).read_bytes())
+                self._verify(info, self._read(info))
             except DatasetError as e:
                 problems.append(str(e))
         return problems

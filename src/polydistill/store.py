@@ -538,22 +538,39 @@ class LocalStore(ObjectStore):
             part = part.strip("/")
             if part:
                 path = path.joinpath(*_clean_key(part, self.uri, what="path part").split("/"))
-        child = LocalStore(path, create=False)
+        try:
+            child = LocalStore(path, create=False)
+        except StoreConfigError:
+            raise StoreConfigError(f"{path} is an object of {self.uri}, not a directory: choose another name") from None
         if child.root != self.root and self.root not in child.root.parents:
             raise StoreConfigError(f"{path} resolves outside {self.uri}: keys may not escape the store's root")
-        child.root.mkdir(parents=True, exist_ok=True)
+        try:
+            child.root.mkdir(parents=True, exist_ok=True)
+        except (NotADirectoryError, FileExistsError):
+            raise StoreConfigError(f"{path} runs through an object of {self.uri}: choose another name") from None
         return child
+
+    def _write(self, key: str, write: Callable[[BinaryIO], None]) -> None:
+        """Atomic write of ``key``; a key that collides with a directory (or runs through a file) is a
+        one-line StoreConfigError, as S3 would hold both but a directory tree cannot."""
+        dest = self._path(key)
+        try:
+            _atomic_write(dest, write)
+        except (IsADirectoryError, NotADirectoryError, FileExistsError) as e:
+            raise StoreConfigError(
+                f"cannot write {self._describe(key)}: {e.strerror} (a key and a directory of keys share that "
+                "name in this local store); choose another key"
+            ) from None
 
     def put_bytes(self, key: str, data: bytes) -> None:
         """Write ``data`` to ``key`` atomically."""
-        _atomic_write(self._path(key), lambda f: f.write(data))
+        self._write(key, lambda f: f.write(data))
         logger.debug("wrote %s (%d bytes)", self._describe(key), len(data))
 
     def put_file(self, key: str, path: str | Path) -> None:
         """Copy the local file ``path`` to ``key`` atomically."""
-        dest = self._path(key)
         with open(path, "rb") as src:
-            _atomic_write(dest, lambda f: shutil.copyfileobj(src, f, 1024 * 1024))
+            self._write(key, lambda f: shutil.copyfileobj(src, f, 1024 * 1024))
         logger.debug("copied %s to %s", path, self._describe(key))
 
     def get_bytes(self, key: str) -> bytes:
