@@ -527,7 +527,7 @@ def test_teacher_retry_resumes_from_the_s3_mirror(s3_env: str, caplog: pytest.Lo
     from polydistill.teacher import train_teacher as train
     from tests.conftest import tiny_teacher_config
 
-    cfg = tiny_teacher_config()  # checkpoint every 400 of 800 steps
+    cfg = tiny_teacher_config(checkpoint_every=400)  # a resume point at 400 of 800 steps
     uri = f"{s3_env}/runs/1/work/teacher/{GAME}"
     with pytest.raises(KeyboardInterrupt), rt.work_dir(uri, sync_seconds=3600) as wd:
         train(GAME, cfg, wd.path, on_metrics=rt.chain(wd.maybe_sync), stop_after=500)
