@@ -850,8 +850,13 @@ class S3Store(ObjectStore):
             if not self.prefix:
                 raise
             # A key scoped to a prefix may not look at the bucket itself (HeadBucket needs s3:ListBucket on
-            # the bucket), as Kubeflow's per-profile keys: its objects say whether it may use them.
-            logger.debug("not allowed to check bucket %s; using prefix %s as it is", self.bucket, self.prefix)
+            # the bucket), as Kubeflow's per-profile keys. A HEAD's 403 has no body, so ask for an object under
+            # the prefix: "no such key" means the key may use it; wrong or refused credentials raise here.
+            probe = self._object_name(".polydistill-probe")
+            with contextlib.suppress(ObjectNotFoundError):
+                self._call("check prefix", ".polydistill-probe",
+                           lambda: self._client.get_object(self.bucket, probe).close())
+            logger.debug("not allowed to check bucket %s; prefix %s is usable", self.bucket, self.prefix)
             return
         if not create:
             raise BucketNotFoundError(
