@@ -74,6 +74,17 @@ def _write_index(store: Any, keys: list[str]) -> None:
     store.put_bytes(INDEX_KEY, json.dumps({"keys": sorted(keys)}).encode())
 
 
+def _download(store: Any, keys: list[str], dest: Path) -> list[Path]:
+    """Download each of ``keys`` to ``dest/KEY``; returns the local paths, in order."""
+    paths = []
+    for key in keys:
+        target = dest / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        store.get_file(key, target)
+        paths.append(target)
+    return paths
+
+
 def _delete_all(store: Any, keys: list[str]) -> int:
     """Delete ``keys``; returns how many could not be, because the key may not delete: Kubeflow's
     per-profile policy grants ``s3:Put*``, ``s3:Get*`` and ``s3:List*`` but no ``s3:DeleteObject``
@@ -206,11 +217,8 @@ class WorkDir:
             return 0
         store = self._open()
         keys = _read_index(store)
-        for key in keys:
-            dest = self.path / key
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            store.get_file(key, dest)
-            st = dest.stat()
+        for key, path in zip(keys, _download(store, keys, self.path), strict=True):
+            st = path.stat()
             self._synced[key] = (st.st_size, st.st_mtime_ns)
         if keys:
             log.info("restored %d files of an earlier attempt from %s", len(keys), self.uri)
@@ -415,10 +423,7 @@ def fetch_dir(uri: str) -> Path:
     keys = _read_index(store)
     if not keys:
         raise FileNotFoundError(f"nothing published at {uri} (no {INDEX_KEY})")
-    for key in keys:
-        target = dest / key
-        target.parent.mkdir(parents=True, exist_ok=True)
-        store.get_file(key, target)
+    _download(store, keys, dest)
     return dest
 
 
@@ -426,9 +431,10 @@ def manifest_digest(uri: str) -> str:
     """sha256 (hex) of the dataset manifest stored at ``uri``: names one exact version of the dataset."""
     import hashlib
 
+    from polydistill.buffer import MANIFEST
     from polydistill.store import open_store
 
-    return hashlib.sha256(open_store(uri).get_bytes("manifest.json")).hexdigest()
+    return hashlib.sha256(open_store(uri).get_bytes(MANIFEST)).hexdigest()
 
 
 def game_record(game: str, teacher_uri: str, buffer_uri: str, latents_uri: str) -> dict[str, str]:
