@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from polydistill.errors import PolydistillError
+
 #: The socket scripts/docker-engine.sh serves (POLYDISTILL_DOCKER_RUN changes its directory).
 ENGINE_SOCKET = Path(os.environ.get("POLYDISTILL_DOCKER_RUN", "/run/polydistill-docker")) / "docker.sock"
 DEFAULT_SOCKET = Path("/var/run/docker.sock")
@@ -33,7 +35,7 @@ NETWORK_MODE = "none"
 BUILD_HINT = "build it with: bash scripts/build-image.sh --offline (or without --offline where PyPI is reachable)"
 
 
-class DockerRunError(RuntimeError):
+class DockerRunError(PolydistillError, RuntimeError):
     """The docker runner cannot start: a one-line reason and what to do."""
 
 

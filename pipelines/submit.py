@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from polydistill.errors import PolydistillError
 from polydistill.redaction import redact_uri
 
 from .compat import MINIMUM_BACKEND, MINIMUM_KUBEFLOW, parse_version, version_text
@@ -32,7 +33,7 @@ CONNECT_TIMEOUT_S = 10.0
 HEALTHZ_PATH = "/apis/v2beta1/healthz"
 
 
-class KubeflowError(RuntimeError):
+class KubeflowError(PolydistillError, RuntimeError):
     """Submitting to Kubeflow Pipelines failed; the message says why in one line."""
 
 

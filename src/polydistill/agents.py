@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from polydistill.errors import PolydistillError
+
 from .checkpoint import CheckpointError, load_checkpoint, read_metadata
 from .envs import action_meanings, canonical_game
 from .networks import DuelingQNetwork, pick_device
@@ -33,7 +35,7 @@ from .networks import DuelingQNetwork, pick_device
 KINDS = ("teacher", "student", "random")
 
 
-class AgentError(ValueError):
+class AgentError(PolydistillError, ValueError):
     """An agent was asked for a game it does not play, or its checkpoint is not an agent."""
 
 

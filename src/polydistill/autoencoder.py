@@ -83,6 +83,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from polydistill.errors import PolydistillError
+
 from . import __version__
 from .buffer import (
     MANIFEST,
@@ -154,7 +156,7 @@ _HISTORY_FIELDS = (
 )
 
 
-class AutoencoderError(ValueError):
+class AutoencoderError(PolydistillError, ValueError):
     """Bad input to an autoencoder stage (found before any expensive work); the message says how to fix it."""
 
 

@@ -63,6 +63,8 @@ from typing import Any
 
 import numpy as np
 
+from polydistill.errors import PolydistillError
+
 from .store import ObjectNotFoundError, ObjectStore, StoreAccessDeniedError, open_store
 
 log = logging.getLogger(__name__)
@@ -73,7 +75,7 @@ CODECS = ("zstd", "raw", "latent")
 RAW_STACK_BYTES = 4 * 84 * 84  # a naive uint8 4-frame stack: 28,224 bytes per state
 
 
-class DatasetError(RuntimeError):
+class DatasetError(PolydistillError, RuntimeError):
     """A dataset is missing, incomplete, corrupt or of an unknown version; the message names it."""
 
 

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from polydistill.errors import PolydistillError
+
 from . import __version__
 from .networks import build_network
 
@@ -24,7 +26,7 @@ MODEL_FILE = "model.pt"
 METADATA_FILE = "metadata.json"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(PolydistillError, RuntimeError):
     """A checkpoint is missing, unreadable or inconsistent; the message names the file."""
 
 

@@ -22,11 +22,13 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from polydistill.errors import PolydistillError
+
 PROFILES = ("smoke", "cpu", "paper")
 Profile = Literal["smoke", "cpu", "paper"]
 
 
-class ConfigError(ValueError):
+class ConfigError(PolydistillError, ValueError):
     """A configuration value, file or profile is invalid; the message names it and how to fix it."""
 
 

@@ -48,6 +48,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from polydistill.errors import PolydistillError
+
 from . import __version__
 from . import losses as L
 from .buffer import DatasetError, ExperienceDataset, holdout_mask, open_dataset
@@ -81,7 +83,7 @@ VALIDATION_SHARDS = 16  # shards (evenly spaced) the held-out states are drawn f
 RESUME_FREE_KEYS = frozenset({"device", "eval_every", "checkpoint_every", "cache_shards"})
 
 
-class DistillError(ValueError):
+class DistillError(PolydistillError, ValueError):
     """Bad input to a distillation run (found before any training starts)."""
 
 

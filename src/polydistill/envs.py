@@ -21,6 +21,8 @@ import re
 
 import numpy as np
 
+from polydistill.errors import PolydistillError
+
 from .config import EnvConfig
 
 FRAME_SHAPE = (84, 84)
@@ -28,7 +30,7 @@ FRAME_SHAPE = (84, 84)
 STACK_PADDING = "zero"
 
 
-class UnknownGameError(ValueError):
+class UnknownGameError(PolydistillError, ValueError):
     """The game name matches no ALE ROM; the message lists the closest valid names."""
 
 

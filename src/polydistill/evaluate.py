@@ -39,6 +39,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from polydistill.errors import PolydistillError
+
 from . import __version__
 from .checkpoint import atomic_write_json
 from .config import ConfigError, EnvConfig, EvalConfig, from_dict
@@ -56,7 +58,7 @@ KNOWN_LABELS = ("random", "teacher", "student_subset", "student_latent", "studen
 _CYCLES_STREAM, _EPISODES_STREAM = 1, 2
 
 
-class EvaluationError(ValueError):
+class EvaluationError(PolydistillError, ValueError):
     """Bad input to an evaluation (unknown game, an agent that does not know a game, bad protocol numbers);
     raised before any play."""
 

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from polydistill.errors import PolydistillError
+
 FRAME_SIZE = 84
 
 
@@ -240,7 +242,7 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-class DeviceError(ValueError):
+class DeviceError(PolydistillError, ValueError):
     """A ``--device`` that is misspelt or not on this machine; the message says which ones are."""
 
 

@@ -28,6 +28,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from polydistill.errors import PolydistillError
+
 from .buffer import RAW_STACK_BYTES
 from .checkpoint import atomic_write_bytes, atomic_write_json
 from .evaluate import EvaluationError, load_results
@@ -47,7 +49,7 @@ BASELINE_LABELS = ("random", "teacher")
 FILES = {"markdown": "report.md", "html": "report.html", "json": "report.json", "chart": "chart.png"}
 
 
-class ReportError(ValueError):
+class ReportError(PolydistillError, ValueError):
     """Results that cannot be put in one table (conflicting or malformed results); the message says which."""
 
 

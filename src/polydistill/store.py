@@ -78,6 +78,8 @@ from urllib3.exceptions import (
     SSLError,
 )
 
+from polydistill.errors import PolydistillError
+
 from .redaction import redact_uri
 
 __all__ = [
@@ -144,7 +146,7 @@ _known_secrets: set[str] = set()
 _secrets_lock = threading.Lock()
 
 
-class StoreError(RuntimeError):
+class StoreError(PolydistillError, RuntimeError):
     """Base class of every object-store error; the message names the URI and says how to fix it."""
 
 

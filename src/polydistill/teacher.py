@@ -38,6 +38,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from polydistill.errors import PolydistillError
+
 from . import __version__
 from .buffer import DatasetWriter, Manifest
 from .checkpoint import (
@@ -62,7 +64,7 @@ CURVE_CSV = "curve.csv"
 CURVE_PNG = "curve.png"
 
 
-class TeacherRunError(ValueError):
+class TeacherRunError(PolydistillError, ValueError):
     """Bad input to a teacher run (found before any training starts)."""
 
 

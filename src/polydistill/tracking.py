@@ -86,6 +86,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from polydistill.errors import PolydistillError
+
 from .progress import MetricsCallback
 from .redaction import is_text_file, redact_uri
 
@@ -178,7 +180,7 @@ _BAD_NAME_CHARS = re.compile(r"[^\w.\- /:]")
 _GLOBAL_URI_LOCK = threading.RLock()
 
 
-class TrackingError(RuntimeError):
+class TrackingError(PolydistillError, RuntimeError):
     """A read-only tracking query failed (no such experiment, store unreadable); the message says why."""
 
 
