@@ -472,7 +472,7 @@ def test_store_and_cli_errors_hide_uri_credentials(tmp_path: Path) -> None:
 
 def test_artifact_redaction_sniffs_text_whatever_the_suffix(tmp_path: Path, monkeypatch) -> None:
     # Issue #23.4: a log file named stderr.txt.1 escaped the redaction (only some suffixes were scanned).
-    from polydistill import tracking as T
+    from polydistill.tracking.stage_run import _redacted_copy
 
     secret = "artifact-secret-" + hashlib.sha256(b"x").hexdigest()[:10]
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
@@ -481,7 +481,7 @@ def test_artifact_redaction_sniffs_text_whatever_the_suffix(tmp_path: Path, monk
     (logs / "stderr.txt.1").write_text(f"line one\nusing {secret}\n")
     (logs / "noext").write_text(f"{secret}")
     (logs / "weights.bin").write_bytes(b"\x00\x01" + secret.encode() + b"\xff")  # binary: left alone
-    out = T._redacted_copy(logs, tmp_path / "copy")
+    out = _redacted_copy(logs, tmp_path / "copy")
     assert out != logs
     assert secret not in (out / "stderr.txt.1").read_text() and "line one" in (out / "stderr.txt.1").read_text()
     assert secret not in (out / "noext").read_text()

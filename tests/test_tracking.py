@@ -31,6 +31,7 @@ from mlflow import MlflowClient
 
 from polydistill import tracking as T
 from polydistill.networks import DuelingQNetwork
+from polydistill.tracking.connection import _global_tracking_uri
 
 pytest_plugins = ["tests.conftest_mlflow"]
 
@@ -54,7 +55,7 @@ def _client(uri: str) -> MlflowClient:
 @contextlib.contextmanager
 def _global_uri(uri: str):
     """mlflow.pytorch.load_model resolves models:/ through the global tracking URI."""
-    with T._global_tracking_uri(uri):
+    with _global_tracking_uri(uri):
         yield
 
 
