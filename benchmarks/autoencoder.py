@@ -35,15 +35,14 @@ import torch
 
 from polydistill import config as C
 from polydistill.autoencoder import (
-    LatentDecoder,
     code_bytes,
-    encode_buffer,
     evaluate_reconstruction,
     load_autoencoder,
     roundtrip_codes,
     train_autoencoder,
 )
 from polydistill.buffer import RAW_STACK_BYTES, open_dataset
+from polydistill.encode import LatentDecoder, encode_buffer
 from polydistill.networks import ConvAutoencoder, pick_device
 from polydistill.sampling import iter_split
 

@@ -53,11 +53,9 @@ def _exported(game: str, run: Path, root: Path) -> str:
 
 
 def _latent(game: str, buffer: str, teacher: Path, root: Path) -> str | None:
-    try:
-        from polydistill.autoencoder import encode_buffer, train_autoencoder
-    except ImportError as e:
-        print(f"latent source: polydistill.autoencoder is missing ({e}); skipping it")
-        return None
+    from polydistill.autoencoder import train_autoencoder
+    from polydistill.encode import encode_buffer
+
     dest = root / "latents" / game
     if not (dest / "manifest.json").is_file():
         cfg = C.resolve("autoencoder", "smoke", overrides={"device": "cpu"})
@@ -80,7 +78,7 @@ def breakdown(game: str, run: Path, buffer: str, latent: str | None, batch: int,
     rows = [("sample frames + stack (zstd shard cached)", _ms(lambda: next(frames), 20))]
     x = torch.from_numpy(next(frames).states)
     if latent is not None:
-        from polydistill.autoencoder import LatentDecoder
+        from polydistill.encode import LatentDecoder
 
         lds = open_dataset(latent)
         codes = StreamingSampler(lds, batch, seed=0)

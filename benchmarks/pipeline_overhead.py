@@ -42,8 +42,9 @@ PARAMS = {"teacher_steps": 1000, "record_steps": 800, "distill_steps": 30, "eval
 def run_library(games: list[str], root: Path) -> None:
     """Every stage through its library function, sequentially."""
     from polydistill import config as C
-    from polydistill.autoencoder import encode_buffer, train_autoencoder
+    from polydistill.autoencoder import train_autoencoder
     from polydistill.distill import distill
+    from polydistill.encode import encode_buffer
     from polydistill.evaluate import evaluate
     from polydistill.export import export_buffer
     from polydistill.report import write_report

@@ -31,6 +31,7 @@ def distill(
     from polydistill_kfp.components import runtime as rt
 
     from polydistill import config as C
+    from polydistill import stages as S
     from polydistill.distill import distill as run_distill
     from polydistill.tracking import StageRun
 
@@ -38,7 +39,7 @@ def distill(
     cfg = C.from_dict("distill", {**config, "source": source})
     with (
         rt.work_dir(rt.data_uri(run_root, "work/distill", source)) as work,
-        StageRun(tracking_uri, parent_run_id, "distill", source, experiment=experiment) as run,
+        StageRun(tracking_uri, parent_run_id, S.DISTILL, source, experiment=experiment) as run,
     ):
         # Inside the stage run, so a refusal is recorded as this task's failure on the parent run.
         records = rt.check_game_records(list(games), list(game_records))

@@ -1,5 +1,5 @@
 """Component ``encode-buffer``: a buffer encoded to a latent dataset with its game's autoencoder
-(:func:`polydistill.autoencoder.encode_buffer`)."""
+(:func:`polydistill.encode.encode_buffer`)."""
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
@@ -34,7 +34,8 @@ def encode_buffer(
     from polydistill_kfp.components import runtime as rt
 
     from polydistill import config as C
-    from polydistill.autoencoder import encode_buffer as encode
+    from polydistill import stages as S
+    from polydistill.encode import encode_buffer as encode
     from polydistill.tracking import StageRun
 
     rt.setup(minio_endpoint, in_loop=True)
@@ -42,7 +43,7 @@ def encode_buffer(
     ex_cfg = C.from_dict("export", export_config)
     dest = rt.data_uri(run_root, "latents", game)
     settings = {"code_dtype": ae_cfg.code_dtype, "shard_steps": ex_cfg.shard_steps, "q_dtype": ex_cfg.q_dtype}
-    with StageRun(tracking_uri, parent_run_id, "encode-buffer", game, experiment=experiment) as run:
+    with StageRun(tracking_uri, parent_run_id, S.ENCODE_BUFFER, game, experiment=experiment) as run:
         run.log_config({"source": buffer.metadata["uri"], "dest": dest, **settings})
         manifest = encode(buffer.metadata["uri"], autoencoder.path, teacher.path, dest, create_bucket=True,
                           **settings)

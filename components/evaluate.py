@@ -24,6 +24,7 @@ def evaluate(
     from polydistill_kfp.components import runtime as rt
 
     from polydistill import config as C
+    from polydistill import stages as S
     from polydistill.evaluate import evaluate as play
     from polydistill.tracking import StageRun
 
@@ -31,7 +32,7 @@ def evaluate(
     cfg = C.from_dict("evaluate", config)
     # Child run names: evaluate/teacher-Pong (one per teacher), evaluate/student_subset, evaluate/random.
     name = f"{label}-{'-'.join(games)}" if label == "teacher" else label
-    with StageRun(tracking_uri, parent_run_id, "evaluate", name, experiment=experiment) as run:
+    with StageRun(tracking_uri, parent_run_id, S.EVALUATE, name, experiment=experiment) as run:
         run.log_config({**cfg.model_dump(mode="json"), "agent": label, "games": ",".join(games)})
         results = play(agent.path if agent is not None else "random", games, cfg, label=label)
         values = {}

@@ -30,13 +30,14 @@ def export_buffer(
     from polydistill_kfp.components import runtime as rt
 
     from polydistill import config as C
+    from polydistill import stages as S
     from polydistill.export import export_buffer as export
     from polydistill.tracking import StageRun
 
     rt.setup(minio_endpoint, in_loop=True)
     cfg = C.from_dict("export", config)
     dest = rt.data_uri(run_root, "buffers", game)
-    with StageRun(tracking_uri, parent_run_id, "export-buffer", game, experiment=experiment) as run:
+    with StageRun(tracking_uri, parent_run_id, S.EXPORT_BUFFER, game, experiment=experiment) as run:
         run.log_config(cfg.model_dump(mode="json"))
         manifest = export(experience.path, dest, teacher.path, cfg, create_bucket=True)
         summary = {

@@ -28,6 +28,7 @@ def train_autoencoder(
     from polydistill_kfp.components import runtime as rt
 
     from polydistill import config as C
+    from polydistill import stages as S
     from polydistill.autoencoder import train_autoencoder as train
     from polydistill.tracking import StageRun
 
@@ -35,7 +36,7 @@ def train_autoencoder(
     cfg = C.from_dict("autoencoder", config)
     with (
         rt.work_dir(rt.data_uri(run_root, "work/autoencoder", game)) as work,
-        StageRun(tracking_uri, parent_run_id, "train-autoencoder", game, experiment=experiment) as run,
+        StageRun(tracking_uri, parent_run_id, S.TRAIN_AUTOENCODER, game, experiment=experiment) as run,
     ):
         run.log_config(cfg.model_dump(mode="json"))
         res = train(

@@ -31,6 +31,7 @@ def train_teacher(
     from polydistill_kfp.components import runtime as rt
 
     from polydistill import config as C
+    from polydistill import stages as S
     from polydistill.teacher import train_teacher as train
     from polydistill.tracking import StageRun
 
@@ -38,7 +39,7 @@ def train_teacher(
     cfg = C.from_dict("teacher", config)
     with (
         rt.work_dir(rt.data_uri(run_root, "work/teacher", game)) as work,
-        StageRun(tracking_uri, parent_run_id, "train-teacher", game, experiment=experiment) as run,
+        StageRun(tracking_uri, parent_run_id, S.TRAIN_TEACHER, game, experiment=experiment) as run,
     ):
         run.log_config(cfg.model_dump(mode="json"))
         res = train(game, cfg, work.path, on_metrics=rt.chain(run, work.maybe_sync))

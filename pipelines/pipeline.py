@@ -67,6 +67,7 @@ from kfp import dsl, kubernetes
 from kfp.dsl import Artifact, Dataset, Model
 
 from polydistill import config as C
+from polydistill import stages as S
 
 from .components.distill import distill
 from .components.encode_buffer import encode_buffer
@@ -93,11 +94,11 @@ CONFIG_MAP_ENV = {"MINIO_ENDPOINT": "MINIO_ENDPOINT", "MLFLOW_TRACKING_URI": "ML
                   "POLYDISTILL_STORE_URI": "POLYDISTILL_STORE_URI"}
 GPU = "nvidia.com/gpu"
 #: Tasks that read or write the object store (and get the S3 credentials).
-STORE_TASKS = ("train-teacher", "export-buffer", "train-autoencoder", "encode-buffer", "distill")
+STORE_TASKS = S.STORE
 #: The students' loop items: the distillation source and the results label of each student.
 STUDENTS = [{"source": "subset", "label": "student_subset"}, {"source": "latent", "label": "student_latent"}]
 #: Tasks that resume from a checkpoint when retried.
-TRAINING_TASKS = ("train-teacher", "train-autoencoder", "distill")
+TRAINING_TASKS = S.TRAINING
 
 
 @dataclass(frozen=True)
@@ -120,15 +121,15 @@ VARIANTS: dict[str, Variant] = {
         name="polydistill",
         default_profile="cpu",
         resources={
-            "start-run": ("500m", "1Gi"),
-            "train-teacher": ("4", "8Gi"),
-            "export-buffer": ("2", "4Gi"),
-            "train-autoencoder": ("4", "8Gi"),
-            "encode-buffer": ("2", "4Gi"),
-            "distill": ("4", "8Gi"),
-            "evaluate": ("4", "4Gi"),
-            "report": ("500m", "1Gi"),
-            "end-run": ("250m", "512Mi"),
+            S.START_RUN: ("500m", "1Gi"),
+            S.TRAIN_TEACHER: ("4", "8Gi"),
+            S.EXPORT_BUFFER: ("2", "4Gi"),
+            S.TRAIN_AUTOENCODER: ("4", "8Gi"),
+            S.ENCODE_BUFFER: ("2", "4Gi"),
+            S.DISTILL: ("4", "8Gi"),
+            S.EVALUATE: ("4", "4Gi"),
+            S.REPORT: ("500m", "1Gi"),
+            S.END_RUN: ("250m", "512Mi"),
         },
         description="Multi-task policy distillation for Atari (CPU): teachers -> buffers -> autoencoders -> "
         "latents -> two students -> evaluation and report. Hyperparameters at -1 / empty use the profile's.",
@@ -138,16 +139,16 @@ VARIANTS: dict[str, Variant] = {
         default_profile="paper",
         gpu_tasks=TRAINING_TASKS,
         resources={
-            "start-run": ("500m", "1Gi"),
+            S.START_RUN: ("500m", "1Gi"),
             # 1M-transition replay memory (frames stored once) plus its resume copy.
-            "train-teacher": ("8", "32Gi"),
-            "export-buffer": ("4", "16Gi"),
-            "train-autoencoder": ("8", "16Gi"),
-            "encode-buffer": ("4", "16Gi"),
-            "distill": ("8", "32Gi"),
-            "evaluate": ("8", "8Gi"),
-            "report": ("500m", "1Gi"),
-            "end-run": ("250m", "512Mi"),
+            S.TRAIN_TEACHER: ("8", "32Gi"),
+            S.EXPORT_BUFFER: ("4", "16Gi"),
+            S.TRAIN_AUTOENCODER: ("8", "16Gi"),
+            S.ENCODE_BUFFER: ("4", "16Gi"),
+            S.DISTILL: ("8", "32Gi"),
+            S.EVALUATE: ("8", "8Gi"),
+            S.REPORT: ("500m", "1Gi"),
+            S.END_RUN: ("250m", "512Mi"),
         },
         description="Multi-task policy distillation for Atari, the seed paper's protocol on GPUs (one "
         "nvidia.com/gpu per training task). Hyperparameters at -1 / empty use the profile's.",
@@ -228,18 +229,18 @@ def _make_pipeline(variant: Variant) -> Callable[..., Any]:
         common = {"tracking_uri": tracking_uri, "parent_run_id": parent_run_id, "experiment": experiment}
         store = {"run_root": run_root, "minio_endpoint": minio_endpoint, **common}
         with dsl.ParallelFor(games, name="games") as game:
-            teacher = configure(comps["train-teacher"](game=game, config=teacher_config, **store))
-            buffer = configure(comps["export-buffer"](
+            teacher = configure(comps[S.TRAIN_TEACHER](game=game, config=teacher_config, **store))
+            buffer = configure(comps[S.EXPORT_BUFFER](
                 game=game, experience=teacher.outputs["experience"], teacher=teacher.outputs["teacher"],
                 config=export_config, **store))
-            autoencoder = configure(comps["train-autoencoder"](
+            autoencoder = configure(comps[S.TRAIN_AUTOENCODER](
                 game=game, buffer=buffer.outputs["buffer"], teacher=teacher.outputs["teacher"],
                 config=autoencoder_config, **store))
-            latents = configure(comps["encode-buffer"](
+            latents = configure(comps[S.ENCODE_BUFFER](
                 game=game, buffer=buffer.outputs["buffer"], autoencoder=autoencoder.outputs["autoencoder"],
                 teacher=teacher.outputs["teacher"], autoencoder_config=autoencoder_config,
                 export_config=export_config, **store))
-            scored = configure(comps["evaluate"](
+            scored = configure(comps[S.EVALUATE](
                 label="teacher", games=[game], config=evaluate_config, agent=teacher.outputs["teacher"],
                 **common), "evaluate teacher")
         outputs = collections.namedtuple("PerGame", ["game_records", "buffers", "latents", "teacher_scores"])
@@ -268,10 +269,10 @@ def _make_pipeline(variant: Variant) -> Callable[..., Any]:
         # parameters enter this DAG (see the module docstring).
         common = {"tracking_uri": tracking_uri, "parent_run_id": parent_run_id, "experiment": experiment}
         with dsl.ParallelFor(students, name="sources") as item:
-            student = configure(comps["distill"](
+            student = configure(comps[S.DISTILL](
                 source=item.source, games=games, game_records=game_records, config=distill_config,
-                run_root=run_root, minio_endpoint=minio_endpoint, **common), "distill")
-            scored = configure(comps["evaluate"](
+                run_root=run_root, minio_endpoint=minio_endpoint, **common), S.DISTILL)
+            scored = configure(comps[S.EVALUATE](
                 label=item.label, games=games, config=evaluate_config, agent=student.outputs["student"],
                 **common), "evaluate student")
         outputs = collections.namedtuple("Students", ["students", "scores"])
@@ -287,11 +288,11 @@ def _make_pipeline(variant: Variant) -> Callable[..., Any]:
         **hyperparameters: Any,
     ) -> None:
         # Runs last, even after a failure, and closes the MLflow parent run as FINISHED or FAILED.
-        finish = configure(comps["end-run"](
+        finish = configure(comps[S.END_RUN](
             tracking_uri=tracking_uri, experiment=experiment, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER))
         finish.set_caching_options(False)
         with dsl.ExitHandler(finish, name="stages"):
-            setup = configure(comps["start-run"](
+            setup = configure(comps[S.START_RUN](
                 profile=profile, games=games, store_uri=store_uri, tracking_uri=tracking_uri,
                 experiment=experiment, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, **hyperparameters))
             setup.set_caching_options(False)  # a new MLflow parent run for every pipeline run
@@ -306,10 +307,10 @@ def _make_pipeline(variant: Variant) -> Callable[..., Any]:
                 students=STUDENTS, games=out["games"], game_records=loop.outputs["game_records"],
                 distill_config=out["distill_config"], evaluate_config=out["evaluate_config"],
                 run_root=out["run_root"], minio_endpoint=minio_endpoint, **common)
-            baseline = configure(comps["evaluate"](
+            baseline = configure(comps[S.EVALUATE](
                 label="random", games=out["games"], config=out["evaluate_config"], **common),
                 "evaluate random")
-            configure(comps["report"](
+            configure(comps[S.REPORT](
                 teacher_scores=loop.outputs["teacher_scores"],
                 student_scores=trained.outputs["scores"],
                 random_scores=baseline.outputs["scores"],

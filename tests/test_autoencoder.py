@@ -22,10 +22,8 @@ from polydistill import config as C
 from polydistill.autoencoder import (
     AUTOENCODER_DIR,
     AutoencoderError,
-    LatentDecoder,
     changed_mask,
     code_bytes,
-    encode_buffer,
     evaluate_reconstruction,
     grid_picks,
     load_autoencoder,
@@ -37,6 +35,7 @@ from polydistill.autoencoder import (
 )
 from polydistill.buffer import DatasetError, DatasetWriter, Manifest, open_dataset
 from polydistill.checkpoint import CheckpointError, load_state_dict, save_checkpoint
+from polydistill.encode import LatentDecoder, encode_buffer
 from polydistill.networks import ConvAutoencoder, DuelingQNetwork, NatureTorso, scheduled_lr
 from polydistill.sampling import iter_split
 from polydistill.teacher import load_teacher

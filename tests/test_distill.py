@@ -421,7 +421,8 @@ def test_cli_pairs_by_game_not_order(pairs, tmp_path):
 def breakout_latent(pairs, tmp_path_factory) -> str:
     """A Breakout latent dataset (autoencoder codes + the teacher's Q-values on the original frames) from a
     barely trained autoencoder: the student's input is blurry, its targets are exact."""
-    from polydistill.autoencoder import encode_buffer, train_autoencoder
+    from polydistill.autoencoder import train_autoencoder
+    from polydistill.encode import encode_buffer
 
     teachers, datasets = pairs
     overrides = {

@@ -336,3 +336,16 @@ def test_smoke_dag_end_to_end_on_the_local_runner(tmp_path: Path) -> None:
     teacher_run = next(r for r in children if r.info.run_name == "train-teacher/Pong")
     assert teacher_run.data.params["total_steps"] == "1000"
     assert any(k.startswith("geo_mean_pct/") or k.startswith("score/") for k in parent.data.metrics)
+
+
+def test_stage_constants_are_the_component_names() -> None:
+    # polydistill.stages names every stage once; the DAG, the components and MLflow's child runs use them.
+    from polydistill_kfp import pipeline as P
+
+    from polydistill import stages as S
+
+    names = {c.component_spec.name for c in (
+        P.train_teacher, P.export_buffer, P.train_autoencoder, P.encode_buffer, P.distill, P.evaluate, P.report,
+        P.start_run, P.end_run)}
+    assert names == set(S.ALL)
+    assert set(TRAINING_TASKS) == set(S.TRAINING) and set(STORE_TASKS) == set(S.STORE)

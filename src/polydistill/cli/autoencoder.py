@@ -116,7 +116,7 @@ def encode_buffer_cmd(
     The destination holds the codes, the teacher's Q-values computed on the original frames, and the
     autoencoder that decodes the codes (under autoencoder/, its sha256 in the manifest).
     """
-    from ..autoencoder import encode_buffer
+    from ..encode import encode_buffer
 
     m = run_guarded(
         lambda: encode_buffer(
