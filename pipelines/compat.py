@@ -89,6 +89,57 @@ def _loop_tasks(dag: Mapping[str, Any]) -> set[str]:
     return {n for n, t in dag.get("tasks", {}).items() if "parameterIterator" in t or "artifactIterator" in t}
 
 
+def _task_findings(dag_name: str, task_name: str, task: Mapping[str, Any], list_inputs: set[str], loops: set[str],
+                   backend: tuple[int, int, int]) -> list[Finding]:
+    """What breaks in one task of DAG ``dag_name`` (whose list-typed artifact inputs are ``list_inputs`` and
+    ParallelFor tasks ``loops``) on ``backend``."""
+    found: list[Finding] = []
+    inputs = task.get("inputs", {})
+    for arg, art in inputs.get("artifacts", {}).items():
+        src = art.get("componentInputArtifact")
+        if dag_name != "root" and src in list_inputs:
+            found.append(Finding(
+                dag_name, task_name,
+                f"list-typed artifact input {arg!r} taken from the DAG's input {src!r} (the backend "
+                "passes on only its last artifact)", LIST_ARTIFACT_ISSUE))
+    if "artifactIterator" in task:
+        found.append(Finding(dag_name, task_name, "ParallelFor over artifacts",
+                             "backend/src/v2/driver/resolve.go: artifact iterator not implemented"))
+    if backend >= (2, 14, 0):
+        return found
+    if any("taskFinalStatus" in p for p in inputs.get("parameters", {}).values()):
+        found.append(Finding(dag_name, task_name, "PipelineTaskFinalStatus input of an exit task",
+                             "backend 2.5.0 driver.go: TaskFinalStatus not implemented", (2, 14, 0)))
+    producers = [v.get("taskOutputArtifact", {}).get("producerTask") for v in inputs.get("artifacts", {}).values()]
+    producers += [v.get("taskOutputParameter", {}).get("producerTask") for v in inputs.get("parameters", {}).values()]
+    if any(p in loops for p in producers):
+        found.append(Finding(dag_name, task_name, "dsl.Collected fan-in from a ParallelFor",
+                             "backend 2.14.0 resolve.go: CollectInputs", (2, 14, 0)))
+    if dag_name != "root" and "retryPolicy" in task:
+        found.append(Finding(dag_name, task_name, "retries of a task in a nested DAG",
+                             "backend 2.14.0 argocompiler/container.go", (2, 14, 0)))
+    return found
+
+
+def _output_findings(dag_name: str, dag: Mapping[str, Any], loops: set[str]) -> list[Finding]:
+    """A DAG output collected from a ParallelFor (backends before 2.14.0 cannot)."""
+    outputs = dag.get("outputs", {})
+    selectors = [s for o in outputs.get("artifacts", {}).values() for s in o.get("artifactSelectors", [])]
+    selectors += [o.get("valueFromParameter", {}) for o in outputs.get("parameters", {}).values()]
+    return [Finding(dag_name, s["producerSubtask"], "dsl.Collected as a DAG output",
+                    "backend 2.14.0 resolve.go: CollectInputs", (2, 14, 0))
+            for s in selectors if s.get("producerSubtask") in loops]
+
+
+def _platform_findings(platform: Mapping[str, Any] | None) -> list[Finding]:
+    """Optional ConfigMaps as env (backends before 2.15.0 fail the pod)."""
+    executors = (platform or {}).get("platforms", {}).get("kubernetes", {}).get(
+        "deploymentSpec", {}).get("executors", {})
+    return [Finding("platform spec", executor, "optional ConfigMap as env (kfp-kubernetes 2.17)",
+                    "backend 2.15.0 driver/k8s.go: configMapAsEnv.Optional", (2, 15, 0))
+            for executor, cfg in executors.items() if any("optional" in c for c in cfg.get("configMapAsEnv", []))]
+
+
 def check_spec(spec: Mapping[str, Any], platform: Mapping[str, Any] | None = None,
                backend: tuple[int, int, int] = MINIMUM_BACKEND) -> list[Finding]:
     """Every construct in ``spec`` that a KFP backend of version ``backend`` breaks or rejects."""
@@ -98,46 +149,11 @@ def check_spec(spec: Mapping[str, Any], platform: Mapping[str, Any] | None = Non
                        if a.get("isArtifactList")}
         loops = _loop_tasks(dag)
         for task_name, task in dag.get("tasks", {}).items():
-            inputs = task.get("inputs", {})
-            for arg, art in inputs.get("artifacts", {}).items():
-                src = art.get("componentInputArtifact")
-                if dag_name != "root" and src in list_inputs:
-                    found.append(Finding(
-                        dag_name, task_name,
-                        f"list-typed artifact input {arg!r} taken from the DAG's input {src!r} (the backend "
-                        "passes on only its last artifact)", LIST_ARTIFACT_ISSUE))
-            if "artifactIterator" in task:
-                found.append(Finding(dag_name, task_name, "ParallelFor over artifacts",
-                                     "backend/src/v2/driver/resolve.go: artifact iterator not implemented"))
-            if backend < (2, 14, 0):
-                if any("taskFinalStatus" in p for p in inputs.get("parameters", {}).values()):
-                    found.append(Finding(dag_name, task_name, "PipelineTaskFinalStatus input of an exit task",
-                                         "backend 2.5.0 driver.go: TaskFinalStatus not implemented", (2, 14, 0)))
-                producers = [v.get("taskOutputArtifact", {}).get("producerTask")
-                             for v in inputs.get("artifacts", {}).values()]
-                producers += [v.get("taskOutputParameter", {}).get("producerTask")
-                              for v in inputs.get("parameters", {}).values()]
-                if any(p in loops for p in producers):
-                    found.append(Finding(dag_name, task_name, "dsl.Collected fan-in from a ParallelFor",
-                                         "backend 2.14.0 resolve.go: CollectInputs", (2, 14, 0)))
-                if dag_name != "root" and "retryPolicy" in task:
-                    found.append(Finding(dag_name, task_name, "retries of a task in a nested DAG",
-                                         "backend 2.14.0 argocompiler/container.go", (2, 14, 0)))
+            found += _task_findings(dag_name, task_name, task, list_inputs, loops, backend)
         if backend < (2, 14, 0):
-            outputs = dag.get("outputs", {})
-            selectors = [s for o in outputs.get("artifacts", {}).values() for s in o.get("artifactSelectors", [])]
-            selectors += [o.get("valueFromParameter", {}) for o in outputs.get("parameters", {}).values()]
-            for s in selectors:
-                if s.get("producerSubtask") in loops:
-                    found.append(Finding(dag_name, s["producerSubtask"], "dsl.Collected as a DAG output",
-                                         "backend 2.14.0 resolve.go: CollectInputs", (2, 14, 0)))
+            found += _output_findings(dag_name, dag, loops)
     if backend < (2, 15, 0):
-        executors = (platform or {}).get("platforms", {}).get("kubernetes", {}).get(
-            "deploymentSpec", {}).get("executors", {})
-        for executor, cfg in executors.items():
-            if any("optional" in c for c in cfg.get("configMapAsEnv", [])):
-                found.append(Finding("platform spec", executor, "optional ConfigMap as env (kfp-kubernetes 2.17)",
-                                     "backend 2.15.0 driver/k8s.go: configMapAsEnv.Optional", (2, 15, 0)))
+        found += _platform_findings(platform)
     return found
 
 

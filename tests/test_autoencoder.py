@@ -37,6 +37,7 @@ from polydistill.buffer import DatasetError, DatasetWriter, Manifest, open_datas
 from polydistill.checkpoint import CheckpointError, load_state_dict, save_checkpoint
 from polydistill.encode import LatentDecoder, encode_buffer
 from polydistill.networks import ConvAutoencoder, DuelingQNetwork, NatureTorso, scheduled_lr
+from polydistill.rundir import RunDir
 from polydistill.sampling import iter_split
 from polydistill.teacher import load_teacher
 
@@ -299,6 +300,13 @@ def test_checkpoint_metadata_follows_the_contract(ae_run, teacher_runs):
     assert load_autoencoder(res.checkpoint_dir)[1]["sha256"] == meta["sha256"]
 
 
+def _resume_point(out: Path) -> Path:
+    """The newest resume point of an autoencoder run directory (polydistill.rundir's layout)."""
+    point = RunDir(out, "autoencoder", AutoencoderError).latest_resume(required=("resume.pt",))
+    assert point is not None, f"no resume point in {out}"
+    return point
+
+
 def test_resume_after_a_kill_matches_an_unbroken_run_and_extends(teacher_runs, tmp_path):
     cfg = ae_config(max_train_states=32, batch_size=16)  # 2 steps per epoch
     ds = _dataset(teacher_runs)
@@ -306,7 +314,7 @@ def test_resume_after_a_kill_matches_an_unbroken_run_and_extends(teacher_runs, t
     with pytest.raises(KeyboardInterrupt):
         train_autoencoder(ds, cfg, tmp_path / "broken", max_val_states=32, stop_after_epochs=1)
     assert not (tmp_path / "broken" / "checkpoint").exists()
-    state = load_state_dict(tmp_path / "broken" / "resume.pt")
+    state = load_state_dict(_resume_point(tmp_path / "broken") / "resume.pt")
     assert int(state["epoch"]) == 1
     assert state["optimizer"]["param_groups"][0]["lr"] == cfg.learning_rate  # constant schedule
     resumed = train_autoencoder(ds, cfg, tmp_path / "broken", max_val_states=32)
@@ -340,7 +348,7 @@ def test_cosine_schedule_decays_the_rate_and_resumes_like_an_unbroken_run(teache
     with pytest.raises(KeyboardInterrupt):
         train_autoencoder(ds, cfg, tmp_path / "broken", max_val_states=32, stop_after_epochs=1)
     # The rate of the last step taken (step 1 of 4), not the base rate
-    lr = load_state_dict(tmp_path / "broken" / "resume.pt")["optimizer"]["param_groups"][0]["lr"]
+    lr = load_state_dict(_resume_point(tmp_path / "broken") / "resume.pt")["optimizer"]["param_groups"][0]["lr"]
     assert lr == pytest.approx(scheduled_lr(cfg.learning_rate, "cosine", 1, 4)) and lr < cfg.learning_rate
     resumed = train_autoencoder(ds, cfg, tmp_path / "broken", max_val_states=32)
     a = load_state_dict(whole.checkpoint_dir / "model.pt")

@@ -29,7 +29,7 @@ Metrics (held-out states, decoded from codes at the stored precision, pixels in 
 Training (:func:`train_autoencoder`) writes into its run directory::
 
     run.json            dataset, its manifest's sha256, config, status
-    resume.pt           model, optimizer, epoch, history (written atomically after every epoch)
+    resume/             the last epoch's resume point (resume.pt: model, optimizer, epoch, history), kept to extend
     checkpoint/         model.pt + metadata.json (kind "autoencoder"; see docs/CONTRACTS.md)
     history.csv         one row per epoch (epoch 0 = the untrained network)
     loss.png            training loss and held-out errors against training states seen
@@ -65,21 +65,18 @@ from .buffer import (
     RAW_STACK_BYTES,
     DatasetError,
     ExperienceDataset,
-    dequantize_latents,
     open_dataset,
-    quantize_latents,
 )
 from .checkpoint import (
     MODEL_FILE,
     CheckpointError,
     atomic_torch_save,
     atomic_write_bytes,
-    atomic_write_json,
     load_checkpoint,
     load_state_dict,
-    read_run_record,
     save_checkpoint,
 )
+from .codecs import LATENT_DTYPES, dequantize_latents, quantize_latents
 from .config import AutoencoderConfig
 from .networks import (
     ConvAutoencoder,
@@ -90,6 +87,7 @@ from .networks import (
     set_lr,
 )
 from .progress import MetricsCallback, progress
+from .rundir import RunDir
 from .sampling import Batch, StreamingSampler, iter_split
 from .store import redact
 
@@ -103,12 +101,11 @@ LOSS_PNG = "loss.png"
 GRID_PNG = "reconstructions.png"
 CHECKPOINT_DIR = "checkpoint"
 AUTOENCODER_DIR = "autoencoder"  # sub-prefix of a latent dataset holding its autoencoder
-CODE_DTYPES = ("float32", "float16", "int8")
+CODE_DTYPES = LATENT_DTYPES
 Q_DTYPES = ("float16", "float32")
 VALIDATION_STATES = 2048  # held-out states evaluated per epoch (bounded: ~58 MB of uint8 stacks)
 GRID_STATES = 6
 # Settings that may change between a run and its continuation: more epochs extends it, a device is a place.
-_RESUMABLE_CHANGES = ("epochs", "device")
 _HISTORY_FIELDS = (
     "epoch",
     "steps",
@@ -342,37 +339,20 @@ def load_autoencoder(
 # ----------------------------------------------------------------------------------------------- training
 
 
-def _prepare_out_dir(
+def _open_run_dir(
     out: Path, ds: ExperienceDataset, manifest_sha: str, cfg: AutoencoderConfig, teacher_sha: str | None = None
-) -> dict | None:
-    """Validate ``out``; returns the run.json of a previous run there with the same data and settings (and,
-    when the teacher term trains it, the same teacher)."""
-    prev = read_run_record(out, AutoencoderError, "autoencoder")
-    if prev is not None:
-        if prev.get("dataset_sha256") != manifest_sha:
-            raise AutoencoderError(
-                f"--out {out} holds an autoencoder run on another dataset ({prev.get('dataset')}, manifest "
-                f"sha256 {str(prev.get('dataset_sha256'))[:12]}), not {ds.uri}; use a new --out directory"
-            )
-        new = cfg.model_dump(mode="json")
-        old = prev.get("config", {})
-        diff = sorted(k for k in new if k not in _RESUMABLE_CHANGES and old.get(k) != new[k])
-        if diff:
-            shown = ", ".join(f"{k}={old.get(k)!r} there vs {new[k]!r} now" for k in diff)
-            raise AutoencoderError(
-                f"--out {out} holds an autoencoder run with other settings ({shown}); rerun with the same "
-                f"settings to resume it, or use a new --out directory"
-            )
-        if cfg.teacher_weight > 0 and prev.get("teacher_sha256") != teacher_sha:
-            raise AutoencoderError(
-                f"--out {out} holds an autoencoder run trained with another teacher (sha256 "
-                f"{str(prev.get('teacher_sha256'))[:12]}, now {str(teacher_sha)[:12]}); pass the same --teacher "
-                f"to resume it, or use a new --out directory"
-            )
-        return prev
-    if out.is_dir() and any(out.iterdir()):
-        raise AutoencoderError(f"--out {out} is not empty and holds no autoencoder run; use an empty directory")
-    return None
+) -> RunDir:
+    """The run directory, checked for this run (:mod:`polydistill.rundir`): the same dataset version, the same
+    settings but the resume-free ones, and, when the teacher term trains it, the same teacher."""
+    identity: dict[str, Any] = {"dataset_sha256": manifest_sha}
+    if cfg.teacher_weight > 0:
+        identity["teacher_sha256"] = teacher_sha
+    rd = RunDir(out, "autoencoder", AutoencoderError)
+    rd.open(identity, cfg.model_dump(mode="json"), cfg.resume_free, describe={
+        "dataset_sha256": "on another dataset (manifest sha256 {old}), not this one ({new})",
+        "teacher_sha256": "trained with another teacher (sha256 {old}, now {new}); pass the same --teacher",
+    })
+    return rd
 
 
 def _holdout_batches(ds: ExperienceDataset, cfg: AutoencoderConfig, limit: int) -> list[Batch]:
@@ -470,7 +450,7 @@ def _write_grid(out: Path, model: ConvAutoencoder, val: list[Batch], code_dtype:
 
 
 def _save_resume(
-    out: Path,
+    rd: RunDir,
     model: nn.Module,
     opt: torch.optim.Optimizer,
     epoch: int,
@@ -478,17 +458,15 @@ def _save_resume(
     history: list[dict[str, float]],
     loss_curve: list[list[float]],
 ) -> None:
-    atomic_torch_save(
-        {
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "epoch": epoch,
-            "step": step,
-            "history": history,
-            "loss_curve": loss_curve,
-        },
-        out / RESUME_FILE,
-    )
+    state = {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "epoch": epoch,
+        "step": step,
+        "history": history,
+        "loss_curve": loss_curve,
+    }
+    rd.save_resume(step, lambda d: atomic_torch_save(state, d / RESUME_FILE))
 
 
 def _run_record(
@@ -583,8 +561,9 @@ def train_autoencoder(
     ds = open_frames_dataset(dataset, "train an autoencoder")
     manifest_sha = manifest_sha256(ds)
     teacher_net, teacher_sha = _load_matching_teacher(teacher, ds, cfg)
-    prev = _prepare_out_dir(out, ds, manifest_sha, cfg, teacher_sha)
-    if prev is not None and prev.get("status") == "finished" and prev.get("epochs", 0) >= cfg.epochs:
+    rd = _open_run_dir(out, ds, manifest_sha, cfg, teacher_sha)
+    prev = rd.previous
+    if prev is not None and rd.finished and prev.get("epochs", 0) >= cfg.epochs:
         log.info("autoencoder run in %s is finished (%s epochs); reusing it", out, prev.get("epochs"))
         return _result_from_disk(out, prev)
     device = pick_device(cfg.device)
@@ -598,8 +577,7 @@ def train_autoencoder(
     steps_per_epoch = max(1, math.ceil(per_epoch / cfg.batch_size))
     total_steps = cfg.epochs * steps_per_epoch
 
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / RUN_FILE, _run_record(ds, manifest_sha, cfg, teacher_sha, status="running"))
+    rd.begin(_run_record(ds, manifest_sha, cfg, teacher_sha))
     torch.manual_seed(cfg.seed)
     frame_stack = ds.manifest.frame_stack
     model = ConvAutoencoder(cfg.latent_dim, frame_stack).to(device)
@@ -607,13 +585,16 @@ def train_autoencoder(
     epoch, step = 0, 0
     history: list[dict[str, float]] = []
     loss_curve: list[list[float]] = []  # [states seen, mean training loss over a window]
-    if (out / RESUME_FILE).is_file():
+    point = rd.latest_resume(required=(RESUME_FILE,)) if prev is not None else None
+    if point is not None:
         try:
-            state = load_state_dict(out / RESUME_FILE)
+            state = load_state_dict(point / RESUME_FILE)
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
         except (CheckpointError, KeyError, RuntimeError) as e:
-            raise AutoencoderError(f"cannot resume from {out / RESUME_FILE}: {e}. Delete it to start over") from e
+            raise AutoencoderError(
+                f"cannot resume from {point / RESUME_FILE}: {e}. Delete {rd.resume_root} to start over"
+            ) from e
         epoch, step = int(state["epoch"]), int(state["step"])
         history, loss_curve = list(state["history"]), list(state["loss_curve"])
         log.info("resuming %s autoencoder after epoch %d (%s)", ds.game, epoch, out)
@@ -697,13 +678,27 @@ def train_autoencoder(
             )
             if on_metrics:
                 on_metrics({k: float(v) for k, v in row.items() if k not in ("steps", "states_seen")}, step)
-            _save_resume(out, model, opt, epoch, step, history, loss_curve)
+            _save_resume(rd, model, opt, epoch, step, history, loss_curve)
     finally:
         bar.close()
-    return _finish(out, ds, manifest_sha, cfg, model, val, history, loss_curve, epoch, step, on_metrics, teacher_sha)
+    return _finish(rd, ds, manifest_sha, cfg, model, val, history, loss_curve, epoch, step, on_metrics, teacher_sha)
 
 
-def _finish(out, ds, manifest_sha, cfg, model, val, history, loss_curve, epoch, step, on_metrics, teacher_sha=None):
+def _finish(
+    rd: RunDir,
+    ds: ExperienceDataset,
+    manifest_sha: str,
+    cfg: AutoencoderConfig,
+    model: ConvAutoencoder,
+    val: list[Batch],
+    history: list[dict[str, float]],
+    loss_curve: list[list[float]],
+    epoch: int,
+    step: int,
+    on_metrics: MetricsCallback | None,
+    teacher_sha: str | None = None,
+) -> AutoencoderResult:
+    out = rd.out
     last = history[-1]
     metrics = {
         k: float(last[k])
@@ -735,12 +730,9 @@ def _finish(out, ds, manifest_sha, cfg, model, val, history, loss_curve, epoch, 
     grid = _write_grid(out, model, val, cfg.code_dtype, ds.game)
     hist = _write_history(out, history)
     loss_png = _write_loss_png(out, history, loss_curve, cfg)
-    atomic_write_json(
-        out / RUN_FILE,
-        _run_record(
-            ds, manifest_sha, cfg, teacher_sha, status="finished", epochs=epoch, steps=step, metrics=metrics
-        ),
-    )
+    # The resume point stays: a later call with more epochs extends this run from it.
+    rd.finish(_run_record(ds, manifest_sha, cfg, teacher_sha, epochs=epoch, steps=step, metrics=metrics),
+              keep_resume=True)
     if on_metrics:
         on_metrics(metrics, step)
     return AutoencoderResult(

@@ -56,7 +56,7 @@ import os
 import re
 import tempfile
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,13 +65,13 @@ import numpy as np
 
 from polydistill.errors import PolydistillError
 
+from .codecs import CODECS
 from .store import ObjectNotFoundError, ObjectStore, StoreAccessDeniedError, open_store
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-CODECS = ("zstd", "raw", "latent")
 RAW_STACK_BYTES = 4 * 84 * 84  # a naive uint8 4-frame stack: 28,224 bytes per state
 
 
@@ -116,52 +116,6 @@ def stack_frames(
 
 
 # ----------------------------------------------------------------------------------------------- codecs
-
-
-def _zstd():
-    import zstandard
-
-    return zstandard
-
-
-def encode_frames(frames: np.ndarray, codec: str, level: int = 3) -> dict[str, np.ndarray]:
-    """Arrays to put in a shard for these frames under ``codec`` ('raw' or 'zstd')."""
-    frames = np.ascontiguousarray(frames, dtype=np.uint8)
-    if codec == "raw":
-        return {"frames": frames}
-    if codec == "zstd":
-        blob = _zstd().ZstdCompressor(level=level).compress(frames.tobytes())
-        return {"frames_zstd": np.frombuffer(blob, dtype=np.uint8)}
-    raise DatasetError(f"codec {codec!r} has no frames; codecs are {CODECS}")
-
-
-def decode_frames(arrays: dict[str, np.ndarray], n: int, frame_shape: Sequence[int]) -> np.ndarray:
-    """Inverse of :func:`encode_frames`."""
-    if "frames" in arrays:
-        return arrays["frames"]
-    blob = arrays["frames_zstd"].tobytes()
-    raw = _zstd().ZstdDecompressor().decompress(blob, max_output_size=n * int(np.prod(frame_shape)))
-    return np.frombuffer(raw, dtype=np.uint8).reshape(n, *frame_shape)
-
-
-def quantize_latents(z: np.ndarray, dtype: str) -> dict[str, np.ndarray]:
-    """Store float codes as float32, float16, or int8 with a per-row scale (symmetric, max-abs)."""
-    z = np.asarray(z, dtype=np.float32)
-    if dtype in ("float32", "float16"):
-        return {"latents": z.astype(dtype)}
-    if dtype == "int8":
-        scale = np.maximum(np.abs(z).max(axis=1), 1e-8) / 127.0
-        q = np.clip(np.round(z / scale[:, None]), -127, 127).astype(np.int8)
-        return {"latents": q, "latent_scale": scale.astype(np.float32)}
-    raise DatasetError(f"latent dtype {dtype!r} unknown; use float32, float16 or int8")
-
-
-def dequantize_latents(arrays: dict[str, np.ndarray]) -> np.ndarray:
-    """float32 codes from a latent shard."""
-    z = arrays["latents"]
-    if "latent_scale" in arrays:
-        return z.astype(np.float32) * arrays["latent_scale"][:, None]
-    return z.astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------------------- manifest
@@ -271,7 +225,26 @@ _SHARD_FIELDS = ("name", "start", "stop", "context", "bytes", "sha256", "valid_s
 
 
 def _manifest_from_dict(d: Any, where: str) -> Manifest:
-    """The checks of :meth:`Manifest.from_json` on parsed JSON."""
+    """The checks of :meth:`Manifest.from_json` on parsed JSON: the object and its version, every field's
+    type and range, then every shard entry."""
+    _check_header(d, where)
+    _check_fields(d, where)
+    ds_version = _need(d, "version", str, where) if "version" in d else ""
+    if ds_version and not _VERSION_RE.fullmatch(ds_version):
+        raise _bad(where, "version", f"must look like v-<16 hex digits>, got {_short(ds_version)}")
+    raw_shards = _need(d, "shards", list, where) if "shards" in d else []
+    shards: list[ShardInfo] = []
+    step = 0
+    for i, entry in enumerate(raw_shards):
+        info = _shard_from_dict(entry, i, step, ds_version, where)
+        step = info.stop
+        shards.append(info)
+    fields = {k: v for k, v in d.items() if k != "shards"}
+    return Manifest(**fields, shards=shards)
+
+
+def _check_header(d: Any, where: str) -> None:
+    """A JSON object of this schema version with only known fields and every required one."""
     if not isinstance(d, dict):
         raise DatasetError(
             f"{where}/{MANIFEST} must hold a JSON object, got {type(d).__name__} {_short(d)}; re-export the dataset"
@@ -289,6 +262,19 @@ def _manifest_from_dict(d: Any, where: str) -> Manifest:
     missing = [k for k in _MANIFEST_REQUIRED if k not in d]
     if missing:
         raise _bad(where, missing[0], "is missing")
+
+
+def _check_observation(obs: dict[str, Any], where: str) -> None:
+    if "frame_stack" in obs and not (_is_int(obs["frame_stack"]) and 1 <= obs["frame_stack"] <= 64):
+        raise _bad(where, "observation.frame_stack", f"must be an int in [1, 64], got {_short(obs['frame_stack'])}")
+    if "frame_shape" in obs:
+        fs = obs["frame_shape"]
+        if not (isinstance(fs, list) and len(fs) == 2 and all(_is_int(x) and 1 <= x <= 4096 for x in fs)):
+            raise _bad(where, "observation.frame_shape", f"must be [height, width], got {_short(fs)}")
+
+
+def _check_fields(d: dict[str, Any], where: str) -> None:
+    """Every manifest field but the shards and the version: its type and range."""
     game = _need(d, "game", str, where)
     if not game or len(game) > 100:
         raise _bad(where, "game", f"must be a game name, got {_short(game)}")
@@ -298,13 +284,7 @@ def _manifest_from_dict(d: Any, where: str) -> Manifest:
     meanings = _need(d, "action_meanings", list, where)
     if len(meanings) != n_act or not all(isinstance(m, str) for m in meanings):
         raise _bad(where, "action_meanings", f"must be {n_act} strings, got {_short(meanings)}")
-    obs = _need(d, "observation", dict, where)
-    if "frame_stack" in obs and not (_is_int(obs["frame_stack"]) and 1 <= obs["frame_stack"] <= 64):
-        raise _bad(where, "observation.frame_stack", f"must be an int in [1, 64], got {_short(obs['frame_stack'])}")
-    if "frame_shape" in obs:
-        fs = obs["frame_shape"]
-        if not (isinstance(fs, list) and len(fs) == 2 and all(_is_int(x) and 1 <= x <= 4096 for x in fs)):
-            raise _bad(where, "observation.frame_shape", f"must be [height, width], got {_short(fs)}")
+    _check_observation(_need(d, "observation", dict, where), where)
     codec = _need(d, "codec", str, where)
     if codec not in CODECS:
         raise _bad(where, "codec", f"must be one of {', '.join(CODECS)}, got {_short(codec)}")
@@ -318,39 +298,31 @@ def _manifest_from_dict(d: Any, where: str) -> Manifest:
         _need(d, "q_values", dict, where)
     if "kind" in d:
         _need(d, "kind", str, where)
-    ds_version = _need(d, "version", str, where) if "version" in d else ""
-    if ds_version and not _VERSION_RE.fullmatch(ds_version):
-        raise _bad(where, "version", f"must look like v-<16 hex digits>, got {_short(ds_version)}")
-    raw_shards = _need(d, "shards", list, where) if "shards" in d else []
-    shards: list[ShardInfo] = []
-    step = 0
-    for i, entry in enumerate(raw_shards):
-        at = f"shards[{i}]"
-        if not isinstance(entry, dict):
-            raise _bad(where, at, f"must be an object, got {type(entry).__name__} {_short(entry)}")
-        extra = sorted(set(entry) - set(_SHARD_FIELDS))
-        if extra:
-            raise _bad(where, f"{at}.{str(extra[0])[:60]}", f"is unknown (shard fields: {', '.join(_SHARD_FIELDS)})")
-        missing = [k for k in _SHARD_FIELDS if k not in entry]
-        if missing:
-            raise _bad(where, f"{at}.{missing[0]}", "is missing")
-        name = _need(entry, "name", str, where, f"{at}.")
-        expected = shard_name(i, ds_version)
-        if name != expected:
-            raise _bad(
-                where, f"{at}.name", f"is {_short(name)}: shard names are data, not paths; expected {expected!r}"
-            )
-        for key in ("start", "stop", "context", "bytes", "valid_states"):
-            if _need(entry, key, int, where, f"{at}.") < 0:
-                raise _bad(where, f"{at}.{key}", f"must be >= 0, got {entry[key]}")
-        if not _SHA256_RE.fullmatch(_need(entry, "sha256", str, where, f"{at}.")):
-            raise _bad(where, f"{at}.sha256", f"must be 64 lowercase hex digits, got {_short(entry['sha256'])}")
-        if entry["start"] != step or entry["stop"] < entry["start"]:
-            raise _bad(where, f"{at}.start", f"must continue at step {step} (got [{entry['start']}, {entry['stop']}))")
-        step = entry["stop"]
-        shards.append(ShardInfo(**entry))
-    fields = {k: v for k, v in d.items() if k != "shards"}
-    return Manifest(**fields, shards=shards)
+
+
+def _shard_from_dict(entry: Any, i: int, step: int, ds_version: str, where: str) -> ShardInfo:
+    """Shard entry ``i``, which must start at ``step`` and be named as shard ``i`` of ``ds_version``."""
+    at = f"shards[{i}]"
+    if not isinstance(entry, dict):
+        raise _bad(where, at, f"must be an object, got {type(entry).__name__} {_short(entry)}")
+    extra = sorted(set(entry) - set(_SHARD_FIELDS))
+    if extra:
+        raise _bad(where, f"{at}.{str(extra[0])[:60]}", f"is unknown (shard fields: {', '.join(_SHARD_FIELDS)})")
+    missing = [k for k in _SHARD_FIELDS if k not in entry]
+    if missing:
+        raise _bad(where, f"{at}.{missing[0]}", "is missing")
+    name = _need(entry, "name", str, where, f"{at}.")
+    expected = shard_name(i, ds_version)
+    if name != expected:
+        raise _bad(where, f"{at}.name", f"is {_short(name)}: shard names are data, not paths; expected {expected!r}")
+    for key in ("start", "stop", "context", "bytes", "valid_states"):
+        if _need(entry, key, int, where, f"{at}.") < 0:
+            raise _bad(where, f"{at}.{key}", f"must be >= 0, got {entry[key]}")
+    if not _SHA256_RE.fullmatch(_need(entry, "sha256", str, where, f"{at}.")):
+        raise _bad(where, f"{at}.sha256", f"must be 64 lowercase hex digits, got {_short(entry['sha256'])}")
+    if entry["start"] != step or entry["stop"] < entry["start"]:
+        raise _bad(where, f"{at}.start", f"must continue at step {step} (got [{entry['start']}, {entry['stop']}))")
+    return ShardInfo(**entry)
 
 
 # ----------------------------------------------------------------------------------------------- writer
@@ -377,7 +349,8 @@ class DatasetWriter:
         progress: Callable[[int], None] | None = None,
     ) -> None:
         if manifest.codec not in CODECS:
-            raise DatasetError(f"codec {manifest.codec!r} unknown; choose one of {CODECS}")
+            raise DatasetError(f"codec {manifest.codec!r} unknown; choose one of {', '.join(CODECS)}")
+        self.codec = CODECS[manifest.codec]
         if shard_steps < 1:
             raise DatasetError(f"shard_steps must be >= 1, got {shard_steps}")
         self.store = open_store(dest) if isinstance(dest, str) else dest
@@ -388,11 +361,7 @@ class DatasetWriter:
         self.q_dtype = q_dtype
         self.workers = workers
         self.progress = progress
-        manifest.codec_params = (
-            {"level": level}
-            if manifest.codec == "zstd"
-            else ({"dtype": latent_dtype} if manifest.codec == "latent" else {})
-        )
+        manifest.codec_params = self.codec.params(level=level, dtype=latent_dtype)
         manifest.q_values = {"dtype": q_dtype} if q_dtype else None
         manifest.shards, manifest.num_steps, manifest.num_episodes, manifest.num_valid_states = [], 0, 0, 0
         self._pending: dict[str, list[np.ndarray]] = {}
@@ -424,14 +393,10 @@ class DatasetWriter:
             "first": np.asarray(first, dtype=bool),
             "valid": np.asarray(valid, dtype=bool),
         }
-        if self.manifest.codec == "latent":
-            if latents is None:
-                raise DatasetError("a latent dataset needs latents= rows")
-            cols["latents"] = np.asarray(latents, dtype=np.float32)
-        else:
-            if frames is None:
-                raise DatasetError(f"a {self.manifest.codec} dataset needs frames= rows")
-            cols["frames"] = np.asarray(frames, dtype=np.uint8)
+        column = frames if self.codec.frames else latents
+        if column is None:
+            raise DatasetError(f"a {self.manifest.codec} dataset needs {self.codec.stores}= rows")
+        cols[self.codec.stores] = np.asarray(column, dtype=np.uint8 if self.codec.frames else np.float32)
         if self.q_dtype:
             if q is None:
                 raise DatasetError("this dataset stores Q-values (q_dtype set) but add() got q=None")
@@ -456,20 +421,17 @@ class DatasetWriter:
         cols = self._take(rows)
         m = self.manifest
         ctx_rows = 0
-        if self._context is not None and m.codec != "latent":
+        if self._context is not None and self.codec.frames:
             # Self-contained shards: prepend history rows from the previous shard as context.
             ctx = {k: v for k, v in self._context.items()}
             ctx["valid"] = np.zeros(len(ctx["valid"]), dtype=bool)
             ctx_rows = len(ctx["valid"])
             cols = {k: np.concatenate([ctx[k], cols[k]]) for k in cols}
         keep = m.frame_stack - 1
-        if m.codec != "latent" and keep > 0:
+        if self.codec.frames and keep > 0:
             self._context = {k: v[-keep:].copy() for k, v in cols.items()}
         arrays: dict[str, np.ndarray] = {k: v for k, v in cols.items() if k not in ("frames", "latents", "q")}
-        if m.codec == "latent":
-            arrays.update(quantize_latents(cols["latents"], self.latent_dtype))
-        else:
-            arrays.update(encode_frames(cols["frames"], m.codec, self.level))
+        arrays.update(self.codec.encode(cols[self.codec.stores], m.codec_params))
         if "q" in cols:
             arrays["q"] = cols["q"].astype(self.q_dtype)
         buf = io.BytesIO()
@@ -747,12 +709,14 @@ class ExperienceDataset:
         except Exception as e:
             raise DatasetError(f"dataset {self.uri}: shard {info.name} cannot be read ({e})") from e
         n = len(arrays["actions"])
-        frames = latents = None
-        if self.codec == "latent":
-            latents = dequantize_latents(arrays)
-        else:
-            frames = decode_frames(arrays, n, self.manifest.observation.get("frame_shape", (84, 84)))
-            arrays.pop("frames_zstd", None)
+        codec = CODECS[self.codec]
+        shape = self.manifest.observation.get("frame_shape", (84, 84))
+        column = codec.decode(arrays, n, shape, self.manifest.codec_params)
+        frames, latents = (column, None) if codec.frames else (None, column)
+        if codec.frames:
+            for k in codec.arrays:  # the decoded frames replace their encoded form
+                if k != "frames":
+                    arrays.pop(k, None)
         sh = Shard(info, arrays, frames, latents, self.manifest.frame_stack)
         self._decoded[i] = sh
         while len(self._decoded) > self.max_decoded:

@@ -17,12 +17,27 @@ import difflib
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from polydistill.errors import PolydistillError
+
+from .codecs import FRAME_CODECS, LATENT_DTYPES
+from .losses import LOSSES
+
+# Allowed values that come from a registry (the losses table, the codecs table) rather than from here: a Literal
+# built at runtime, so pydantic validates them and the CLI and pipeline offer them as choices; a type checker
+# sees plain strings.
+if TYPE_CHECKING:
+    LossName = str
+    FrameCodecName = str
+    LatentDtypeName = str
+else:
+    LossName = Literal[tuple(LOSSES)]
+    FrameCodecName = Literal[FRAME_CODECS]
+    LatentDtypeName = Literal[LATENT_DTYPES]
 
 PROFILES = ("smoke", "cpu", "paper")
 Profile = Literal["smoke", "cpu", "paper"]
@@ -33,6 +48,9 @@ class ConfigError(PolydistillError, ValueError):
 
 
 class _Model(BaseModel):
+    #: Settings a training stage may change when it resumes a run (see :mod:`polydistill.rundir`): they cannot
+    #: change what is trained. Every other setting must match the run being resumed.
+    resume_free: ClassVar[frozenset[str]] = frozenset()
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
     @field_validator("device", check_fields=False)
@@ -72,6 +90,8 @@ class TeacherConfig(_Model):
     Defaults follow CleanRL's ``dqn_atari.py`` (Adam, Huber loss, hard target updates) with the Dueling
     paper's gradient clipping at 10.
     """
+
+    resume_free: ClassVar[frozenset[str]] = frozenset({"device", "checkpoint_every"})
 
     total_steps: int = Field(10_000_000, ge=1, description="Agent steps of training, summed over envs.")
     num_envs: int = Field(1, ge=1, description="Parallel environments (AtariVectorEnv threads).")
@@ -123,7 +143,7 @@ class TeacherConfig(_Model):
 class ExportConfig(_Model):
     """Experience dataset encoding and upload."""
 
-    codec: Literal["zstd", "raw"] = Field("zstd", description="Frame codec for shards.")
+    codec: FrameCodecName = Field("zstd", description="Frame codec for shards (polydistill.codecs).")
     zstd_level: int = Field(3, ge=1, le=22, description="zstd compression level.")
     shard_steps: int = Field(10_000, ge=1, description="Steps per shard.")
     q_dtype: Literal["float16", "float32", "none"] = Field(
@@ -134,6 +154,9 @@ class ExportConfig(_Model):
 
 class AutoencoderConfig(_Model):
     """Per-game convolutional autoencoder over 4x84x84 states (seed paper: 64 float32 codes)."""
+
+    # More epochs extend a finished run from its last epoch.
+    resume_free: ClassVar[frozenset[str]] = frozenset({"device", "epochs"})
 
     latent_dim: int = Field(64, ge=1, description="Size of the latent code.")
     epochs: int = Field(10, ge=1, description="Passes over the training states.")
@@ -163,7 +186,7 @@ class AutoencoderConfig(_Model):
             "needs the teacher)."
         ),
     )
-    code_dtype: Literal["float32", "float16", "int8"] = Field("float16", description="Stored code precision.")
+    code_dtype: LatentDtypeName = Field("float16", description="Stored code precision.")
     holdout_fraction: float = Field(0.05, gt=0, lt=0.5, description="States held out for metrics.")
     max_train_states: int = Field(0, ge=0, description="Cap on training states per epoch (0 = all).")
     seed: int = Field(1, description="Seed.")
@@ -173,7 +196,9 @@ class AutoencoderConfig(_Model):
 class DistillConfig(_Model):
     """Multi-task policy distillation (Rusu et al. 2015; Parisotto et al. 2015; the seed paper)."""
 
-    loss: Literal["kl", "nll", "mse", "actor_mimic"] = Field("kl", description="Distillation loss.")
+    resume_free: ClassVar[frozenset[str]] = frozenset({"device", "eval_every", "checkpoint_every", "cache_shards"})
+
+    loss: LossName = Field("kl", description="Distillation loss (polydistill.losses.LOSSES).")
     tau: float = Field(0.01, gt=0, description="Teacher softmax temperature for kl (and actor_mimic).")
     beta: float = Field(0.01, ge=0, description="Actor-Mimic feature-regression weight.")
     actions: Literal["shared", "per-game", "union"] = Field("per-game", description="Output head layout.")

@@ -36,7 +36,6 @@ import io
 import json
 import logging
 import math
-import shutil
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -61,13 +60,13 @@ from .checkpoint import (
     load_checkpoint,
     load_state_dict,
     read_metadata,
-    read_run_record,
     save_checkpoint,
 )
 from .config import DistillConfig
 from .envs import FULL_ACTION_MEANINGS, UnknownGameError, canonical_game
 from .networks import DuelingQNetwork, count_parameters, make_adam, pick_device, scheduled_lr, set_lr
 from .progress import MetricsCallback, progress
+from .rundir import RunDir
 from .sampling import Batch, StreamingSampler, batch_from_rows
 
 log = logging.getLogger(__name__)
@@ -80,7 +79,6 @@ VALIDATION_STATES = 512  # held-out states per game scored at each validation pa
 VALIDATION_BATCH = 256
 VALIDATION_SHARDS = 16  # shards (evenly spaced) the held-out states are drawn from
 # Settings that may change when a run is resumed; every other setting must match the interrupted run.
-RESUME_FREE_KEYS = frozenset({"device", "eval_every", "checkpoint_every", "cache_shards"})
 
 
 class DistillError(PolydistillError, ValueError):
@@ -273,17 +271,11 @@ def game_loss(
     regressor: nn.Module | None = None,
 ) -> torch.Tensor:
     """The configured loss of one game's minibatch (``q_teacher`` already in the student head's columns)."""
-    if cfg.loss == "kl":
-        return L.kl_loss(q_teacher, q_student, cfg.tau, mask)
-    if cfg.loss == "nll":
-        return L.nll_loss(q_teacher, q_student, mask)
-    if cfg.loss == "mse":
-        return L.mse_loss(q_teacher, q_student, mask)
-    if student_features is None or teacher_features is None or regressor is None:
-        raise DistillError("actor_mimic needs student features, teacher features and a regressor")
-    return L.actor_mimic_loss(
-        q_teacher, q_student, cfg.tau, student_features, teacher_features, regressor, cfg.beta, mask
-    )
+    terms = L.LossTerms(q_teacher, q_student, mask, cfg.tau, cfg.beta, student_features, teacher_features, regressor)
+    try:
+        return L.LOSSES[cfg.loss].fn(terms)
+    except ValueError as e:
+        raise DistillError(f"loss {cfg.loss}: {e}") from None
 
 
 def to_head_columns(layout: StudentLayout, game: str, q_teacher: torch.Tensor) -> torch.Tensor:
@@ -434,56 +426,6 @@ def _run_record(games: list[_Game], cfg: DistillConfig) -> dict[str, Any]:
         "config": cfg.model_dump(mode="json"),
         "package_version": __version__,
     }
-
-
-def _prepare_out_dir(out: Path, record: dict[str, Any]) -> dict[str, Any] | None:
-    """Check ``out`` for this run; returns the previous run record when there is one to resume or reuse."""
-    prev = read_run_record(out, DistillError, "distillation")
-    if prev is not None:
-        if prev.get("games") != record["games"]:
-            raise DistillError(
-                f"--out {out} holds a distillation of {prev.get('games')}, not {record['games']}; use another directory"
-            )
-        if prev.get("teachers") != record["teachers"]:
-            raise DistillError(f"--out {out} was distilled from other teacher checkpoints; use another directory")
-        for key, value in record["config"].items():
-            if key not in RESUME_FREE_KEYS and prev.get("config", {}).get(key) != value:
-                raise DistillError(
-                    f"--out {out} holds a run with {key}={prev['config'].get(key)!r}, this run asks for "
-                    f"{value!r}; "
-                    f"resume with the same settings or use a new directory"
-                )
-        return prev
-    if out.is_dir() and any(p.name != ".DS_Store" for p in out.iterdir()):
-        raise DistillError(f"--out {out} is not empty and holds no distillation run; use an empty directory")
-    return None
-
-
-def _latest_resume(out: Path) -> Path | None:
-    pointer = out / "resume" / "LATEST"
-    if not pointer.is_file():
-        return None
-    d = out / "resume" / pointer.read_text().strip()
-    return d if (d / "state.pt").is_file() and (d / "extra.json").is_file() else None
-
-
-def _save_resume(out: Path, step: int, state: dict[str, Any], extra: dict[str, Any]) -> None:
-    """Write a complete resume point under a new name, then switch the LATEST pointer (atomic rename)."""
-    root = out / "resume"
-    name = f"step-{step:012d}"
-    tmp = root / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    atomic_torch_save(state, tmp / "state.pt")
-    atomic_write_json(tmp / "extra.json", extra)
-    final = root / name
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    (root / ".LATEST.tmp").write_text(name)
-    (root / ".LATEST.tmp").replace(root / "LATEST")
-    for old in root.glob("step-*"):
-        if old.name != name:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def _sampler_seed(seed: int, game_index: int, step: int) -> int:
@@ -670,7 +612,7 @@ def _load_validation(g: _Game, cfg: DistillConfig, device: torch.device) -> None
         inp = b.latents if g.decoder is not None else b.states
         x = _inputs(g, inp, device)
         g.val_inputs.append(inp)
-        g.val_targets.append(_targets(g, b.q, x, cfg.loss == "actor_mimic", device))
+        g.val_targets.append(_targets(g, b.q, x, L.LOSSES[cfg.loss].needs_features, device))
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -698,166 +640,221 @@ def distill(
             this call; for tests of resume.
     """
     games, layout, init_game = _prepare_games(teachers, datasets, cfg)
-    out = Path(out_dir)
     record = _run_record(games, cfg)
-    prev = _prepare_out_dir(out, record)
-    if prev is not None and prev.get("status") == "finished" and (out / "checkpoint" / "metadata.json").is_file():
-        log.info("distillation in %s is already finished; reusing it", out)
-        return _result_from_disk(out)
+    rd = RunDir(out_dir, "distillation", DistillError)
+    rd.open({"games": record["games"], "teachers": record["teachers"]}, record["config"], cfg.resume_free,
+            describe={"games": "of {old}, not {new}", "teachers": "distilled from other teacher checkpoints"})
+    if rd.finished and (rd.out / "checkpoint" / "metadata.json").is_file():
+        log.info("distillation in %s is already finished; reusing it", rd.out)
+        return _result_from_disk(rd.out)
     device = pick_device(cfg.device)
     if cfg.source == "latent":
         _attach_decoders(games, device)  # a bad latent dataset fails here, before the run directory exists
-    out.mkdir(parents=True, exist_ok=True)
-    if prev is None:
-        atomic_write_json(out / RUN_FILE, {**record, "status": "running"})
+    if rd.previous is None:
+        rd.begin(record)
+    trainer = _Trainer(games, layout, init_game, cfg, rd, device, on_metrics)
+    trainer.train(stop_after)
+    return _finish(rd, games, layout, cfg, trainer.student, trainer.regressors, trainer.curve, trainer.chance,
+                   trainer.samples, trainer.train_seconds)
 
-    names = [g.game for g in games]
-    frame_stack = games[0].dataset.manifest.frame_stack
-    for g in games:
-        # The teacher network is needed for targets the dataset lacks, for features, or to copy its weights.
-        if cfg.loss == "actor_mimic" or not g.dataset.has_q or g.game == init_game:
-            g.teacher, _ = load_checkpoint(g.teacher_dir, device)  # type: ignore[assignment]
-            g.teacher.requires_grad_(False)
-        _load_validation(g, cfg, device)
 
-    student = build_student(layout, cfg, {g.game: g.teacher for g in games if g.teacher is not None}, frame_stack).to(
-        device
-    )
-    regressors = nn.ModuleDict()
-    if cfg.loss == "actor_mimic":
+class _Trainer:
+    """One distillation run: the student, its optimizer, and the state a resume point holds.
+
+    :meth:`train` reads top to bottom like CleanRL's loops: draw the step's batch (one step ahead on a worker
+    thread), compute the per-game losses, update, and every ``eval_every`` steps validate, every
+    ``checkpoint_every`` steps write a resume point.
+    """
+
+    def __init__(
+        self,
+        games: list[_Game],
+        layout: StudentLayout,
+        init_game: str | None,
+        cfg: DistillConfig,
+        rd: RunDir,
+        device: torch.device,
+        on_metrics: MetricsCallback | None,
+    ) -> None:
+        self.games, self.layout, self.cfg, self.rd, self.device = games, layout, cfg, rd, device
+        self.on_metrics = on_metrics
+        self.names = [g.game for g in games]
+        self.chance = {g: 1.0 / layout.num_actions(g) for g in self.names}
+        self.need_features = L.LOSSES[cfg.loss].needs_features
         for g in games:
-            assert g.teacher is not None
-            regressors[g.game] = nn.Linear(student.feature_dim, g.teacher.feature_dim)
-        regressors.to(device)
-    opt = make_adam([*student.parameters(), *regressors.parameters()], device, lr=cfg.learning_rate)
+            # The teacher network is needed for targets the dataset lacks, for features, or to copy its weights.
+            if self.need_features or not g.dataset.has_q or g.game == init_game:
+                g.teacher, _ = load_checkpoint(g.teacher_dir, device)  # type: ignore[assignment]
+                g.teacher.requires_grad_(False)
+            _load_validation(g, cfg, device)
+        frame_stack = games[0].dataset.manifest.frame_stack
+        teacher_nets = {g.game: g.teacher for g in games if g.teacher is not None}
+        self.student = build_student(layout, cfg, teacher_nets, frame_stack).to(device)
+        self.regressors = nn.ModuleDict()
+        if self.need_features:
+            for g in games:
+                assert g.teacher is not None
+                self.regressors[g.game] = nn.Linear(self.student.feature_dim, g.teacher.feature_dim)
+            self.regressors.to(device)
+        params = [*self.student.parameters(), *self.regressors.parameters()]
+        self.opt = make_adam(params, device, lr=cfg.learning_rate)
+        self.step, self.train_seconds, self.samples = 0, 0.0, 0
+        self.curve: list[dict[str, float]] = []
+        self._reset_train_means()
+        if rd.previous is not None:
+            self._restore()
+        self._make_samplers()
 
-    step, curve, train_seconds, samples = 0, [], 0.0, 0
-    point = _latest_resume(out) if prev is not None else None
-    if point is not None:
+    # ------------------------------------------------------------------------------------------ the loop
+
+    def train(self, stop_after: int | None) -> None:
+        """Train from the current step to ``cfg.steps`` (or stop as if killed after ``stop_after`` steps)."""
+        cfg = self.cfg
+        if self.step == 0 and not self.curve:
+            self._validate(0)  # the untrained student's agreement: where the curve starts
+        start_step = self.step
+        bar = progress(cfg.steps, "distill", "step", initial=self.step)
         try:
-            state = load_state_dict(point / "state.pt")
-            extra = json.loads((point / "extra.json").read_text())
-        except (CheckpointError, json.JSONDecodeError) as e:
-            raise DistillError(f"cannot resume from {point}: {e}. Delete {out / 'resume'} to start over") from e
-        student.load_state_dict(state["student"])
-        regressors.load_state_dict(state["regressors"])
-        opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        step = int(state["step"])
-        curve, train_seconds, samples = extra["curve"], float(extra["train_seconds"]), int(extra["samples"])
-        log.info("resuming distillation from step %d (%s)", step, point)
+            # One worker, one batch in flight: the samplers are drawn in step order, so runs stay reproducible.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="distill-batches") as worker:
+                pending = worker.submit(self._batch, self.step) if self.step < cfg.steps else None
+                while pending is not None:
+                    t0 = time.perf_counter()
+                    inputs, targets = pending.result()
+                    pending = worker.submit(self._batch, self.step + 1) if self.step + 1 < cfg.steps else None
+                    self._update(inputs, targets)
+                    self.train_seconds += time.perf_counter() - t0
+                    self.samples += sum(len(x) for x in inputs.values())
+                    self.step += 1
+                    bar.update(1)
+                    if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                        bar.set_postfix(self._validate(self.step))
+                    if self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
+                        self._snapshot()
+                    if stop_after is not None and self.step - start_step >= stop_after and self.step < cfg.steps:
+                        raise KeyboardInterrupt(f"stop_after={stop_after} reached at step {self.step}")
+        finally:
+            bar.close()
+        if not self.curve or self.curve[-1]["step"] != cfg.steps:
+            self._validate(cfg.steps)  # resumed exactly at the end, or steps == 0 after a resume
 
-    seeds = {g.game: _sampler_seed(cfg.seed, i, step) for i, g in enumerate(games)}
-    fraction = cfg.subset_fraction if cfg.source == "subset" else 1.0
-    for g in games:
-        g.sampler = StreamingSampler(
-            g.dataset,
-            cfg.batch_size,
-            fraction=fraction,
-            split="train",
-            holdout_fraction=cfg.holdout_fraction,
-            pool_shards=cfg.cache_shards,
-            seed=seeds[g.game],
-        )
-    chance = {g: 1.0 / layout.num_actions(g) for g in names}
+    def _batch(self, at: int) -> tuple[dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, torch.Tensor | None]]]:
+        """Step ``at``'s inputs and teacher targets: sampling, decoding, stored or computed targets. None of
+        it depends on the student, so it runs one step ahead on a worker thread (like a one-worker
+        DataLoader): decoding latents or the teacher's forward pass overlaps the student's update."""
+        games = self.games if self.cfg.schedule == "sum" else [self.games[at % len(self.games)]]
+        inputs, targets = {}, {}
+        for g in games:
+            assert g.sampler is not None
+            batch = next(g.sampler)
+            x = _inputs(g, batch, self.device)
+            inputs[g.game] = x
+            targets[g.game] = _targets(g, batch.q, x, self.need_features, self.device)
+        return inputs, targets
 
-    def snapshot(at: int) -> None:
+    def _update(
+        self, inputs: dict[str, torch.Tensor], targets: dict[str, tuple[torch.Tensor, torch.Tensor | None]]
+    ) -> None:
+        """One optimizer step on the sum of the games' losses."""
+        cfg = self.cfg
+        per_game = compute_losses(self.student, self.layout, cfg, inputs, targets, self.regressors)
+        total = torch.stack(list(per_game.values())).sum()
+        self.opt.zero_grad(set_to_none=True)
+        total.backward()
+        set_lr(self.opt, scheduled_lr(cfg.learning_rate, cfg.lr_schedule, self.step, cfg.steps))
+        self.opt.step()
+        for g, v in per_game.items():
+            self.train_sum[g] += float(v.detach())
+            self.train_count[g] += 1
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    # ------------------------------------------------------------------------------------------ measuring
+
+    def _reset_train_means(self) -> None:
+        self.train_sum = dict.fromkeys(self.names, 0.0)
+        self.train_count = dict.fromkeys(self.names, 0)
+
+    def _validate(self, at: int) -> dict[str, str]:
+        """Held-out loss and agreement per game at step ``at``: a curve row, the metrics callback, and the
+        progress bar's postfix (returned). Resets the running training-loss means."""
+        val = _validate(self.student, self.layout, self.cfg, self.games, self.regressors, self.device)
+        sps = self.samples / self.train_seconds if self.train_seconds > 0 else float("nan")
+        row: dict[str, float] = {"step": at, "samples_per_second": sps}
+        for g, (loss, agree) in val.items():
+            row[f"loss/{g}"], row[f"agreement/{g}"] = loss, agree
+            n = self.train_count[g]
+            row[f"train_loss/{g}"] = self.train_sum[g] / n if n else float("nan")
+        self.curve.append(row)
+        _write_curves(self.rd.out, self.names, self.curve, self.chance, plot=False)
+        if self.on_metrics:  # NaN (no training yet at step 0) is left out rather than logged
+            self.on_metrics({k: float(v) for k, v in row.items() if k != "step" and math.isfinite(v)}, at)
+        self._reset_train_means()
+        post = {"sps": f"{self.samples / max(self.train_seconds, 1e-9):.0f}"}
+        post.update({f"agree_{g}": f"{a:.2f}" for g, (_, a) in val.items()})
+        return post
+
+    # ------------------------------------------------------------------------------------------ resuming
+
+    def _make_samplers(self) -> None:
+        """Each game's minibatch stream, seeded by the step it starts at (a resumed run draws what an
+        unbroken run would)."""
+        cfg = self.cfg
+        fraction = cfg.subset_fraction if cfg.source == "subset" else 1.0
+        for i, g in enumerate(self.games):
+            g.sampler = StreamingSampler(
+                g.dataset,
+                cfg.batch_size,
+                fraction=fraction,
+                split="train",
+                holdout_fraction=cfg.holdout_fraction,
+                pool_shards=cfg.cache_shards,
+                seed=_sampler_seed(cfg.seed, i, self.step),
+            )
+
+    def _snapshot(self) -> None:
+        at = self.step
         state = {
-            "student": student.state_dict(),
-            "regressors": regressors.state_dict(),
-            "optimizer": opt.state_dict(),
+            "student": self.student.state_dict(),
+            "regressors": self.regressors.state_dict(),
+            "optimizer": self.opt.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "step": torch.tensor(at),
         }
         extra = {
-            "curve": curve,
-            "train_seconds": train_seconds,
-            "samples": samples,
-            "sampler_seeds": {g: _sampler_seed(cfg.seed, i, at) for i, g in enumerate(names)},
+            "curve": self.curve,
+            "train_seconds": self.train_seconds,
+            "samples": self.samples,
+            "sampler_seeds": {g: _sampler_seed(self.cfg.seed, i, at) for i, g in enumerate(self.names)},
         }
-        _save_resume(out, at, state, extra)
 
-    def evaluate(at: int) -> dict[str, tuple[float, float]]:
-        val = _validate(student, layout, cfg, games, regressors, device)
-        sps = samples / train_seconds if train_seconds > 0 else float("nan")
-        row: dict[str, float] = {"step": at, "samples_per_second": sps}
-        for g, (loss, agree) in val.items():
-            row[f"loss/{g}"], row[f"agreement/{g}"] = loss, agree
-            n = train_count[g]
-            row[f"train_loss/{g}"] = train_sum[g] / n if n else float("nan")
-        curve.append(row)
-        _write_curves(out, names, curve, chance, plot=False)
-        if on_metrics:  # NaN (no training yet at step 0) is left out rather than logged
-            on_metrics({k: float(v) for k, v in row.items() if k != "step" and math.isfinite(v)}, at)
-        return val
+        def write(d: Path) -> None:
+            atomic_torch_save(state, d / "state.pt")
+            atomic_write_json(d / "extra.json", extra)
 
-    train_sum = dict.fromkeys(names, 0.0)
-    train_count = dict.fromkeys(names, 0)
-    if step == 0 and not curve:
-        evaluate(0)  # the untrained student's agreement: where the curve starts
-    start_step = step
-    bar = progress(cfg.steps, "distill", "step", initial=step)
-    need_features = cfg.loss == "actor_mimic"
+        self.rd.save_resume(at, write)
 
-    def prepare(
-        at: int,
-    ) -> tuple[dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, torch.Tensor | None]]]:
-        """Step ``at``'s inputs and teacher targets: sampling, decoding, stored or computed targets. None of
-        it depends on the student, so it runs one step ahead on a worker thread (like a one-worker
-        DataLoader): decoding latents or the teacher's forward pass overlaps the student's update."""
-        active = games if cfg.schedule == "sum" else [games[at % len(games)]]
-        inputs, targets = {}, {}
-        for g in active:
-            assert g.sampler is not None
-            batch = next(g.sampler)
-            x = _inputs(g, batch, device)
-            inputs[g.game] = x
-            targets[g.game] = _targets(g, batch.q, x, need_features, device)
-        return inputs, targets
-
-    # One worker, one batch in flight: the samplers are drawn in step order, so runs stay reproducible.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="distill-batches") as worker:
-        pending = worker.submit(prepare, step) if step < cfg.steps else None
-        while pending is not None:
-            t0 = time.perf_counter()
-            inputs, targets = pending.result()
-            pending = worker.submit(prepare, step + 1) if step + 1 < cfg.steps else None
-            per_game = compute_losses(student, layout, cfg, inputs, targets, regressors)
-            total = torch.stack(list(per_game.values())).sum()
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            set_lr(opt, scheduled_lr(cfg.learning_rate, cfg.lr_schedule, step, cfg.steps))
-            opt.step()
-            for g, v in per_game.items():
-                train_sum[g] += float(v.detach())
-                train_count[g] += 1
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            train_seconds += time.perf_counter() - t0
-            samples += sum(len(x) for x in inputs.values())
-            step += 1
-            bar.update(1)
-
-            if step % cfg.eval_every == 0 or step == cfg.steps:
-                val = evaluate(step)
-                train_sum = dict.fromkeys(names, 0.0)
-                train_count = dict.fromkeys(names, 0)
-                post = {"sps": f"{samples / max(train_seconds, 1e-9):.0f}"}
-                post.update({f"agree_{g}": f"{a:.2f}" for g, (_, a) in val.items()})
-                bar.set_postfix(post)
-            if step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                snapshot(step)
-            if stop_after is not None and step - start_step >= stop_after and step < cfg.steps:
-                bar.close()
-                raise KeyboardInterrupt(f"stop_after={stop_after} reached at step {step}")
-    bar.close()
-    if not curve or curve[-1]["step"] != cfg.steps:
-        evaluate(cfg.steps)  # resumed exactly at the end, or steps == 0 after a resume
-    return _finish(out, games, layout, cfg, student, regressors, curve, chance, samples, train_seconds)
+    def _restore(self) -> None:
+        point = self.rd.latest_resume(required=("state.pt", "extra.json"))
+        if point is None:
+            return
+        try:
+            state = load_state_dict(point / "state.pt")
+            extra = json.loads((point / "extra.json").read_text())
+        except (CheckpointError, json.JSONDecodeError) as e:
+            raise DistillError(f"cannot resume from {point}: {e}. Delete {self.rd.resume_root} to start over") from e
+        self.student.load_state_dict(state["student"])
+        self.regressors.load_state_dict(state["regressors"])
+        self.opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = int(state["step"])
+        self.curve = extra["curve"]
+        self.train_seconds, self.samples = float(extra["train_seconds"]), int(extra["samples"])
+        log.info("resuming distillation from step %d (%s)", self.step, point)
 
 
 def _finish(
-    out: Path,
+    rd: RunDir,
     games: list[_Game],
     layout: StudentLayout,
     cfg: DistillConfig,
@@ -868,6 +865,7 @@ def _finish(
     samples: int,
     train_seconds: float,
 ) -> DistillResult:
+    out = rd.out
     names = [g.game for g in games]
     last = curve[-1]
     agreement = {g: float(last[f"agreement/{g}"]) for g in names}
@@ -899,8 +897,7 @@ def _finish(
     if len(regressors):
         atomic_torch_save({k: v.detach().cpu() for k, v in regressors.state_dict().items()}, out / REGRESSORS_FILE)
     csv_path, png = _write_curves(out, names, curve, chance)
-    atomic_write_json(out / RUN_FILE, {**_run_record(games, cfg), "status": "finished"})
-    shutil.rmtree(out / "resume", ignore_errors=True)
+    rd.finish(_run_record(games, cfg))
     log.info(
         "distilled %s into %s: agreement %s, %.0f samples/s",
         ", ".join(names),

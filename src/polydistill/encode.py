@@ -54,7 +54,7 @@ from .autoencoder import (
 )
 from .buffer import MANIFEST, DatasetError, DatasetWriter, ExperienceDataset, Manifest
 from .checkpoint import METADATA_FILE, MODEL_FILE, CheckpointError
-from .networks import FRAME_SIZE, ConvAutoencoder, build_network, pick_device, subpixel_decoder
+from .networks import FRAME_SIZE, ConvAutoencoder, DuelingQNetwork, build_network, pick_device, subpixel_decoder
 from .progress import progress
 from .store import ObjectNotFoundError, open_store, redact
 
@@ -97,33 +97,12 @@ def encode_buffer(
         AutoencoderError: bad arguments, or a teacher/autoencoder of another game or shape than the dataset.
         DatasetError: the source is missing, latent or empty. CheckpointError: a directory is no checkpoint.
     """
-    from .teacher import load_teacher
-
-    if q_dtype not in Q_DTYPES:
-        raise AutoencoderError(f"q_dtype {q_dtype!r} unknown; choose one of {', '.join(Q_DTYPES)}")
-    if shard_steps < 1 or batch_size < 1:
-        raise AutoencoderError(f"shard_steps and batch_size must be >= 1, got {shard_steps} and {batch_size}")
-    if code_dtype is not None and code_dtype not in CODE_DTYPES:
-        raise AutoencoderError(f"code dtype {code_dtype!r} unknown; choose one of {', '.join(CODE_DTYPES)}")
+    _check_settings(code_dtype, shard_steps, q_dtype, batch_size)
     src = open_frames_dataset(dataset, "encode it")
     m = src.manifest
     dev = pick_device(device)
     ae_dir = checkpoint_dir_of(autoencoder_dir)
-    ae, ae_meta = load_autoencoder(ae_dir, dev)
-    teacher, t_meta = load_teacher(teacher_dir, dev)
-    for what, path, meta in (("autoencoder", ae_dir, ae_meta), ("teacher", teacher_dir, t_meta)):
-        if meta.get("game") != m.game:
-            raise AutoencoderError(
-                f"{what} {path} is for {meta.get('game')}, but dataset {src.uri} is {m.game}; use the {m.game} {what}"
-            )
-    if ae.frame_stack != m.frame_stack:
-        raise AutoencoderError(
-            f"autoencoder {ae_dir} takes {ae.frame_stack}-frame states, dataset {src.uri} has {m.frame_stack}"
-        )
-    if teacher.num_actions[0] != m.num_actions:
-        raise AutoencoderError(
-            f"teacher {teacher_dir} has {teacher.num_actions[0]} actions, dataset {src.uri} has {m.num_actions}"
-        )
+    ae, ae_meta, teacher, t_meta = _load_models(src, ae_dir, teacher_dir, dev)
     code_dtype = code_dtype or ae_meta.get("code_dtype", "float16")
     if code_dtype not in CODE_DTYPES:
         raise AutoencoderError(f"autoencoder {ae_dir} names code dtype {code_dtype!r}; pass --code-dtype")
@@ -204,7 +183,41 @@ def encode_buffer(
     return out
 
 
-def _existing_manifest(store) -> Manifest | None:
+def _check_settings(code_dtype: str | None, shard_steps: int, q_dtype: str, batch_size: int) -> None:
+    if q_dtype not in Q_DTYPES:
+        raise AutoencoderError(f"q_dtype {q_dtype!r} unknown; choose one of {', '.join(Q_DTYPES)}")
+    if shard_steps < 1 or batch_size < 1:
+        raise AutoencoderError(f"shard_steps and batch_size must be >= 1, got {shard_steps} and {batch_size}")
+    if code_dtype is not None and code_dtype not in CODE_DTYPES:
+        raise AutoencoderError(f"code dtype {code_dtype!r} unknown; choose one of {', '.join(CODE_DTYPES)}")
+
+
+def _load_models(
+    src: ExperienceDataset, ae_dir: Path, teacher_dir: str | Path, dev: torch.device
+) -> tuple[ConvAutoencoder, dict[str, Any], DuelingQNetwork, dict[str, Any]]:
+    """The autoencoder and the teacher, refused unless both are for the dataset's game and shapes."""
+    from .teacher import load_teacher
+
+    m = src.manifest
+    ae, ae_meta = load_autoencoder(ae_dir, dev)
+    teacher, t_meta = load_teacher(teacher_dir, dev)
+    for what, path, meta in (("autoencoder", ae_dir, ae_meta), ("teacher", teacher_dir, t_meta)):
+        if meta.get("game") != m.game:
+            raise AutoencoderError(
+                f"{what} {path} is for {meta.get('game')}, but dataset {src.uri} is {m.game}; use the {m.game} {what}"
+            )
+    if ae.frame_stack != m.frame_stack:
+        raise AutoencoderError(
+            f"autoencoder {ae_dir} takes {ae.frame_stack}-frame states, dataset {src.uri} has {m.frame_stack}"
+        )
+    if teacher.num_actions[0] != m.num_actions:
+        raise AutoencoderError(
+            f"teacher {teacher_dir} has {teacher.num_actions[0]} actions, dataset {src.uri} has {m.num_actions}"
+        )
+    return ae, ae_meta, teacher, t_meta
+
+
+def _existing_manifest(store: Any) -> Manifest | None:
     try:
         return Manifest.from_json(store.get_bytes(MANIFEST).decode(), store.uri)
     except (ObjectNotFoundError, DatasetError, UnicodeDecodeError):

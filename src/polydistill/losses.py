@@ -17,11 +17,10 @@ temperature 1); Parisotto et al. 2015, "Actor-Mimic" (cross-entropy to the Boltz
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-
-LOSSES = ("kl", "nll", "mse", "actor_mimic")
 
 
 def _check(
@@ -169,3 +168,64 @@ def action_agreement(
         qt = qt.masked_fill(~mask, float("-inf"))
         qs = qs.masked_fill(~mask, float("-inf"))
     return (qt.argmax(dim=1) == qs.argmax(dim=1)).float().mean()
+
+
+# ----------------------------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class LossTerms:
+    """Everything a distillation loss may read for one game's minibatch.
+
+    ``q_teacher`` (B, A) is already in the student head's columns; ``mask`` the legal actions (union layout)
+    or None; ``tau`` the teacher temperature and ``beta`` the feature-regression weight (from the config);
+    the features (B, D_S) / (B, D_T) and the per-game ``regressor`` are given only to a loss that
+    ``needs_features``.
+    """
+
+    q_teacher: torch.Tensor
+    q_student: torch.Tensor
+    mask: torch.Tensor | None
+    tau: float
+    beta: float
+    student_features: torch.Tensor | None = None
+    teacher_features: torch.Tensor | None = None
+    regressor: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """One distillation loss: its config name, implementation (scalar loss from :class:`LossTerms`) and needs.
+
+    ``needs_features``: the loss regresses the teacher's hidden features, so the teacher network is loaded, its
+    features computed for every batch, and a per-game regressor trained with the student.
+    """
+
+    name: str
+    fn: Callable[[LossTerms], torch.Tensor]
+    description: str
+    needs_features: bool = False
+
+
+def _actor_mimic(t: LossTerms) -> torch.Tensor:
+    if t.student_features is None or t.teacher_features is None or t.regressor is None:
+        raise ValueError("actor_mimic needs student features, teacher features and a regressor")
+    return actor_mimic_loss(
+        t.q_teacher, t.q_student, t.tau, t.student_features, t.teacher_features, t.regressor, t.beta, t.mask
+    )
+
+
+#: The distillation losses by config name (``distill.loss``); the config's allowed values come from here.
+LOSSES: dict[str, LossSpec] = {
+    spec.name: spec
+    for spec in (
+        LossSpec("kl", lambda t: kl_loss(t.q_teacher, t.q_student, t.tau, t.mask),
+                 "KL(softmax(q_T / tau) || softmax(q_S)) (Rusu et al. 2015)"),
+        LossSpec("nll", lambda t: nll_loss(t.q_teacher, t.q_student, t.mask),
+                 "-log softmax(q_S)[argmax q_T] (Rusu et al. 2015)"),
+        LossSpec("mse", lambda t: mse_loss(t.q_teacher, t.q_student, t.mask),
+                 "squared error on the Q-values (Rusu et al. 2015)"),
+        LossSpec("actor_mimic", _actor_mimic,
+                 "policy cross-entropy + beta x feature regression (Parisotto et al. 2015)", needs_features=True),
+    )
+}

@@ -27,7 +27,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import shutil
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -47,7 +46,6 @@ from .checkpoint import (
     atomic_torch_save,
     atomic_write_json,
     load_state_dict,
-    read_run_record,
     save_checkpoint,
 )
 from .config import TeacherConfig
@@ -55,6 +53,7 @@ from .envs import EpisodeStats, action_meanings, canonical_game, make_vector_env
 from .networks import DeviceError, DuelingQNetwork, make_adam, pick_device
 from .progress import MetricsCallback, progress
 from .replay import FrameReplay, StepRecorder, check_memory, replay_bytes
+from .rundir import RunDir
 from .store import open_store
 
 log = logging.getLogger(__name__)
@@ -121,64 +120,37 @@ def double_dqn_targets(
         return rewards + gamma * (1.0 - dones) * next_q
 
 
-def _prepare_out_dir(out: Path, game: str, cfg: TeacherConfig) -> bool:
-    """Validate ``out`` for this run; returns True when a run of the same game is there to resume."""
-    prev = read_run_record(out, TeacherRunError, "teacher")
-    if prev is not None:
-        if prev.get("game") != game:
-            raise TeacherRunError(
-                f"--out {out} holds a teacher run for {prev.get('game')!r}, not {game!r}; "
-                f"use another directory for {game}"
-            )
-        for key in ("num_envs", "buffer_size", "total_steps", "record_steps"):
-            if prev.get("config", {}).get(key) != getattr(cfg, key):
-                raise TeacherRunError(
-                    f"--out {out} holds a {game} run with {key}={prev['config'].get(key)}, this run asks for "
-                    f"{getattr(cfg, key)}; resume with the same settings or use a new directory"
-                )
-        return True
-    if out.is_dir() and any(p.name != ".DS_Store" for p in out.iterdir()):
-        raise TeacherRunError(f"--out {out} is not empty and holds no teacher run; use an empty directory")
-    return False
+def _open_run_dir(out: Path, game: str, cfg: TeacherConfig) -> RunDir:
+    """The run directory, checked for this run (:mod:`polydistill.rundir`: same game, same settings but the
+    resume-free ones)."""
+    rd = RunDir(out, "teacher", TeacherRunError)
+    rd.open({"game": game}, cfg.model_dump(mode="json"), cfg.resume_free, describe={"game": "for {old}, not {new}"})
+    return rd
 
 
-def _latest_resume(out: Path) -> Path | None:
-    pointer = out / "resume" / "LATEST"
-    if not pointer.is_file():
-        return None
-    d = out / "resume" / pointer.read_text().strip()
-    return d if d.is_dir() else None
+def _run_record(game: str, cfg: TeacherConfig) -> dict[str, Any]:
+    return {"game": game, "config": cfg.model_dump(mode="json"), "package_version": __version__}
 
 
-def _save_resume(out: Path, lr: _Learner) -> None:
-    """Write a complete resume point under a new name, then move the LATEST pointer (atomic switch)."""
-    root = out / "resume"
-    name = f"step-{lr.step:012d}"
-    tmp = root / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    atomic_torch_save(
-        {
-            "online": lr.online.state_dict(),
-            "target": lr.target.state_dict(),
-            "optimizer": lr.opt.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "step": torch.tensor(lr.step),
-            "updates": torch.tensor(lr.updates),
-        },
-        tmp / "state.pt",
-    )
-    lr.replay.save(tmp / "replay")
-    atomic_write_json(tmp / "extra.json", {"numpy_rng": lr.rng.bit_generator.state, "curve": lr.curve})
-    final = root / name
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    atomic_write_json(root / ".LATEST.json", {})  # keeps directory listing fsynced in order
-    (root / ".LATEST.tmp").write_text(name)
-    (root / ".LATEST.tmp").replace(root / "LATEST")
-    for old in root.glob("step-*"):
-        if old.name != name:
-            shutil.rmtree(old, ignore_errors=True)
+def _save_resume(rd: RunDir, lr: _Learner) -> None:
+    """Write a complete resume point (networks, optimizer, RNGs, replay, curve) and switch to it atomically."""
+
+    def write(d: Path) -> None:
+        atomic_torch_save(
+            {
+                "online": lr.online.state_dict(),
+                "target": lr.target.state_dict(),
+                "optimizer": lr.opt.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "step": torch.tensor(lr.step),
+                "updates": torch.tensor(lr.updates),
+            },
+            d / "state.pt",
+        )
+        lr.replay.save(d / "replay")
+        atomic_write_json(d / "extra.json", {"numpy_rng": lr.rng.bit_generator.state, "curve": lr.curve})
+
+    rd.save_resume(lr.step, write)
 
 
 def _write_curve(out: Path, curve: list[tuple[int, float, int, float]], game: str) -> tuple[Path, Path]:
@@ -233,16 +205,13 @@ def train_teacher(
         )
     except MemoryError as e:
         raise TeacherRunError(str(e)) from None
-    resuming = _prepare_out_dir(out, game, cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    if resuming and _finished(out):
+    rd = _open_run_dir(out, game, cfg)
+    resuming = rd.previous is not None
+    if rd.finished:
         log.info("%s teacher run in %s is already finished; reusing it", game, out)
         return _result_from_disk(out, game, cfg)
     if not resuming:
-        atomic_write_json(
-            out / RUN_FILE,
-            {"game": game, "config": cfg.model_dump(mode="json"), "package_version": __version__},
-        )
+        rd.begin(_run_record(game, cfg))
 
     device = pick_device(cfg.device)
     meanings = action_meanings(game, cfg.env.full_action_space)
@@ -262,15 +231,15 @@ def train_teacher(
         curve=[],
     )
 
-    point = _latest_resume(out) if resuming else None
+    point = rd.latest_resume() if resuming else None
     if point is not None:
         _load_resume(point, lr, out)
         log.info("resuming %s teacher from step %d (%s)", game, lr.step, point)
 
     if lr.step < cfg.total_steps:
-        _train_loop(game, cfg, out, envs, lr, on_metrics, stop_after)
+        _train_loop(game, cfg, rd, envs, lr, on_metrics, stop_after)
     envs.close()
-    return _finish(game, cfg, out, lr.online, lr.replay, meanings, lr.curve)
+    return _finish(game, cfg, rd, lr.online, lr.replay, meanings, lr.curve)
 
 
 def _load_resume(point: Path, lr: _Learner, out: Path) -> None:
@@ -294,7 +263,7 @@ def _load_resume(point: Path, lr: _Learner, out: Path) -> None:
 def _train_loop(
     game: str,
     cfg: TeacherConfig,
-    out: Path,
+    rd: RunDir,
     envs: Any,
     lr: _Learner,
     on_metrics: MetricsCallback | None,
@@ -344,7 +313,7 @@ def _train_loop(
                 lr.target.load_state_dict(lr.online.state_dict())
 
         if lr.step - last_ckpt >= cfg.checkpoint_every and lr.step < cfg.total_steps:
-            _save_resume(out, lr)
+            _save_resume(rd, lr)
             last_ckpt = lr.step
             # Cut here exactly as a resume from this point does (fresh episodes from a seed derived from
             # the step, the interrupted ones ended in the replay): ALE's emulator state is not saved, so
@@ -405,7 +374,16 @@ def _learn(cfg: TeacherConfig, lr: _Learner) -> float:
     return float(loss.detach())
 
 
-def _finish(game, cfg, out, online, replay, meanings, curve) -> TeacherResult:
+def _finish(
+    game: str,
+    cfg: TeacherConfig,
+    rd: RunDir,
+    online: DuelingQNetwork,
+    replay: FrameReplay,
+    meanings: list[str],
+    curve: list[tuple[int, float, int, float]],
+) -> TeacherResult:
+    out = rd.out
     ckpt = out / "checkpoint"
     save_checkpoint(
         ckpt,
@@ -435,16 +413,7 @@ def _finish(game, cfg, out, online, replay, meanings, curve) -> TeacherResult:
     writer.close()
     csv_path, png = _write_curve(out, curve, game)
     last = [c[1] for c in curve[-20:]]
-    atomic_write_json(
-        out / RUN_FILE,
-        {
-            "game": game,
-            "config": cfg.model_dump(mode="json"),
-            "package_version": __version__,
-            "status": "finished",
-        },
-    )
-    shutil.rmtree(out / "resume", ignore_errors=True)
+    rd.finish(_run_record(game, cfg))
     return TeacherResult(
         out_dir=out,
         checkpoint_dir=ckpt,
@@ -455,13 +424,6 @@ def _finish(game, cfg, out, online, replay, meanings, curve) -> TeacherResult:
         episodes=len(curve),
         final_return_mean=float(np.mean(last)) if last else float("nan"),
     )
-
-
-def _finished(out: Path) -> bool:
-    try:
-        return json.loads((out / RUN_FILE).read_text()).get("status") == "finished"
-    except (OSError, json.JSONDecodeError):
-        return False
 
 
 def _result_from_disk(out: Path, game: str, cfg: TeacherConfig) -> TeacherResult:
