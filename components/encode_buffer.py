@@ -46,7 +46,7 @@ def encode_buffer(
     with StageRun(tracking_uri, parent_run_id, S.ENCODE_BUFFER, game, experiment=experiment) as run:
         run.log_config({"source": buffer.metadata["uri"], "dest": dest, **settings})
         manifest = encode(buffer.metadata["uri"], autoencoder.path, teacher.path, dest, create_bucket=True,
-                          **settings)
+                          code_dtype=ae_cfg.code_dtype, shard_steps=ex_cfg.shard_steps, q_dtype=ex_cfg.q_dtype)
         summary = {
             "steps": manifest.num_steps,
             "valid_states": manifest.num_valid_states,

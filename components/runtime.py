@@ -36,7 +36,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -316,7 +316,7 @@ def copy_file(src: str | Path, dest: str | Path) -> Path:
     return dest
 
 
-def write_html(path: str | Path, title: str, images: list[str | Path] = (), body: str = "") -> None:
+def write_html(path: str | Path, title: str, images: Sequence[str | Path] = (), body: str = "") -> None:
     """A self-contained HTML page (PNG images inlined) for an ``Output[HTML]``: the Kubeflow UI shows it."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>",
              f"<body><h2>{html.escape(title)}</h2>", body]

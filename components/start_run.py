@@ -36,7 +36,7 @@ def start_run(
     eval_episodes: int,
     eval_cycles: int,
     eval_cycle_steps: int,
-) -> NamedTuple(
+) -> NamedTuple(  # type: ignore[valid-type]  # kfp reads outputs from this functional form
     "RunSetup",
     [
         ("games", list),
@@ -88,9 +88,9 @@ def start_run(
     log.info("profile %s, games %s, run root %s, MLflow parent run %s", profile, game_list, root, parent)
     for stage, cfg in configs.items():
         log.info("%s config: %s", stage, cfg)
-    out = collections.namedtuple("RunSetup", [
+    RunSetup = collections.namedtuple("RunSetup", [
         "games", "teacher_config", "export_config", "autoencoder_config", "distill_config", "evaluate_config",
         "run_root", "tracking_uri", "parent_run_id",
     ])
-    return out(game_list, configs["teacher"], configs["export"], configs["autoencoder"], configs["distill"],
+    return RunSetup(game_list, configs["teacher"], configs["export"], configs["autoencoder"], configs["distill"],
                configs["evaluate"], root, uri, parent or "")

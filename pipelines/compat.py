@@ -73,7 +73,7 @@ def load_ir(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     docs = [d for d in yaml.safe_load_all(Path(path).read_text()) if d]
     if not docs or "root" not in docs[0]:
         raise ValueError(f"{path} is not a compiled KFP pipeline (no pipelineSpec root)")
-    platform = next((d for d in docs[1:] if "platforms" in d), {})
+    platform: dict[str, Any] = next((d for d in docs[1:] if "platforms" in d), {})
     return docs[0], platform
 
 

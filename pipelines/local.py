@@ -131,8 +131,8 @@ def run_local(
                               minio_endpoint=os.environ.get("MINIO_ENDPOINT", ""))
     # The runner runs a loop's iterations at once (at most LOCAL_LOOP_PARALLELISM: kfp caps its loop threads at
     # 2) and top-level tasks one after another. So a loop task's torch (teachers, autoencoders, the two
-    # students) gets its share of the cores. Two 2-thread teachers on 2 cores measured 14 steps/s each (OpenMP
-    # workers spinning against the emulator threads), two 1-thread teachers 53 steps/s each.
+    # students) gets its share of the cores: OpenMP workers of two multi-threaded tasks spin against each other's
+    # emulator threads (docs/EXPERIMENTS.md, "Both teachers train at once").
     n_games = len(args["games"] or C.default_games(profile))
     concurrent = min(max(n_games, len(STUDENTS)), LOCAL_LOOP_PARALLELISM)
     os.environ.setdefault(LOOP_THREADS_ENV, str(task_threads(concurrent)))

@@ -221,7 +221,7 @@ def _make_pipeline(variant: Variant) -> Callable[..., Any]:
         parent_run_id: str,
         experiment: str,
         minio_endpoint: str,
-    ) -> NamedTuple(
+    ) -> NamedTuple(  # type: ignore[valid-type]  # kfp reads outputs from this functional form
         "PerGame",
         [("game_records", list), ("buffers", list[Dataset]), ("latents", list[Dataset]),
          ("teacher_scores", list[Artifact])],
@@ -243,8 +243,8 @@ def _make_pipeline(variant: Variant) -> Callable[..., Any]:
             scored = configure(comps[S.EVALUATE](
                 label="teacher", games=[game], config=evaluate_config, agent=teacher.outputs["teacher"],
                 **common), "evaluate teacher")
-        outputs = collections.namedtuple("PerGame", ["game_records", "buffers", "latents", "teacher_scores"])
-        return outputs(
+        PerGame = collections.namedtuple("PerGame", ["game_records", "buffers", "latents", "teacher_scores"])
+        return PerGame(
             dsl.Collected(latents.outputs["Output"]),
             dsl.Collected(buffer.outputs["buffer"]),
             dsl.Collected(latents.outputs["latents"]),
@@ -263,7 +263,7 @@ def _make_pipeline(variant: Variant) -> Callable[..., Any]:
         parent_run_id: str,
         experiment: str,
         minio_endpoint: str,
-    ) -> NamedTuple("Students", [("students", list[Model]), ("scores", list[Artifact])]):
+    ) -> NamedTuple("Students", [("students", list[Model]), ("scores", list[Artifact])]):  # type: ignore[valid-type]
         # A loop rather than two top-level branches: kfp's local runner runs a loop's iterations at once but
         # top-level tasks one after another, and both students fit side by side on one machine. Only
         # parameters enter this DAG (see the module docstring).
@@ -275,8 +275,8 @@ def _make_pipeline(variant: Variant) -> Callable[..., Any]:
             scored = configure(comps[S.EVALUATE](
                 label=item.label, games=games, config=evaluate_config, agent=student.outputs["student"],
                 **common), "evaluate student")
-        outputs = collections.namedtuple("Students", ["students", "scores"])
-        return outputs(dsl.Collected(student.outputs["student"]), dsl.Collected(scored.outputs["scores"]))
+        Students = collections.namedtuple("Students", ["students", "scores"])
+        return Students(dsl.Collected(student.outputs["student"]), dsl.Collected(scored.outputs["scores"]))
 
     def body(
         games: list,

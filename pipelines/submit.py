@@ -40,7 +40,7 @@ class KubeflowError(PolydistillError, RuntimeError):
 # ------------------------------------------------------------------------------------------------ cron
 
 # Kubeflow's scheduler uses robfig/cron with a seconds field: "SEC MIN HOUR DOM MONTH DOW".
-_CRON_FIELDS = (
+_CRON_FIELDS: tuple[tuple[str, int, int, dict[str, int]], ...] = (
     ("seconds", 0, 59, {}),
     ("minutes", 0, 59, {}),
     ("hours", 0, 23, {}),

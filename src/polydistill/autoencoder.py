@@ -16,9 +16,8 @@ and offers the remedies compared in ``benchmarks/autoencoder.py``:
 - ``teacher_weight``: a term that asks the reconstruction to look the same *to the game's teacher*, the
   relative squared error between the teacher's convolutional features of the reconstruction and of the
   original (:func:`teacher_feature_error`). Pixel losses spend the code on what is large on screen; a policy
-  depends on small things (shots, the player's cannon). On the ``cpu`` profile's DemonAttack, a pixel-only
-  autoencoder kept the teacher's action on 42 % of held-out states, one with this term 76 % (the held-out
-  ``teacher_agreement`` metric, measured whenever the teacher is given);
+  depends on small things (shots, the player's cannon); docs/EXPERIMENTS.md has what the term did on the ``cpu``
+  profile's games (the held-out ``teacher_agreement`` metric, measured whenever the teacher is given);
 - a larger ``latent_dim``;
 - codes stored as float32, float16 or int8 (per-state max-abs scale) to trade bytes for fidelity.
 
@@ -46,7 +45,7 @@ import io
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -365,6 +364,13 @@ def _holdout_batches(ds: ExperienceDataset, cfg: AutoencoderConfig, limit: int) 
     return batches
 
 
+def _states(batches: list[Batch]) -> Iterator[np.ndarray]:
+    """The uint8 states of frame-dataset batches (which always carry them)."""
+    for b in batches:
+        assert b.states is not None
+        yield b.states
+
+
 def _write_history(out: Path, history: list[dict[str, float]]) -> Path:
     buf = io.StringIO()
     # The teacher columns only when the run had a teacher to measure them with.
@@ -600,7 +606,7 @@ def train_autoencoder(
         log.info("resuming %s autoencoder after epoch %d (%s)", ds.game, epoch, out)
     else:
         # Epoch 0: the untrained network, so the history shows how far training moved the error.
-        m0 = evaluate_reconstruction(model, (b.states for b in val), cfg.code_dtype, teacher_net)
+        m0 = evaluate_reconstruction(model, _states(val), cfg.code_dtype, teacher_net)
         history.append({"epoch": 0, "steps": 0, "states_seen": 0, "train_loss": float("nan"), **m0, "seconds": 0.0})
 
     weighted = cfg.loss.startswith("weighted")
@@ -637,6 +643,7 @@ def train_autoencoder(
                     recon, target, changed_mask(x) if weighted else None, cfg.changed_weight, kind
                 )
                 if cfg.teacher_weight > 0:
+                    assert teacher_net is not None  # _load_matching_teacher requires one for this term
                     image = torch.sigmoid(recon) if kind == "bce" else recon
                     loss = loss + cfg.teacher_weight * teacher_feature_error(teacher_net, image, target)
                 opt.zero_grad(set_to_none=True)
@@ -655,7 +662,7 @@ def train_autoencoder(
                     win_loss, win_n = 0.0, 0
             epoch += 1
             epochs_this_call += 1
-            m = evaluate_reconstruction(model, (b.states for b in val), cfg.code_dtype, teacher_net)
+            m = evaluate_reconstruction(model, _states(val), cfg.code_dtype, teacher_net)
             row = {
                 "epoch": epoch,
                 "steps": step,
@@ -700,7 +707,7 @@ def _finish(
 ) -> AutoencoderResult:
     out = rd.out
     last = history[-1]
-    metrics = {
+    metrics: dict[str, float] = {
         k: float(last[k])
         for k in ("mse", "psnr", "changed_mse", "changed_fraction", "teacher_agreement", "teacher_feature_error")
         if k in last

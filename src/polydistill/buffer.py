@@ -435,7 +435,7 @@ class DatasetWriter:
         if "q" in cols:
             arrays["q"] = cols["q"].astype(self.q_dtype)
         buf = io.BytesIO()
-        np.savez(buf, **arrays)
+        np.savez(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub mistakes **arrays for allow_pickle
         data = buf.getvalue()
         index = len(m.shards)
         name = shard_name(index)

@@ -105,8 +105,9 @@ def save_checkpoint(directory: str | Path, model: nn.Module, metadata: dict[str,
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     atomic_torch_save(state, directory / MODEL_FILE)
     meta = dict(metadata)
-    if hasattr(model, "architecture"):
-        meta["architecture"] = model.architecture()
+    architecture = getattr(model, "architecture", None)
+    if callable(architecture):
+        meta["architecture"] = architecture()
     meta["package_version"] = __version__
     meta["sha256"] = sha256_file(directory / MODEL_FILE)
     atomic_write_json(directory / METADATA_FILE, meta)
@@ -127,8 +128,9 @@ def read_metadata(directory: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not valid JSON ({e}); the checkpoint is corrupt, re-create it") from e
 
 
-def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a tensors-only file with ``weights_only=True``; errors name the file."""
+def load_state_dict(path: str | Path) -> dict[str, Any]:
+    """Load a tensors-only file (tensors, possibly in nested dicts and lists) with ``weights_only=True``; errors
+    name the file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path} not found")

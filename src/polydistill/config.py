@@ -17,7 +17,7 @@ import difflib
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, overload
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -280,8 +280,8 @@ PROFILE_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
         "evaluate": {"protocol": "cycles", "cycles": 2, "cycle_steps": 200, "episodes": 2, "num_envs": 2},
     },
     "cpu": {
-        # Meant for ~90 min of `polydistill run --profile cpu` on 2 cores (69.8 measured; 104.4 on a slower machine,
-        # same code); the README's profile table gives each number's reason.
+        # Meant for about 90 minutes of `polydistill run --profile cpu` on 2 cores; docs/EXPERIMENTS.md gives each
+        # number's reason and the runs that chose it.
         "teacher": {
             "total_steps": 150_000,
             "num_envs": 4,
@@ -298,10 +298,8 @@ PROFILE_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
         },
         "export": {"shard_steps": 5_000},
         "autoencoder": {
-            # The latent student learns from reconstructions and plays on real frames; how well the code keeps
-            # the teacher's action bounds it (64 float16 dims, 6 epochs: agreement 0.77, student 64 %; 96 dims:
-            # 0.81, 73 %). int8 codes keep that agreement (0.825 vs 0.822) at half the bytes, so 128 int8 dims
-            # (132 B) stay under the lossless codec's bytes; the loss was still falling at epoch 6.
+            # The latent student learns from reconstructions and plays on real frames: how well the code keeps
+            # the teacher's action bounds it; int8 codes keep it at half the bytes (docs/EXPERIMENTS.md).
             "latent_dim": 128,
             "code_dtype": "int8",
             "epochs": 10,
@@ -310,21 +308,18 @@ PROFILE_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
         },
         "distill": {
             "loss": "mse",  # from a teacher copy: KL's flat-softmax start moved the copy off its policy
-            # the latent student's UpNDown head, not a teacher copy, learns longest: 4,000 -> 8,000 steps took it
-            # from 54 % to 82 % of its teacher at a constant rate; with the cosine decay 8,000 -> 10,000 took it
-            # from 77 % to 86 % (64 episodes; 12,000 steps: 86 %)
+            # the latent student's UpNDown head, not a teacher copy, learns longest (docs/EXPERIMENTS.md)
             "steps": 10_000,
             "batch_size": 32,
             "learning_rate": 2.5e-4,
-            # decayed to 0: the latent student agreed with DemonAttack's teacher on 84/83 % of real buffer states
-            # against 82/77 % at a constant rate (UpNDown 62/68 against 65/69)
+            # decayed to 0: the latent student transfers better to real frames (docs/EXPERIMENTS.md)
             "lr_schedule": "cosine",
             "eval_every": 500,
             "cache_shards": 20,
             "init": "teacher",
         },
-        # 64 episodes: DemonAttack's scores have a std about equal to their mean, so at 32 episodes one student
-        # read 64 % of its teacher and at 64 episodes 91 % (the teacher 1,013 and 826); 80 % bars need 64.
+        # 64 episodes: DemonAttack's scores have a std about equal to their mean, so 80 % bars cannot be read
+        # from 32 (docs/EXPERIMENTS.md, evaluation)
         "evaluate": {"protocol": "episodes", "episodes": 64, "num_envs": 8, "max_episode_frames": 18_000},
     },
     "paper": {
@@ -397,13 +392,43 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+PathArg = str | Path | None
+Overrides = Mapping[str, Any] | None
+
+
+@overload
+def resolve(
+    stage: Literal["teacher"], profile: str = ..., file: PathArg = ..., overrides: Overrides = ...
+) -> TeacherConfig: ...
+@overload
+def resolve(
+    stage: Literal["export"], profile: str = ..., file: PathArg = ..., overrides: Overrides = ...
+) -> ExportConfig: ...
+@overload
+def resolve(
+    stage: Literal["autoencoder"], profile: str = ..., file: PathArg = ..., overrides: Overrides = ...
+) -> AutoencoderConfig: ...
+@overload
+def resolve(
+    stage: Literal["distill"], profile: str = ..., file: PathArg = ..., overrides: Overrides = ...
+) -> DistillConfig: ...
+@overload
+def resolve(
+    stage: Literal["evaluate"], profile: str = ..., file: PathArg = ..., overrides: Overrides = ...
+) -> EvalConfig: ...
+@overload
+def resolve(
+    stage: str, profile: str = ..., file: PathArg = ..., overrides: Overrides = ...
+) -> _Model: ...
+
+
 def resolve(
     stage: str,
     profile: str = "paper",
     file: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
-) -> Any:
-    """Return the validated config model for ``stage`` (a key of :data:`STAGES`).
+) -> _Model:
+    """Return the validated config model for ``stage`` (a key of :data:`STAGES`), typed per stage.
 
     ``overrides`` may use dotted keys for nested settings; ``None`` values are ignored (unset flags).
     """
@@ -509,7 +534,21 @@ def resolve_pipeline(profile: str, params: Mapping[str, Any] | None = None) -> d
     return out
 
 
-def from_dict(stage: str, data: Mapping[str, Any]) -> Any:
+@overload
+def from_dict(stage: Literal["teacher"], data: Mapping[str, Any]) -> TeacherConfig: ...
+@overload
+def from_dict(stage: Literal["export"], data: Mapping[str, Any]) -> ExportConfig: ...
+@overload
+def from_dict(stage: Literal["autoencoder"], data: Mapping[str, Any]) -> AutoencoderConfig: ...
+@overload
+def from_dict(stage: Literal["distill"], data: Mapping[str, Any]) -> DistillConfig: ...
+@overload
+def from_dict(stage: Literal["evaluate"], data: Mapping[str, Any]) -> EvalConfig: ...
+@overload
+def from_dict(stage: str, data: Mapping[str, Any]) -> _Model: ...
+
+
+def from_dict(stage: str, data: Mapping[str, Any]) -> _Model:
     """Validate an already-resolved stage config dict (as passed between pipeline tasks)."""
     if stage not in STAGES:
         raise ConfigError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")

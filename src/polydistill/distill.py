@@ -610,6 +610,7 @@ def _load_validation(g: _Game, cfg: DistillConfig, device: torch.device) -> None
         )
     for b in batches:
         inp = b.latents if g.decoder is not None else b.states
+        assert inp is not None  # a latent dataset's batches carry codes, a frame dataset's states
         x = _inputs(g, inp, device)
         g.val_inputs.append(inp)
         g.val_targets.append(_targets(g, b.q, x, L.LOSSES[cfg.loss].needs_features, device))
@@ -684,8 +685,9 @@ class _Trainer:
         for g in games:
             # The teacher network is needed for targets the dataset lacks, for features, or to copy its weights.
             if self.need_features or not g.dataset.has_q or g.game == init_game:
-                g.teacher, _ = load_checkpoint(g.teacher_dir, device)  # type: ignore[assignment]
-                g.teacher.requires_grad_(False)
+                net, _ = load_checkpoint(g.teacher_dir, device)
+                assert isinstance(net, DuelingQNetwork)  # _prepare_games checked the kind
+                g.teacher = net.requires_grad_(False)
             _load_validation(g, cfg, device)
         frame_stack = games[0].dataset.manifest.frame_stack
         teacher_nets = {g.game: g.teacher for g in games if g.teacher is not None}

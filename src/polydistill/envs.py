@@ -91,7 +91,10 @@ def action_meanings(game: str, full_action_space: bool = False) -> list[str]:
 
     ale = ale_py.ALEInterface()
     ale.setLoggerMode(ale_py.LoggerMode.Error)
-    ale.loadROM(roms.get_rom_path(rom_id(game)))
+    path = roms.get_rom_path(rom_id(game))
+    if path is None:  # canonical_game found the game, so its ROM ships with ale-py
+        raise UnknownGameError(f"ale-py has no ROM for {game}; reinstall ale-py")
+    ale.loadROM(path)
     actions = ale.getLegalActionSet() if full_action_space else ale.getMinimalActionSet()
     return [a.name for a in actions]
 

@@ -67,9 +67,12 @@ class EvaluationError(PolydistillError, ValueError):
 class AgentLike(Protocol):
     """What the evaluator needs from an agent (the :mod:`polydistill.agents` API)."""
 
-    games: Sequence[str]
-    kind: str
-    label: str
+    @property
+    def games(self) -> Sequence[str]: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def label(self) -> str: ...
 
     def num_actions(self, game: str) -> int: ...
 
@@ -465,8 +468,7 @@ def evaluate(
         num_threads: ale-py worker threads (0: one per environment, bounded by the cores).
         torch_threads: CPU threads for inference while playing (restored afterwards); default half the
             cores, at least 1. Environments and inference take turns, but OpenMP workers that spin after
-            each forward pass starve the emulator threads (measured on 2 busy cores: a batch-8 forward
-            pass ran ~7x faster on 1 thread than on 2).
+            each forward pass starve the emulator threads (``benchmarks/evaluation_throughput.py``).
 
     Returns:
         ``{"agent": {path, kind, label, source, games}, "protocol", "config", "env", "package_version",

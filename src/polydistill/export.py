@@ -114,6 +114,7 @@ def export_buffer(
                 k: shard.arrays[k][c:]
                 for k in ("actions", "rewards", "terminated", "truncated", "first", "valid")
             }
+            assert shard.frames is not None  # open_frames_dataset refused latent datasets
             cols["frames"] = shard.frames[c:]
             if model is not None:
                 q = np.zeros((len(rows), m.num_actions), dtype=np.float32)

@@ -84,7 +84,7 @@ class FrameReplay:
         self.per_env = capacity // num_envs
         self.frame_stack = frame_stack
         self.frames = np.zeros((num_envs, self.per_env, *frame_shape), dtype=np.uint8)
-        self.cols = {k: np.zeros((num_envs, self.per_env), dtype=t) for k, t in _COLUMNS.items()}
+        self.cols: dict[str, np.ndarray] = {k: np.zeros((num_envs, self.per_env), dtype=t) for k, t in _COLUMNS.items()}
         self.pos = np.zeros(num_envs, dtype=np.int64)  # next row to write, per stream
         self.size = np.zeros(num_envs, dtype=np.int64)  # rows held, per stream
 

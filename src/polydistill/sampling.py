@@ -64,9 +64,9 @@ def _concat(parts: list[Batch]) -> Batch:
         vals = [getattr(p, name) for p in parts]
         return None if vals[0] is None else np.concatenate(vals)
 
-    return Batch(
-        actions=cat("actions"), steps=cat("steps"), states=cat("states"), latents=cat("latents"), q=cat("q")
-    )
+    actions, steps = cat("actions"), cat("steps")
+    assert actions is not None and steps is not None  # every batch has them
+    return Batch(actions=actions, steps=steps, states=cat("states"), latents=cat("latents"), q=cat("q"))
 
 
 class StreamingSampler:

@@ -566,7 +566,11 @@ class LocalStore(ObjectStore):
 
     def put_bytes(self, key: str, data: bytes) -> None:
         """Write ``data`` to ``key`` atomically."""
-        self._write(key, lambda f: f.write(data))
+
+        def write(f: BinaryIO) -> None:
+            f.write(data)
+
+        self._write(key, write)
         logger.debug("wrote %s (%d bytes)", self._describe(key), len(data))
 
     def put_file(self, key: str, path: str | Path) -> None:
@@ -1068,7 +1072,7 @@ class S3Store(ObjectStore):
             )
         if isinstance(exc, ValueError):
             return False, StoreConfigError(f"{op} {where}: {redact(str(exc))}")
-        reason = exc.reason if isinstance(exc, MaxRetryError) else exc
+        reason: BaseException = exc.reason if isinstance(exc, MaxRetryError) and exc.reason is not None else exc
         if isinstance(reason, SSLError):
             return False, StoreConfigError(
                 f"TLS handshake with {endpoint} failed for {where} ({_summary(reason)}): if the server "

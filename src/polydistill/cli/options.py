@@ -74,7 +74,7 @@ def config_options(stage: str, aliases: dict[str, str] | None = None, skip: tupl
                 from ..networks import DeviceError, pick_device
 
                 try:
-                    pick_device(cfg.device)
+                    pick_device(str(getattr(cfg, "device")))  # noqa: B009 (not every stage has a device)
                 except DeviceError as e:
                     raise click.UsageError(str(e)) from None
             return fn(*args, cfg=cfg, profile=profile, **kwargs)

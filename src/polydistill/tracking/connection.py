@@ -115,7 +115,7 @@ def _global_tracking_uri(uri: str) -> Iterator[None]:
         try:
             yield
         finally:
-            mlflow.set_tracking_uri(old_global)
+            mlflow.set_tracking_uri(old_global)  # type: ignore[arg-type]  # None restores MLflow's default
             if old_env is None:
                 os.environ.pop("MLFLOW_TRACKING_URI", None)
             else:

@@ -83,7 +83,7 @@ def report_metrics(
         for source, values in pcts[kind].items():
             key = next((k for k in (f"student_{source}", source) if k in given), None)
             value = given[key] if key is not None else _geo_mean(values)
-            if _finite(value):
+            if value is not None and _finite(value):
                 out[_clean_name(f"{geo_key}/{source}")] = float(value)
     bps = {**(report_json.get("bytes_per_state") or {}), **(bytes_per_state or {})}
     for key, value in bps.items():

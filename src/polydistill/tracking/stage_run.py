@@ -59,7 +59,7 @@ def _all_heads(model: Any) -> Any:
     from torch import nn
 
     class AllHeadsQ(nn.Module):
-        def __init__(self, net: nn.Module) -> None:
+        def __init__(self, net: Any) -> None:  # a DuelingQNetwork
             super().__init__()
             self.net = net
 
@@ -121,6 +121,12 @@ class StageRun:
     @property
     def run_id(self) -> str | None:
         """The child run's id, or None before :meth:`start` or when tracking is off."""
+        return self._run_id
+
+    @property
+    def _rid(self) -> str:
+        """The run id, for calls made only while the run is active."""
+        assert self._run_id is not None
         return self._run_id
 
     @property
@@ -233,9 +239,9 @@ class StageRun:
         }
 
         def do() -> None:
-            _log_params_batched(self._client, self._run_id, new)
+            _log_params_batched(self._client, self._rid, new)
             if conflicts:
-                _log_tags_batched(self._client, self._run_id, conflicts)
+                _log_tags_batched(self._client, self._rid, conflicts)
             self._params.update(new)
 
         self._call("logging the config", do)
@@ -243,7 +249,7 @@ class StageRun:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Set run tags (credential keys dropped, values redacted)."""
         clean = _clean_tags(tags, _secret_values())
-        self._call("setting tags", lambda: _log_tags_batched(self._client, self._run_id, clean))
+        self._call("setting tags", lambda: _log_tags_batched(self._client, self._rid, clean))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Log metrics at ``step`` (the ``on_metrics(metrics, step)`` callback shape).
