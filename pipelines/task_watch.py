@@ -37,6 +37,7 @@ from polydistill.progress_file import PROGRESS_FILE_ENV
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _SLUG = re.compile(r"[^A-Za-z0-9_.-]+")
+_PLACEHOLDER = re.compile(r"\{\{\$\.inputs\.parameters\['([^']+)'\]\}\}")
 
 
 @dataclass
@@ -63,9 +64,21 @@ class TaskListener(Protocol):
     def task_finished(self, task: TaskInfo, ok: bool, seconds: float) -> None: ...
 
 
+def _resolve(value: Any, arguments: dict[str, Any]) -> Any:
+    """``value`` with kfp's ``{{$.inputs.parameters['NAME']}}`` placeholders replaced from ``arguments``: a loop
+    item inside a list constant (``games=[game]``) reaches the task as such a placeholder plus an extra
+    ``pipelinechannel--...`` argument, and kfp resolves it only later, in the executor input."""
+    if isinstance(value, list):
+        return [_resolve(v, arguments) for v in value]
+    if isinstance(value, str):
+        return _PLACEHOLDER.sub(lambda m: str(arguments.get(m[1], m[0])), value)
+    return value
+
+
 def task_detail(arguments: dict[str, Any]) -> str:
     """Which of a task's iterations this is, from its arguments: the game, the student's data source, or an
     evaluation's label (and its game when it plays one)."""
+    arguments = {k: _resolve(v, arguments) for k, v in arguments.items()}
     if isinstance(arguments.get("game"), str):
         return arguments["game"]
     if isinstance(arguments.get("source"), str):
