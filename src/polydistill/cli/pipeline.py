@@ -123,7 +123,7 @@ def run_cmd(profile: str, run_dir: str | None, runner: str, stream_logs: bool, g
     _import_kfp()
     from polydistill_kfp.local import default_run_dir, run_local
 
-    from .run_display import RunDisplay
+    from .run_display import RunDisplay, results_text
 
     run = Path(run_dir or default_run_dir(profile)).expanduser().resolve()
     set_error_log(run / "logs" / "polydistill.log")
@@ -137,10 +137,9 @@ def run_cmd(profile: str, run_dir: str | None, runner: str, stream_logs: bool, g
     finally:
         display.close()
     click.echo("")
-    click.echo(result.report_md.read_text().rstrip())
-    click.echo("")
+    click.echo(results_text(result.report_md.read_text()))
     click.echo(f"Finished in {result.seconds / 60:.1f} min. Everything is under {result.run_dir}: report/ "
-               f"(report.md, .html, .json), kfp/ (outputs), logs/, store {result.store_uri}")
+               f"(report.md with the tables' notes, .html, .json), kfp/ (outputs), logs/, store {result.store_uri}")
     click.echo(f"MLflow UI: {result.mlflow_ui_command()}   (then open http://127.0.0.1:5000)")
 
 

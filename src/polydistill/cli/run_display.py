@@ -3,12 +3,15 @@ progress line per running task, the last lines of a failed task's log.
 
 The tasks' raw output goes to ``RUN_DIR/logs/`` (``polydistill_kfp.task_watch``); this module only reads the
 per-task progress files (:mod:`polydistill.progress_file`) and writes to the terminal. On a terminal the
-progress lines stay under the task lines and are rewritten in place; elsewhere (a pipe, CI) a task's progress
-is printed at most once every :data:`PIPE_INTERVAL` seconds, so a log stays short.
+progress lines stay under the task lines and are rewritten in place; elsewhere (a pipe, CI) one line with the
+progress of every running task that moved is printed at most every :data:`PIPE_INTERVAL` seconds, so a log
+stays short.
 """
 
 from __future__ import annotations
 
+import re
+import textwrap
 import threading
 import time
 from collections import deque
@@ -18,10 +21,13 @@ from typing import IO, Any, Protocol
 from ..progress_file import read_status
 from ..store import redact
 
-#: Seconds between progress lines of one task when the output is not a terminal.
+#: Seconds between progress lines when the output is not a terminal.
 PIPE_INTERVAL = 30.0
 #: Seconds between redraws of the live lines on a terminal.
 TTY_INTERVAL = 0.5
+_NOTE = re.compile(r"^\d+\. ")
+#: kfp's own lines in a task's log: ``HH:MM:SS.mmm - LEVEL - ...`` and its horizontal rules.
+_KFP_LINE = re.compile(r"^\s*(\d\d:\d\d:\d\d\.\d{3} - [A-Z]+ - |-{20,}$)")
 #: Lines of a failed task's log that are printed.
 TAIL_LINES = 20
 
@@ -61,12 +67,14 @@ def progress_text(status: dict[str, Any]) -> str:
 
 
 def tail(path: Path, lines: int = TAIL_LINES) -> list[str]:
-    """The last ``lines`` non-blank lines of a log file (none if it cannot be read)."""
+    """The last ``lines`` non-blank lines the task itself wrote to its log (kfp's own lines about the task
+    left out, the indentation kfp adds removed); none if the file cannot be read."""
     try:
         with path.open(errors="replace") as f:
-            return list(deque((line.rstrip() for line in f if line.strip()), maxlen=lines))
+            last = deque((line.rstrip() for line in f if line.strip() and not _KFP_LINE.match(line)), maxlen=lines)
     except OSError:
         return []
+    return textwrap.dedent("\n".join(last)).splitlines()
 
 
 class RunDisplay:
@@ -81,7 +89,7 @@ class RunDisplay:
         self.stream, self.live = stream, live
         self.running: dict[int, Task] = {}
         self.failed: list[Task] = []
-        self._last_printed: dict[int, float] = {}
+        self._last_printed: dict[int, Any] = {}  # per task: its progress count when last printed (a pipe)
         self._live_lines = 0
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -92,7 +100,6 @@ class RunDisplay:
     def task_started(self, task: Task) -> None:
         with self._lock:
             self.running[id(task)] = task
-            self._last_printed[id(task)] = task.started
             self._print([f"{_clock()} start  {task.title}"])
 
     def task_finished(self, task: Task, ok: bool, seconds: float) -> None:
@@ -145,19 +152,36 @@ class RunDisplay:
         return f"  ... {task.title} [{elapsed}] {what}"
 
     def _poll(self) -> None:
-        interval = TTY_INTERVAL if self.live else 1.0
-        while not self._stop.wait(interval):
+        while not self._stop.wait(TTY_INTERVAL if self.live else PIPE_INTERVAL):
             with self._lock:
                 if self.live:
                     self._clear_live()
                     self._draw_live()
-                    continue
-                now = time.monotonic()
-                due = [t for t in self.running.values() if now - self._last_printed[id(t)] >= PIPE_INTERVAL]
-                for t in due:
-                    self._last_printed[id(t)] = now
-                if due:
-                    self._print([self._progress_line(t) for t in due])
+                else:
+                    self._print_progress()
+
+    def _print_progress(self) -> None:
+        """One line for all running tasks that made progress since the last one (a pipe's output stays short:
+        loop iterations run side by side, and a task with nothing new adds nothing)."""
+        parts = []
+        for key, task in self.running.items():
+            status = read_status(task.progress_path)
+            if status is None or self._last_printed.get(key) == status.get("n"):
+                continue
+            self._last_printed[key] = status.get("n")
+            parts.append(f"{task.title} {progress_text(status)}")
+        if parts:
+            self._print([f"{_clock()} ...    " + " | ".join(parts)])
+
+
+def results_text(report_md: str) -> str:
+    """The report's headings and tables without their numbered notes (they stay in report.md): what the
+    terminal shows at the end of a run."""
+    lines = [line for line in report_md.rstrip().splitlines() if not _NOTE.match(line)]
+    text = "\n".join(lines)
+    while "\n\n\n" in text:
+        text = text.replace("\n\n\n", "\n\n")
+    return text.strip()
 
 
 def _clock() -> str:
