@@ -157,6 +157,9 @@ def run_local(
 
         # Created here, before the run directory goes to the image's user: kfp would create it as us.
         (run / "kfp").mkdir(exist_ok=True)
+        # The tasks' status files only say how far they are: any user may write them (a non-root caller's
+        # run directory is not handed over).
+        (run / "logs" / "progress").chmod(0o777)
         dirs = [run, docker_runner.local_dir(store, "store"), docker_runner.local_dir(tracking, "tracking URI")]
         task_runner = docker_runner.make_runner(IMAGE, dirs, {LOOP_THREADS_ENV: os.environ[LOOP_THREADS_ENV]},
                                                 owned=[run])
