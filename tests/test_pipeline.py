@@ -269,6 +269,27 @@ SMOKE_PARAMS = {"teacher_steps": 1000, "record_steps": 800, "distill_steps": 30,
 
 
 @pytest.mark.slow
+def test_a_failed_task_prints_its_log_tail_and_path(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from polydistill.cli import main
+
+    # A store nobody can create: the first task that opens it (the teacher's) fails inside its process.
+    run_dir = tmp_path / "run"
+    res = CliRunner().invoke(main, ["run", "--profile", "smoke", "--games", "Pong", "--run-dir", str(run_dir),
+                                    "--store", "file:///proc/polydistill-store"])
+    assert res.exit_code == 2, res.output[-3000:]
+    log = run_dir.resolve() / "logs" / "train-teacher-Pong.log"
+    lines = res.output.splitlines()
+    (at,) = [i for i, line in enumerate(lines) if "FAILED train-teacher Pong" in line]
+    assert lines[at].endswith(f"last lines of {log}:")
+    tail = lines[at + 1:at + 21]
+    assert all(line.startswith("    ") for line in tail) and "/proc/polydistill-store" in tail[-1], res.output
+    assert lines[-1] == f"polydistill: error: the pipeline failed: train-teacher Pong (log: {log})"
+    assert "Traceback (most recent call last)" in log.read_text()
+
+
+@pytest.mark.slow
 def test_smoke_dag_end_to_end_on_the_local_runner(tmp_path: Path) -> None:
     from click.testing import CliRunner
     from mlflow import MlflowClient
@@ -278,11 +299,29 @@ def test_smoke_dag_end_to_end_on_the_local_runner(tmp_path: Path) -> None:
     games = ["Pong", "Breakout"]
     run_dir = tmp_path / "run"
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in SMOKE_PARAMS.items()]
-    res = CliRunner().invoke(main, ["run", "--profile", "smoke", "--games", ",".join(games), "--run-dir",
+    res = CliRunner().invoke(main, ["run", "--profile", "smoke", "--games", *games, "--run-dir",  # issue #24
                                     str(run_dir), *flags], catch_exceptions=False)
     assert res.exit_code == 0, res.output[-3000:]
     tracking_uri = f"sqlite:///{run_dir.resolve() / 'mlflow.db'}"
     assert f"mlflow ui --backend-store-uri {tracking_uri}" in res.output
+
+    # What a person watches (issue #24): a line as each task starts and ends, at most one progress line per
+    # 30 s, the results, the MLflow command last; kfp's raw output only in one log file per task.
+    lines = res.output.splitlines()
+    assert lines[-1].startswith("MLflow UI: mlflow ui --backend-store-uri")
+    progress_lines = [line for line in lines if line[9:16] == "...    "]
+    assert len(lines) - len(progress_lines) <= 55, res.output
+    minutes = float(re.search(r"Finished in ([0-9.]+) min", res.output)[1])  # type: ignore[index]
+    assert len(progress_lines) <= minutes * 2 + 1, res.output
+    starts = [line[16:] for line in lines if line[9:16] == "start  "]
+    ends = [line[16:].rsplit(" in ", 1)[0] for line in lines if line[9:16] == "done   "]
+    assert sorted(starts) == sorted(ends) and len(starts) == 18, res.output
+    assert {"train-teacher Pong", "train-teacher Breakout", "evaluate teacher Pong", "distill latent"} <= set(ends)
+    assert "Executing task" not in res.output and "KFP Executor" not in res.output
+    logs = run_dir / "logs"
+    assert {f"{s}.log" for s in ("start-run", "train-teacher-Pong", "train-teacher-Breakout", "distill-subset",
+                                 "evaluate-teacher_Pong", "report", "end-run")} <= {p.name for p in logs.iterdir()}
+    assert "Looking for component `train_teacher`" in (logs / "train-teacher-Pong.log").read_text()
 
     # The report: one row per game in the scores table and in the storage table (bytes per state from the
     # buffers and latents), printed at the end and kept under the run directory.

@@ -413,7 +413,7 @@ def test_unreachable_host_gives_one_line_error() -> None:
     res = CliRunner().invoke(main, ["submit", "--host", f"http://127.0.0.1:{port}"])
     assert res.exit_code != 0
     lines = [line for line in res.output.splitlines() if line.strip()]
-    assert lines == [lines[0]] and lines[0].startswith("Error: cannot reach Kubeflow Pipelines at "
+    assert lines == [lines[0]] and lines[0].startswith("polydistill: error: cannot reach Kubeflow Pipelines at "
                                                        f"http://127.0.0.1:{port}")
     assert "Traceback" not in res.output
 
@@ -424,7 +424,7 @@ def test_rejected_request_gives_status_and_server_message(kfp_api: StandInKfp) -
     assert res.exit_code != 0
     assert "rejected starting run" in res.output
     assert "(HTTP 400): Invalid input error: parameter games must be a list" in res.output
-    assert len([line for line in res.output.splitlines() if line.startswith("Error:")]) == 1
+    assert len([line for line in res.output.splitlines() if line.startswith("polydistill: error:")]) == 1
     assert "Traceback" not in res.output
 
 
@@ -447,7 +447,8 @@ def test_bad_hyperparameter_fails_before_contacting_the_host(kfp_api: StandInKfp
 def _one_error_line(res: Any) -> str:
     assert res.exit_code != 0, res.output
     assert "Traceback" not in res.output
-    errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
+    # click's usage errors ("Error: ...") or a PolydistillError ("polydistill: error: ...")
+    errors = [line for line in res.output.splitlines() if line.startswith(("Error:", "polydistill: error:"))]
     assert len(errors) == 1, res.output
     return errors[0]
 
