@@ -15,7 +15,6 @@ def start_run(
     tracking_uri: str,
     experiment: str,
     kfp_run_id: str,
-    registered_model: str,
     teacher_steps: int,
     teacher_num_envs: int,
     record_steps: int,
@@ -40,6 +39,7 @@ def start_run(
     warm_start: str,
     seeds: str,
     keep_runs: int,
+    registered_model: str = "polydistill-student",
 ) -> NamedTuple(
     "RunSetup",
     [

@@ -16,11 +16,11 @@ def train_teacher(
     parent_run_id: str,
     experiment: str,
     minio_endpoint: str,
-    warm_starts: dict,
     teacher: Output[Model],
     experience: Output[Dataset],
     curve: Output[HTML],
     metrics: Output[Metrics],
+    warm_starts: dict = {},  # noqa: B006 - KFP reads the default from the signature; {} = no warm start
 ):
     """Train a teacher on ``game`` with the resolved teacher ``config``.
 
