@@ -326,8 +326,9 @@ def test_smoke_dag_end_to_end_on_the_local_runner(tmp_path: Path) -> None:
     # The report: one row per game in the scores table and in the storage table (bytes per state from the
     # buffers and latents), printed at the end and kept under the run directory.
     md = (run_dir / "report" / "report.md").read_text()
-    scores_md, storage_md = md.split("## Storage per training state")
-    for part in (scores_md, storage_md):
+    scores_md, rest = md.split("## Human-normalised score")
+    hns_md, storage_md = rest.split("## Storage per training state")
+    for part in (scores_md, hns_md, storage_md):
         rows = [line for line in part.splitlines() if line.startswith("|")]
         for game in games:
             assert sum(1 for r in rows if r.startswith(f"| {game} ")) == 1, md
@@ -375,6 +376,12 @@ def test_smoke_dag_end_to_end_on_the_local_runner(tmp_path: Path) -> None:
     teacher_run = next(r for r in children if r.info.run_name == "train-teacher/Pong")
     assert teacher_run.data.params["total_steps"] == "1000"
     assert any(k.startswith("geo_mean_pct/") or k.startswith("score/") for k in parent.data.metrics)
+    # The one yardstick on the parent run, lineage on the students' runs, the experiment opens on its runs.
+    assert {f"hns/teacher/{g}" for g in games} <= set(parent.data.metrics)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    for run in students.values():
+        inputs = client.get_run(run.info.run_id).inputs.dataset_inputs
+        assert sorted(json.loads(d.dataset.profile)["game"] for d in inputs) == sorted(games)
 
 
 def test_stage_constants_are_the_component_names() -> None:

@@ -259,9 +259,51 @@ def _handler(state: StandInKfp) -> type[BaseHTTPRequestHandler]:
                     run = {**body, "run_id": str(uuid.uuid4()), "state": "PENDING"}
                     state.runs.append(run)
                     return 200, run
-                job = {**body, "recurring_run_id": str(uuid.uuid4()), "status": "ENABLED"}
+                job = {**body, "recurring_run_id": str(uuid.uuid4()), "status": "ENABLED",
+                       "namespace": (exp or {}).get("namespace", "")}
                 state.recurring_runs.append(job)
                 return 200, job
+            if path.startswith(f"{API}/recurringruns"):
+                return self._recurring(method, path, query, user)
+            raise KeyError(f"{method} {path}")
+
+        def _recurring(self, method: str, path: str, query: dict, user: str | None) -> tuple[int, Any]:
+            # As backend/api/v2beta1/recurring_run.proto: List (GET, experiment_id/namespace/page_token/
+            # page_size; the response's list field is `recurringRuns`), Get (GET /{id}), Delete (DELETE /{id}),
+            # Disable (POST /{id}:disable). There is no update call.
+            if method == "GET" and path == f"{API}/recurringruns":
+                ns = query.get("namespace", [None])[0] or None
+                exp = query.get("experiment_id", [None])[0] or None
+                if exp is not None:  # the experiment's namespace (job_server.go listJobs); kfp sends no other
+                    ns = state.experiments[exp]["namespace"] or None
+                if state.multi_user:
+                    self._authorize(user, ns, "list", "recurringruns")
+                found = [j for j in state.recurring_runs if (exp is None or j.get("experiment_id") == exp)
+                         and (not state.multi_user or j.get("namespace") == ns)]
+                size = int(query.get("page_size", ["10"])[0])
+                start = int(query.get("page_token", ["0"])[0] or 0)
+                page = found[start:start + size]
+                token = str(start + size) if start + size < len(found) else ""
+                return 200, {"recurringRuns": page, "total_size": len(found), "next_page_token": token}
+            rid = path[len(f"{API}/recurringruns/"):]
+            action = ""
+            if rid.endswith(":disable"):
+                rid, action = rid[: -len(":disable")], "disable"
+            job = next(j for j in state.recurring_runs if j["recurring_run_id"] == rid) if any(
+                j["recurring_run_id"] == rid for j in state.recurring_runs) else None
+            if job is None:
+                raise _ApiError(404, 5, f"Not found: recurring run {rid}")
+            if state.multi_user:
+                self._authorize(user, job.get("namespace"), "delete" if method == "DELETE" else "get",
+                                "recurringruns")
+            if method == "GET" and not action:
+                return 200, job
+            if method == "DELETE":
+                state.recurring_runs.remove(job)
+                return 200, {}
+            if method == "POST" and action == "disable":
+                job["status"], job["mode"] = "DISABLED", "DISABLE"
+                return 200, {}
             raise KeyError(f"{method} {path}")
 
         def do_GET(self) -> None:
@@ -269,6 +311,9 @@ def _handler(state: StandInKfp) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             self._handle("POST")
+
+        def do_DELETE(self) -> None:
+            self._handle("DELETE")
 
     return Handler
 
@@ -367,7 +412,9 @@ def test_schedule_sends_cron_and_parameters(kfp_api: StandInKfp) -> None:
     assert job["max_concurrency"] == "2" or job["max_concurrency"] == 2
     assert job["mode"] == "ENABLE"
     assert job["no_catchup"] is True
-    assert job["runtime_config"]["parameters"] == {"profile": "cpu", "latent_dim": 128}
+    # schedule's defaults: warm start from the champion, seeds from each run's id (config.SCHEDULE_DEFAULTS)
+    assert job["runtime_config"]["parameters"] == {"profile": "cpu", "latent_dim": 128,
+                                                   "warm_start": "champion", "seeds": "run"}
     pid = next(iter(kfp_api.pipelines))
     assert job["pipeline_version_reference"]["pipeline_id"] == pid
     assert job["recurring_run_id"] in res.output
@@ -600,3 +647,62 @@ def test_store_with_credentials_is_not_sent_as_a_parameter(kfp_api: StandInKfp) 
                "https://TOKEN-abc@mlflow.example.com"]))
     assert "carries credentials" in line and "TOKEN-abc" not in line
     assert kfp_api.requests == []
+
+
+def test_schedule_twice_replaces_the_recurring_run_of_the_same_name(kfp_api: StandInKfp) -> None:
+    first = _invoke("schedule", "--host", kfp_api.url, "--cron", "0 0 3 * * *")
+    assert first.exit_code == 0, first.output
+    (old,) = kfp_api.recurring_runs
+    assert old["display_name"] == "polydistill retraining"
+    other = _invoke("schedule", "--host", kfp_api.url, "--cron", "0 0 4 * * *", "--job-name", "other")
+    assert other.exit_code == 0, other.output
+    res = _invoke("schedule", "--host", kfp_api.url, "--cron", "0 30 5 * * *", "--warm-start", "none")
+    assert res.exit_code == 0, res.output
+    names = sorted(j["display_name"] for j in kfp_api.recurring_runs)
+    assert names == ["other", "polydistill retraining"]  # replaced, not added
+    new = next(j for j in kfp_api.recurring_runs if j["display_name"] == "polydistill retraining")
+    assert new["recurring_run_id"] != old["recurring_run_id"]
+    assert new["trigger"]["cron_schedule"]["cron"] == "0 30 5 * * *"
+    assert new["runtime_config"]["parameters"]["warm_start"] == "none"  # the user's choice wins
+    assert old["recurring_run_id"] in res.output and "replaced" in res.output
+    # created before the old one was deleted: never a moment without a schedule
+    order = [(r.method, r.path.rsplit("/", 1)[-1]) for r in kfp_api.requests if "recurringruns" in r.path]
+    assert order.index(("POST", "recurringruns"), 3) < order.index(("DELETE", old["recurring_run_id"]))
+
+
+def test_schedule_keeps_the_old_recurring_run_when_creating_the_new_one_fails(kfp_api: StandInKfp) -> None:
+    assert _invoke("schedule", "--host", kfp_api.url, "--cron", "0 0 3 * * *").exit_code == 0
+    (old,) = kfp_api.recurring_runs
+    kfp_api.reject[("POST", "/recurringruns")] = (500, "database is locked")
+    res = CliRunner().invoke(main, ["schedule", "--host", kfp_api.url, "--cron", "0 0 4 * * *"])
+    assert res.exit_code != 0
+    assert "database is locked" in res.output
+    assert kfp_api.recurring_runs == [old]
+    assert kfp_api.calls("DELETE", f"/recurringruns/{old['recurring_run_id']}") == []
+
+
+def test_schedule_disables_an_old_recurring_run_it_may_not_delete(kfp_api: StandInKfp) -> None:
+    assert _invoke("schedule", "--host", kfp_api.url, "--cron", "0 0 3 * * *").exit_code == 0
+    (old,) = kfp_api.recurring_runs
+    kfp_api.reject[("DELETE", f"/recurringruns/{old['recurring_run_id']}")] = (403, "no RBAC policy matched")
+    res = _invoke("schedule", "--host", kfp_api.url, "--cron", "0 0 4 * * *")
+    assert res.exit_code == 0, res.output
+    assert old["status"] == "DISABLED"
+    assert sum(j["status"] == "ENABLED" for j in kfp_api.recurring_runs) == 1
+
+
+def test_schedule_list_and_delete(kfp_api: StandInKfp) -> None:
+    for name, cron in (("nightly", "0 0 3 * * *"), ("weekly", "0 0 4 * * SUN")):
+        assert _invoke("schedule", "--host", kfp_api.url, "--cron", cron, "--job-name", name).exit_code == 0
+    listed = _invoke("schedule", "--host", kfp_api.url, "--list")
+    assert listed.exit_code == 0, listed.output
+    lines = listed.output.strip().splitlines()
+    assert [ln.split()[-1] for ln in lines] == ["nightly", "weekly"]
+    assert "0 0 4 * * SUN" in lines[1] and "ENABLED" in lines[1]
+    deleted = _invoke("schedule", "--host", kfp_api.url, "--delete", "nightly")
+    assert deleted.exit_code == 0, deleted.output
+    assert [j["display_name"] for j in kfp_api.recurring_runs] == ["weekly"]
+    missing = CliRunner().invoke(main, ["schedule", "--host", kfp_api.url, "--delete", "nightly"])
+    assert missing.exit_code != 0
+    assert "no recurring run named 'nightly'" in missing.output and "weekly" in missing.output
+    assert CliRunner().invoke(main, ["schedule", "--host", kfp_api.url]).exit_code != 0  # no --cron

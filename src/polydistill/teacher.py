@@ -174,6 +174,7 @@ def train_teacher(
     out_dir: str | Path,
     on_metrics: MetricsCallback | None = None,
     stop_after: int | None = None,
+    init_from: str | Path | None = None,
 ) -> TeacherResult:
     """Train a Dueling Double DQN teacher on ``game`` and record its experience; see the module docstring.
 
@@ -183,6 +184,8 @@ def train_teacher(
         out_dir: run directory; an existing run of the same game there is resumed.
         on_metrics: called with ``(metrics, step)`` for episode returns, losses and throughput.
         stop_after: stop (as if killed) after this many agent steps of this call; for tests of resume.
+        init_from: a teacher checkpoint directory of the same game whose weights the networks start from
+            (a warm start, :mod:`polydistill.warm_start`); ignored once this run has a resume point.
     """
     game = canonical_game(game)  # fails fast on unknown names
     out = Path(out_dir)
@@ -235,6 +238,10 @@ def train_teacher(
     if point is not None:
         _load_resume(point, lr, out)
         log.info("resuming %s teacher from step %d (%s)", game, lr.step, point)
+    elif init_from is not None:
+        from .warm_start import load_initial_weights
+
+        load_initial_weights(lr.online, lr.target, init_from, game)
 
     if lr.step < cfg.total_steps:
         _train_loop(game, cfg, rd, envs, lr, on_metrics, stop_after)

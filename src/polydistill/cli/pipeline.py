@@ -266,24 +266,48 @@ def submit_cmd(host: str, profile: str | None, variant: str, pipeline_name: str 
 
 @main.command("schedule")
 @host_option
-@click.option("--cron", required=True,
+@click.option("--cron", default=None,
               help="Kubeflow cron expression, 6 fields with seconds first: '0 0 3 * * *' = 03:00 daily.")
-@click.option("--job-name", default=None, help="Name of the recurring run [<pipeline> on <cron>].")
+@click.option("--job-name", default=None,
+              help="Name of the recurring run; one of that name is replaced [<pipeline> retraining].")
 @click.option("--max-concurrency", type=int, default=1, show_default=True,
               help="Runs of this schedule allowed at the same time.")
+@click.option("--list", "list_only", is_flag=True, default=False,
+              help="List the recurring runs (of --experiment when given) and exit.")
+@click.option("--delete", "delete_name", default=None, metavar="NAME",
+              help="Delete the recurring run NAME (or id) and exit.")
 @kubeflow_options
 def schedule_cmd(host: str, profile: str | None, variant: str, pipeline_name: str | None,
                  version_name: str | None, minio_endpoint: str | None, service_account: str | None,
                  namespace: str | None, token: str | None, token_file: str | None, cookies: str | None,
-                 skip_version_check: bool, cron: str, job_name: str | None, max_concurrency: int,
-                 games: list[str], store_uri: str | None, tracking_uri: str | None, experiment: str | None,
-                 params: dict[str, Any]) -> None:
-    """Upload the pipeline (or a new version of it) and create a recurring run on a cron schedule."""
+                 skip_version_check: bool, cron: str | None, job_name: str | None, max_concurrency: int,
+                 list_only: bool, delete_name: str | None, games: list[str], store_uri: str | None,
+                 tracking_uri: str | None, experiment: str | None, params: dict[str, Any]) -> None:
+    """Upload the pipeline (or a new version of it) and create a recurring run on a cron schedule,
+    replacing the recurring run of the same name; --list and --delete manage them.
+
+    Unless given, a scheduled run warm-starts its teachers from the champion's (--warm-start champion) and
+    derives its seeds from its run id (--seeds run), so each run improves on the last instead of repeating it.
+    """
+    _import_kfp()
+    from polydistill_kfp.submit import KubeflowError, delete_schedule, list_schedules, schedule, validate_cron
+
+    if list_only or delete_name:
+        target = _target(host, namespace, token, token_file, cookies, skip_version_check)
+        try:
+            if delete_name:
+                ids = delete_schedule(target, delete_name, experiment)
+                click.echo(f"deleted recurring run {delete_name!r} ({', '.join(ids)})")
+                return
+            for sch in list_schedules(target, experiment):
+                click.echo(f"{sch.recurring_run_id}  {sch.status:<9}  {sch.cron:<20}  {sch.name}")
+        except KubeflowError as e:
+            fail(str(e))
+        return
+    if not cron:
+        raise click.UsageError("--cron is required to create a schedule (or pass --list / --delete NAME)")
     games = _check_games(games)
     _check_params(_profile_for(variant, profile), params)
-    _import_kfp()
-    from polydistill_kfp.submit import KubeflowError, schedule, validate_cron
-
     try:
         validate_cron(cron)  # before compiling or contacting anything
     except KubeflowError as e:
@@ -297,3 +321,5 @@ def schedule_cmd(host: str, profile: str | None, variant: str, pipeline_name: st
     click.echo(f"{'uploaded pipeline' if up.created_pipeline else 'uploaded version'} "
                f"{up.pipeline_name!r} version {up.version_name!r}")
     click.echo(f"created recurring run {sub.recurring_run_id} ({cron}): {sub.url()}")
+    if sub.replaced:
+        click.echo(f"replaced recurring run(s) of the same name: {', '.join(sub.replaced)}")

@@ -85,6 +85,7 @@ def report_metrics(
             value = given[key] if key is not None else _geo_mean(values)
             if value is not None and _finite(value):
                 out[_clean_name(f"{geo_key}/{source}")] = float(value)
+    out.update(_hns_metrics(report_json))
     bps = {**(report_json.get("bytes_per_state") or {}), **(bytes_per_state or {})}
     for key, value in bps.items():
         source = _source_of(str(key)) or str(key)
@@ -93,6 +94,22 @@ def report_metrics(
             value = sum(vals) / len(vals) if vals else None
         if _finite(value):
             out[_clean_name(f"bytes_per_state/{source}")] = float(value)
+    return out
+
+
+def _hns_metrics(report_json: Mapping[str, Any]) -> dict[str, float]:
+    """``hns/<source>/<GAME>``, ``mean_hns/<source>`` and ``median_hns/<source>`` from the report's HNS
+    tables; ``<source>`` is the student's source, or the label itself for ``teacher`` and ``random``."""
+    out: dict[str, float] = {}
+    for label, per_game in (report_json.get("hns") or {}).items():
+        source = _source_of(str(label)) or str(label)
+        for game, value in (per_game or {}).items():
+            if _finite(value):
+                out[_clean_name(f"hns/{source}/{game}")] = float(value)
+        for key in ("mean_hns", "median_hns"):
+            value = (report_json.get(key) or {}).get(label)
+            if _finite(value):
+                out[_clean_name(f"{key}/{source}")] = float(value)
     return out
 
 
