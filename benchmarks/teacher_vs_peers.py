@@ -103,12 +103,19 @@ class Run:
         self.logf = open(Path(self.cwd) / f"{self.name}.log", "wb")  # noqa: SIM115 - closed in wait()
         self.proc = subprocess.Popen(self.cmd, cwd=self.cwd, env=self.env, stdout=self.logf, stderr=subprocess.STDOUT)
 
-    def wait(self) -> None:
+    def poll(self) -> bool:
+        """True once the process has ended; its wall time is taken at the first poll that sees it end."""
         assert self.proc is not None
-        self.rc = self.proc.wait()
-        self.wall = time.perf_counter() - self.t0
-        self.logf.close()
-        self.log = (Path(self.cwd) / f"{self.name}.log").read_text(errors="replace")
+        if self.rc is None and self.proc.poll() is not None:
+            self.rc = self.proc.returncode
+            self.wall = time.perf_counter() - self.t0
+            self.logf.close()
+            self.log = (Path(self.cwd) / f"{self.name}.log").read_text(errors="replace")
+        return self.rc is not None
+
+    def wait(self) -> None:
+        while not self.poll():
+            time.sleep(0.2)  # polling, so each wall time ends when its process does (to 0.2 s)
 
 
 def _env(threads: int) -> dict[str, str]:
@@ -165,13 +172,13 @@ def _report(r: Run, steps: int) -> str:
 def _side_by_side(ours: Run, peer: Run, steps: int) -> None:
     ours.start()
     peer.start()
-    ours.wait()
-    peer.wait()
-    print(f"side by side: polydistill and {peer.name}, started together")
+    while not (ours.poll() & peer.poll()):  # & polls both each time
+        time.sleep(0.2)
+    print(f"side by side: polydistill and {peer.name}, started together", flush=True)
     print(_report(ours, steps))
     print(_report(peer, steps))
     if ours.rc == 0 and peer.rc == 0:
-        print(f"  polydistill agent steps/s / {peer.name}'s = {peer.wall / ours.wall:.2f}x")
+        print(f"  polydistill agent steps/s / {peer.name}'s = {peer.wall / ours.wall:.2f}x", flush=True)
 
 
 def _alternate(runs: list[Run], steps: int) -> None:
