@@ -164,6 +164,8 @@ def main() -> None:
     ap.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads (0 = default).")
     ap.add_argument("--device", default="cpu", help="Training device.")
     args = ap.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device on this machine; run with --device cpu (GPU figures: docs/PERFORMANCE.md)")
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     os.environ.setdefault("POLYDISTILL_PROGRESS", "off")

@@ -156,7 +156,7 @@ def main() -> None:
     ap.add_argument("--batch-sizes", default="32", help="learner batch sizes (comma-separated)")
     a = ap.parse_args()
     if a.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("no CUDA device on this machine; run with --device cpu (docs/PERFORMANCE.md: GPU figures)")
+        raise SystemExit("no CUDA device on this machine; run with --device cpu (GPU figures: docs/PERFORMANCE.md)")
     device = pick_device(a.device)
     where = (
         torch.cuda.get_device_name(device)
