@@ -2,12 +2,13 @@
 end-to-end training rate, for a fixed config and step count. Prints which device each figure is from.
 
     python benchmarks/teacher_throughput.py [--game Breakout] [--env-steps 20000] [--updates 200] [--device auto]
-        [--formats fp32,channels-last,compile,bf16] [--batch-sizes 32]
+        [--formats fp32,fp32-one-pass,channels-last,compile,bf16] [--batch-sizes 32]
 
-The learner is timed once per ``--formats`` entry (fp32; channels-last convolutions; torch.compile; bf16
-autocast, emulated and timed on a few updates only where the device has no native bf16), with the FLOPs of
-one update counted by torch's FlopCounterMode and set against this device's matrix-multiply peak in that
-number format (a 2048 x 2048 GEMM). On CUDA, ``--batch-sizes 32,256,1024`` shows the batch that fills the GPU.
+The learner is timed once per ``--formats`` entry (fp32; the online network's passes over s and s' as one
+batch; channels-last convolutions; torch.compile; bf16 autocast, emulated and timed on a few updates only
+where the device has no native bf16), with the FLOPs of one update counted by torch's FlopCounterMode and set
+against this device's matrix-multiply peak in that number format (a 2048 x 2048 GEMM). On CUDA,
+``--batch-sizes 32,256,1024`` shows the batch that fills the GPU.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import platform
 import tempfile
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -34,7 +36,28 @@ FORMATS = {
     "compile": ("fp32", False, True),
     "bf16": ("bf16", False, False),
     "bf16+channels-last": ("bf16", True, False),
+    "fp32-one-pass": ("fp32", False, False),  # the online net's s and s' in one batch (_learn_one_pass)
 }
+
+
+def _learn_one_pass(cfg: C.TeacherConfig, lr: _Learner) -> float:
+    """The candidate "one batched pass for s and s'": the online network runs once on cat(s, s') with
+    gradients, its s' half (detached) picks the Double-DQN action. Same loss as ``_learn``; timed only."""
+    b = lr.replay.sample(cfg.batch_size, lr.rng, episodic_life=True, n_step=1, gamma=cfg.gamma, clip_rewards=True)
+    t = {k: torch.from_numpy(v).to(lr.device) for k, v in b.items()}
+    both = lr.online(torch.cat([t["states"], t["next_states"]]))
+    q_all, q_next = both[: cfg.batch_size], both[cfg.batch_size :].detach()
+    with torch.no_grad():
+        best = q_next.argmax(1, keepdim=True)
+        next_q = lr.target(t["next_states"]).gather(1, best).squeeze(1)
+        target = t["rewards"] + t["discounts"] * (1 - t["dones"]) * next_q
+    q = q_all.gather(1, t["actions"].unsqueeze(1)).squeeze(1)
+    loss = torch.nn.functional.smooth_l1_loss(q, target)
+    lr.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(lr.online.parameters(), cfg.max_grad_norm)
+    lr.opt.step()
+    return float(loss.detach())
 
 
 def env_steps_per_second(game: str, num_envs: int, steps: int) -> float:
@@ -70,12 +93,12 @@ def peak_gflops(device: torch.device, dtype: torch.dtype, seconds: float = 1.0) 
     return 2 * 2048**3 * n / (time.perf_counter() - t0) / 1e9
 
 
-def update_flops(lr: _Learner, cfg: C.TeacherConfig) -> float:
+def update_flops(lr: _Learner, cfg: C.TeacherConfig, learn: Callable[[C.TeacherConfig, _Learner], float]) -> float:
     """FLOPs of one learner update (forward passes, backward, as counted by torch's FlopCounterMode)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:
-        _learn(cfg, lr)
+        learn(cfg, lr)
     return float(counter.get_total_flops())
 
 
@@ -104,18 +127,19 @@ def learner_updates_per_second(
     target = prepare_network(DuelingQNetwork(6).to(device), channels_last)
     opt = make_adam(online.parameters(), device, lr=1e-4)  # as train_teacher builds it
     amp = autocast_dtype(precision, device)
-    lr = _Learner(online, target, opt, replay, rng, device, curve=[], amp=amp,
-                  online_fn=forward_fn(online, compiled), target_fn=forward_fn(target, compiled))  # fmt: skip
-    flops = update_flops(lr, cfg)
+    lr = _Learner(online, target, opt, replay, rng, device, curve=[], amp=amp)
+    learn = _learn_one_pass if fmt == "fp32-one-pass" else _learn
+    flops = update_flops(lr, cfg, learn)  # counted on the plain modules: compiling does not change them
+    lr.online_fn, lr.target_fn = forward_fn(online, compiled), forward_fn(target, compiled)
     if amp is not None and not bf16_native(device):
         updates = min(updates, 3)  # emulated bf16: a figure, not a wait
     for _ in range(5 if compiled else 2):  # warm-up (allocator, kernels, compilation)
-        _learn(cfg, lr)
+        learn(cfg, lr)
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(updates):
-        _learn(cfg, lr)
+        learn(cfg, lr)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return updates / (time.perf_counter() - t0), flops
@@ -152,7 +176,7 @@ def main() -> None:
     ap.add_argument("--updates", type=int, default=200)
     ap.add_argument("--train-steps", type=int, default=4_000, help="end-to-end training run length")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--formats", default="fp32,channels-last,compile,bf16", help=f"from {', '.join(FORMATS)}")
+    ap.add_argument("--formats", default="fp32,fp32-one-pass,channels-last,compile,bf16", help=", ".join(FORMATS))
     ap.add_argument("--batch-sizes", default="32", help="learner batch sizes (comma-separated)")
     a = ap.parse_args()
     if a.device.startswith("cuda") and not torch.cuda.is_available():
