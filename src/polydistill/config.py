@@ -118,6 +118,15 @@ class TeacherConfig(_Model):
     checkpoint_every: int = Field(100_000, ge=1, description="Agent steps between resumable checkpoints.")
     seed: int = Field(1, description="Seed for environments, networks and sampling.")
     device: str = Field("auto", description="torch device: auto, cpu, cuda, cuda:N.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "fp32",
+        description=(
+            "Learner number format: fp32; bf16 (autocast, weights and loss fp32); auto = bf16 where the device "
+            "multiplies bf16 natively (CUDA Ampere+, CPU with AVX-512 BF16/AMX), else fp32."
+        ),
+    )
+    channels_last: bool = Field(False, description="Run the networks' convolutions in channels-last layout.")
+    compile: bool = Field(False, description="torch.compile the learner's forward passes (compiles at start).")
     env: EnvConfig = Field(default_factory=EnvConfig)
 
     @field_validator("end_e")

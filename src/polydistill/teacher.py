@@ -29,6 +29,7 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ from .networks import DeviceError, DuelingQNetwork, make_adam, pick_device
 from .progress import MetricsCallback, progress
 from .replay import FrameReplay, StepRecorder, check_memory, replay_bytes
 from .rundir import RunDir
+from .speed import PrecisionError, autocast, autocast_dtype, describe, forward_fn, prepare_network
 from .store import open_store
 
 log = logging.getLogger(__name__)
@@ -94,6 +96,10 @@ class _Learner:
     curve: list[tuple[int, float, int, float]]
     step: int = 0
     updates: int = 0
+    # How the passes run (speed.py); defaults are plain fp32 calls of the modules above.
+    amp: torch.dtype | None = None
+    online_fn: Callable[..., torch.Tensor] | None = None
+    target_fn: Callable[..., torch.Tensor] | None = None
 
 
 def linear_schedule(start: float, end: float, duration: int, t: int) -> float:
@@ -103,8 +109,8 @@ def linear_schedule(start: float, end: float, duration: int, t: int) -> float:
 
 
 def double_dqn_targets(
-    online: torch.nn.Module,
-    target: torch.nn.Module,
+    online: Callable[[torch.Tensor], torch.Tensor],
+    target: Callable[[torch.Tensor], torch.Tensor],
     next_states: torch.Tensor,
     rewards: torch.Tensor,
     dones: torch.Tensor,
@@ -198,7 +204,8 @@ def train_teacher(
     # record that then blocks the corrected command.
     try:
         pick_device(cfg.device)
-    except DeviceError as e:
+        autocast_dtype(cfg.precision, pick_device(cfg.device))
+    except (DeviceError, PrecisionError) as e:
         raise TeacherRunError(str(e)) from None
     try:
         check_memory(
@@ -221,8 +228,8 @@ def train_teacher(
     n_actions = len(meanings)
     envs = make_vector_env(game, cfg.num_envs, cfg.env)
     torch.manual_seed(cfg.seed)  # before the networks exist: their initial weights are part of the run
-    online = DuelingQNetwork(n_actions, frame_stack=cfg.env.frame_stack).to(device)
-    target = DuelingQNetwork(n_actions, frame_stack=cfg.env.frame_stack).to(device)
+    online = prepare_network(DuelingQNetwork(n_actions, frame_stack=cfg.env.frame_stack).to(device), cfg.channels_last)
+    target = prepare_network(DuelingQNetwork(n_actions, frame_stack=cfg.env.frame_stack).to(device), cfg.channels_last)
     target.load_state_dict(online.state_dict())
     lr = _Learner(
         online=online,
@@ -232,7 +239,11 @@ def train_teacher(
         rng=np.random.default_rng(cfg.seed),
         device=device,
         curve=[],
+        amp=autocast_dtype(cfg.precision, device),
+        online_fn=forward_fn(online, cfg.compile),
+        target_fn=forward_fn(target, cfg.compile),
     )
+    log.info("%s teacher learner: %s", game, describe(device, lr.amp, cfg.channels_last, cfg.compile))
 
     point = rd.latest_resume() if resuming else None
     if point is not None:
@@ -293,7 +304,7 @@ def _train_loop(
         if lr.step < cfg.learning_starts:
             actions = lr.rng.integers(0, n_actions, size=n)
         else:
-            with torch.no_grad():
+            with torch.no_grad(), autocast(lr.device, lr.amp):
                 greedy = lr.online(torch.from_numpy(obs).to(lr.device)).argmax(1).cpu().numpy()
             explore = lr.rng.random(n) < eps
             actions = np.where(explore, lr.rng.integers(0, n_actions, size=n), greedy)
@@ -371,9 +382,12 @@ def _learn(cfg: TeacherConfig, lr: _Learner) -> float:
     dones = torch.from_numpy(b["dones"]).to(device)
     discounts = torch.from_numpy(b["discounts"]).to(device)
     actions = torch.from_numpy(b["actions"]).to(device)
-    td_target = double_dqn_targets(online, target, next_states, rewards, dones, discounts)
-    q = online(states).gather(1, actions.unsqueeze(1)).squeeze(1)
-    loss = F.smooth_l1_loss(q, td_target)
+    with autocast(device, lr.amp):  # the loss below is fp32 either way
+        td_target = double_dqn_targets(
+            lr.online_fn or online, lr.target_fn or target, next_states, rewards, dones, discounts
+        )
+        q = (lr.online_fn or online)(states).gather(1, actions.unsqueeze(1)).squeeze(1)
+    loss = F.smooth_l1_loss(q.float(), td_target.float())
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(online.parameters(), cfg.max_grad_norm)
