@@ -75,7 +75,8 @@ def start_run(
     from polydistill_kfp.components import runtime as rt
 
     from polydistill import config as C
-    from polydistill import retention, warm_start
+    from polydistill import retention
+    from polydistill import warm_start as warm_starts_of
     from polydistill.envs import canonical_game
     from polydistill.tracking import TrackingError, champion_tags, resolve_tracking_uri, start_pipeline_run
 
@@ -91,7 +92,7 @@ def start_run(
     starts: dict = {}
     if configs["retraining"]["warm_start"] == "champion":
         try:
-            starts = warm_start.plan(champion_tags(uri, registered_model), game_list)
+            starts = warm_starts_of.plan(champion_tags(uri, registered_model), game_list)
         except TrackingError as e:
             log.warning("warm start off for this run: %s", e)
         log.info("warm start from the champion: %s", {g: s["uri"] for g, s in starts.items()} or

@@ -76,7 +76,7 @@ def forward_fn(net: nn.Module, compile_it: bool) -> Callable[..., torch.Tensor]:
     parameters (the state dict stays ``net``'s: a compiled wrapper's keys carry a prefix)."""
     if not compile_it:
         return net
-    return torch.compile(net, dynamic=False)  # type: ignore[return-value]
+    return torch.compile(net, dynamic=False)
 
 
 def describe(device: torch.device, dtype: torch.dtype | None, channels_last: bool, compiled: bool) -> str:

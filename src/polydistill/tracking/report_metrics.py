@@ -108,7 +108,7 @@ def _hns_metrics(report_json: Mapping[str, Any]) -> dict[str, float]:
                 out[_clean_name(f"hns/{source}/{game}")] = float(value)
         for key in ("mean_hns", "median_hns"):
             value = (report_json.get(key) or {}).get(label)
-            if _finite(value):
+            if value is not None and _finite(value):
                 out[_clean_name(f"{key}/{source}")] = float(value)
     return out
 
