@@ -2,7 +2,7 @@
 ``--after`` settings for each seed, and compares the learning curves (episode return against agent steps).
 
     python benchmarks/teacher_learning.py [--game Breakout] [--steps 100000] [--seeds 1,2]
-        [--before "--precision fp32"] [--after "--precision auto"] [--parallel 2] [--last 20]
+        [--before="--precision fp32"] [--after="--precision auto"] [--parallel 2] [--last 20]
         [--png docs/results/teacher_learning.png]
 
 Each run is ``polydistill train-teacher`` in its own process with one torch thread, at most ``--parallel`` at
@@ -76,10 +76,11 @@ def _plot(curves: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]], a: argpa
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for (arm, seed), (steps, rets) in sorted(curves.items()):
-        k = min(20, len(rets))
-        smooth = np.convolve(rets, np.ones(k) / k, mode="valid") if k else rets
+        cum = np.concatenate([[0.0], np.cumsum(rets)])
+        lo = np.maximum(np.arange(1, len(rets) + 1) - 20, 0)
+        smooth = (cum[1:] - cum[lo]) / (np.arange(1, len(rets) + 1) - lo)  # mean of the last <= 20 episodes
         label = f"{arm} ({a.before if arm == 'before' else a.after or 'defaults'}), seed {seed}"
-        ax.plot(steps[k - 1 :], smooth, color="tab:blue" if arm == "before" else "tab:orange",
+        ax.plot(steps, smooth, color="tab:blue" if arm == "before" else "tab:orange",
                 linestyle="-" if seed == a.seeds[0] else "--", label=label)  # fmt: skip
     ax.set_xlabel("agent steps")
     ax.set_ylabel("training episode return (mean of 20)")

@@ -66,17 +66,21 @@ def report(
     log = logging.getLogger("polydistill.pipeline")
     for student in students:
         source = student.metadata["source"]
-        geo = metrics.get(f"geo_mean_pct/{source}")
+        # Registered when it has the champion's yardstick (mean HNS); % of teacher is kept for reading only
+        # (a weak teacher, as in the smoke profile, has no %).
+        mean_hns = metrics.get(f"mean_hns/{source}")
         run_id = student.metadata.get("mlflow_run_id")
-        if geo is None or not run_id:
+        if mean_hns is None or not run_id:
             log.warning("student (%s) not registered: %s", source,
-                        "no geometric-mean % of teacher" if geo is None else "its MLflow run is missing")
+                        "no mean HNS (no game with a reference score)" if mean_hns is None
+                        else "its MLflow run is missing")
             continue
+        geo = metrics.get(f"geo_mean_pct/{source}", float("nan"))
         games = list(student.metadata["games"])
         lineage = {N.VTAG_PIPELINE_RUN: parent_run_id, N.VTAG_KFP_RUN: run_root.rstrip("/").rsplit("/", 1)[-1],
                    N.VTAG_RUN_ROOT: run_root, N.VTAG_TEACHERS: json.dumps(rt.teacher_lineage(run_root, games))}
         register_student(tracking_uri, run_id, registered_model, games, geo,
-                         mean_hns=metrics.get(f"mean_hns/{source}"), median_hns=metrics.get(f"median_hns/{source}"),
+                         mean_hns=mean_hns, median_hns=metrics.get(f"median_hns/{source}"),
                          evaluation=table["evaluation"].get(f"student_{source}"), lineage=lineage)
     keep = int(retraining_config.get("keep_runs", 0))
     if keep:

@@ -100,7 +100,7 @@ def test_seeds_derived_from_the_run_id_unless_fixed() -> None:
 
 # -------------------------------------------------------------------------------------- warm start
 
-WARM = {"total_steps": 400, "learning_starts": 400, "record_steps": 400}  # no learner update: weights stay
+WARM = {"total_steps": 400, "learning_starts": 1_000, "record_steps": 400}  # no learner update: weights stay
 
 
 def _weights(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
