@@ -185,7 +185,7 @@ def watch_tasks(log_dir: Path, listener: TaskListener | None = None,
     handler = logging.StreamHandler(router)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     task_dispatcher.run_single_task_implementation = run_task
-    sys.stdout = sys.stderr = router  # type: ignore[assignment]
+    sys.stdout = sys.stderr = router
     root.handlers[:] = [handler]
     try:
         yield failed
