@@ -72,6 +72,9 @@ def test_pipe_prints_task_lines_and_only_progress_that_moved(tmp_path: Path) -> 
                                            "eta_s": 18.0}))
     display._print_progress()
     display._print_progress()  # nothing moved: no second line
+    b.progress_path.write_text(json.dumps({"desc": b.title, "n": 100, "total": 100, "unit": "step", "rate": 5.0,
+                                           "eta_s": 0.0}))
+    display._print_progress()  # b moved, but to 100%: its end line says more
     display.task_finished(a, True, 61.0)
     display.task_finished(b, True, 62.0)
     display.close()

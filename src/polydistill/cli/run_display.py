@@ -22,7 +22,7 @@ from ..progress_file import read_status
 from ..store import redact
 
 #: Seconds between progress lines when the output is not a terminal.
-PIPE_INTERVAL = 30.0
+PIPE_INTERVAL = 60.0
 #: Seconds between redraws of the live lines on a terminal.
 TTY_INTERVAL = 0.5
 _NOTE = re.compile(r"^\d+\. ")
@@ -162,12 +162,13 @@ class RunDisplay:
 
     def _print_progress(self) -> None:
         """One line for all running tasks that made progress since the last one (a pipe's output stays short:
-        loop iterations run side by side, and a task with nothing new adds nothing)."""
+        loop iterations run side by side, and a task with nothing new or at 100% adds nothing)."""
         parts = []
         for key, task in self.running.items():
             status = read_status(task.progress_path)
-            if status is None or self._last_printed.get(key) == status.get("n"):
-                continue
+            finished = status is not None and bool(status.get("total")) and status.get("n", 0) >= status["total"]
+            if status is None or finished or self._last_printed.get(key) == status.get("n"):
+                continue  # nothing yet, all done (its end line follows), or nothing new
             self._last_printed[key] = status.get("n")
             parts.append(f"{task.title} {progress_text(status)}")
         if parts:
