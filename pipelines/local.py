@@ -142,6 +142,11 @@ def run_local(
     (run / "logs" / "progress").mkdir(parents=True, exist_ok=True)
     store = store_uri or (run / "store").as_uri()
     tracking = tracking_uri or f"sqlite:///{run / 'mlflow.db'}"
+    # The store must open here, before any task: a wrong path, endpoint or credentials is one line now, not a
+    # traceback in the first task that writes (every task creates the bucket too, so this one may).
+    from polydistill.store import open_store
+
+    open_store(store, create_bucket=True)
     args = pipeline_arguments(profile, games, store, tracking, params, experiment,
                               minio_endpoint=os.environ.get("MINIO_ENDPOINT", ""))
     # The runner runs a loop's iterations at once (at most LOCAL_LOOP_PARALLELISM: kfp caps its loop threads at

@@ -269,22 +269,28 @@ SMOKE_PARAMS = {"teacher_steps": 1000, "record_steps": 800, "distill_steps": 30,
 
 
 @pytest.mark.slow
-def test_a_failed_task_prints_its_log_tail_and_path(tmp_path: Path) -> None:
+def test_a_failed_task_prints_its_log_tail_and_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 
     from polydistill.cli import main
 
-    # A store nobody can create: the first task that opens it (the teacher's) fails inside its process.
+    # A store nobody can create is refused before any task starts ...
+    bad = CliRunner().invoke(main, ["run", "--profile", "smoke", "--games", "Pong", "--run-dir",
+                                    str(tmp_path / "refused"), "--store", "file:///proc/polydistill-store"])
+    assert bad.exit_code == 2 and "store file:///proc/polydistill-store cannot be created" in bad.output
+    assert "start-run" not in bad.output
+    # ... so a task is made to fail inside its process: the loop tasks' torch thread share is not a number
+    # (start-run runs outside the loop; the teacher is the first loop task).
+    monkeypatch.setenv("POLYDISTILL_LOOP_THREADS", "not-a-number")
     run_dir = tmp_path / "run"
-    res = CliRunner().invoke(main, ["run", "--profile", "smoke", "--games", "Pong", "--run-dir", str(run_dir),
-                                    "--store", "file:///proc/polydistill-store"])
+    res = CliRunner().invoke(main, ["run", "--profile", "smoke", "--games", "Pong", "--run-dir", str(run_dir)])
     assert res.exit_code == 2, res.output[-3000:]
     log = run_dir.resolve() / "logs" / "train-teacher-Pong.log"
     lines = res.output.splitlines()
     (at,) = [i for i, line in enumerate(lines) if "FAILED train-teacher Pong" in line]
     assert lines[at].endswith(f"last lines of {log}:")
     tail = lines[at + 1:at + 21]
-    assert all(line.startswith("    ") for line in tail) and "/proc/polydistill-store" in tail[-1], res.output
+    assert all(line.startswith("    ") for line in tail) and "not-a-number" in tail[-1], res.output
     assert lines[-1] == f"polydistill: error: the pipeline failed: train-teacher Pong (log: {log})"
     assert "Traceback (most recent call last)" in log.read_text()
 
