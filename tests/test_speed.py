@@ -109,3 +109,24 @@ def test_a_teacher_run_refuses_a_bad_precision_before_writing_anything(tmp_path)
     with pytest.raises(TeacherRunError, match="fp16"):
         train_teacher("Pong", cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+class _NoTruth:
+    """Calls through to a module but, like a ``torch.compile`` wrapper, has no truth value."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        self.net, self.calls = net, 0
+
+    def __len__(self) -> int:
+        raise TypeError("no len()")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.net(x)
+
+
+def test_the_learner_calls_the_forward_functions_it_is_given() -> None:
+    cfg, lr = _learner(None)
+    lr.online_fn, lr.target_fn = _NoTruth(lr.online), _NoTruth(lr.target)
+    assert np.isfinite(_learn(cfg, lr))
+    assert (lr.online_fn.calls, lr.target_fn.calls) == (2, 1)  # s' and s; s'

@@ -382,11 +382,12 @@ def _learn(cfg: TeacherConfig, lr: _Learner) -> float:
     dones = torch.from_numpy(b["dones"]).to(device)
     discounts = torch.from_numpy(b["discounts"]).to(device)
     actions = torch.from_numpy(b["actions"]).to(device)
+    # `is None`, not `or`: a torch.compile wrapper has no truth value (it forwards len() to the module).
+    online_fwd = online if lr.online_fn is None else lr.online_fn
+    target_fwd = target if lr.target_fn is None else lr.target_fn
     with autocast(device, lr.amp):  # the loss below is fp32 either way
-        td_target = double_dqn_targets(
-            lr.online_fn or online, lr.target_fn or target, next_states, rewards, dones, discounts
-        )
-        q = (lr.online_fn or online)(states).gather(1, actions.unsqueeze(1)).squeeze(1)
+        td_target = double_dqn_targets(online_fwd, target_fwd, next_states, rewards, dones, discounts)
+        q = online_fwd(states).gather(1, actions.unsqueeze(1)).squeeze(1)
     loss = F.smooth_l1_loss(q.float(), td_target.float())
     opt.zero_grad(set_to_none=True)
     loss.backward()
