@@ -127,4 +127,4 @@ def test_a_failed_task_shows_the_end_of_its_own_output(tmp_path: Path) -> None:
 
 def test_results_text_keeps_the_tables_and_drops_the_notes() -> None:
     md = "# T\n\n| a |\n| --- |\n| 1 |\n\n1. a note\n2. another\n\n## S\n\n| b |\n\n1. note\n"
-    assert results_text(md) == "# T\n\n| a |\n| --- |\n| 1 |\n\n## S\n\n| b |"
+    assert results_text(md) == "# T\n| a |\n| 1 |\n## S\n| b |"

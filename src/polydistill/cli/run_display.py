@@ -25,6 +25,7 @@ from ..store import redact
 PIPE_INTERVAL = 60.0
 #: Seconds between redraws of the live lines on a terminal.
 TTY_INTERVAL = 0.5
+_SEPARATOR = re.compile(r"^\|(\s*:?-+:?\s*\|)+\s*$")
 _NOTE = re.compile(r"^\d+\. ")
 #: kfp's own lines in a task's log: ``HH:MM:SS.mmm - LEVEL - ...`` and its horizontal rules.
 _KFP_LINE = re.compile(r"^\s*(\d\d:\d\d:\d\d\.\d{3} - [A-Z]+ - |-{20,}$)")
@@ -176,13 +177,11 @@ class RunDisplay:
 
 
 def results_text(report_md: str) -> str:
-    """The report's headings and tables without their numbered notes (they stay in report.md): what the
-    terminal shows at the end of a run."""
-    lines = [line for line in report_md.rstrip().splitlines() if not _NOTE.match(line)]
-    text = "\n".join(lines)
-    while "\n\n\n" in text:
-        text = text.replace("\n\n\n", "\n\n")
-    return text.strip()
+    """The report's headings and tables, compact, without their numbered notes, blank lines or Markdown
+    separator rows (report.md keeps them all): what the terminal shows at the end of a run."""
+    keep = [line for line in report_md.rstrip().splitlines()
+            if line.strip() and not _NOTE.match(line) and not _SEPARATOR.match(line)]
+    return "\n".join(keep)
 
 
 def _clock() -> str:
