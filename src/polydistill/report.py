@@ -131,24 +131,12 @@ def _protocol_text(data: Mapping[str, Any]) -> str:
     return str(proto)
 
 
-def build_table(
+def _collect(
     results: Sequence[Mapping[str, Any] | str | Path],
-    title: str = DEFAULT_TITLE,
-    storage: Mapping[str, Mapping[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """Merge evaluation results and compute the table's numbers (the contents of ``report.json``).
-
-    ``storage`` (optional) gives bytes per stored training state per game, see :func:`storage_table`; it
-    becomes the report's second table.
-
-    Returns ``{"title", "game_order", "columns", "students", "games": {GAME: {LABEL: {mean, std, n,
-    protocol, pct_of_teacher?, pct_normalised?}}}, "geo_mean_pct": {STUDENT: float|None},
-    "geo_mean_pct_normalised": {...}, "geo_mean_games": {STUDENT: {"pct_of_teacher": [...],
-    "normalised": [...]}}, "protocols": {LABEL: [...]}, "sources": {LABEL: {GAME: where}}, "rules",
-    "warnings"}``.
-    """
-    if not results:
-        raise ReportError("no results to report; pass at least one scores.json")
+) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, dict[str, str]], dict[str, list[str]], list[str],
+           dict[str, dict[str, Any]]]:
+    """Every result's cells by label and game, where each came from, each label's protocols, the games in
+    first-seen order and each label's evaluation settings; two results for one label and game are refused."""
     cells: dict[str, dict[str, dict[str, Any]]] = {}
     sources: dict[str, dict[str, str]] = {}
     protocols: dict[str, list[str]] = {}
@@ -179,6 +167,28 @@ def build_table(
                 cells[label][game]["agent_path"] = str(data["agent"]["path"])
             if game not in game_order:
                 game_order.append(game)
+    return cells, sources, protocols, game_order, evaluation
+
+
+def build_table(
+    results: Sequence[Mapping[str, Any] | str | Path],
+    title: str = DEFAULT_TITLE,
+    storage: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Merge evaluation results and compute the table's numbers (the contents of ``report.json``).
+
+    ``storage`` (optional) gives bytes per stored training state per game, see :func:`storage_table`; it
+    becomes the report's second table.
+
+    Returns ``{"title", "game_order", "columns", "students", "games": {GAME: {LABEL: {mean, std, n,
+    protocol, pct_of_teacher?, pct_normalised?}}}, "geo_mean_pct": {STUDENT: float|None},
+    "geo_mean_pct_normalised": {...}, "geo_mean_games": {STUDENT: {"pct_of_teacher": [...],
+    "normalised": [...]}}, "protocols": {LABEL: [...]}, "sources": {LABEL: {GAME: where}}, "rules",
+    "warnings"}``.
+    """
+    if not results:
+        raise ReportError("no results to report; pass at least one scores.json")
+    cells, sources, protocols, game_order, evaluation = _collect(results)
 
     columns = _ordered_labels(list(cells))
     students = [lab for lab in columns if lab not in BASELINE_LABELS]

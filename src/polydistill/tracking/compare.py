@@ -46,14 +46,8 @@ def _split_games(text: str) -> list[str]:
     return [g.strip() for g in text.split(",") if g.strip()]
 
 
-def compare_rows(
-    tracking_uri: str, experiment: str, games: Sequence[str] | None = None
-) -> list[dict[str, Any]]:
-    """Rows for :func:`compare_runs`: one per (pipeline run, student data source), best first.
-
-    Each row has the keys in ``_BASE_COLUMNS``, ``pct/<GAME>`` per game and ``geo_mean_pct`` (floats or
-    None). With ``games``, only runs over exactly that set of games (in any order) are kept.
-    """
+def _pipeline_runs(tracking_uri: str, experiment: str) -> list[Any]:
+    """Every pipeline (parent) run of ``experiment``; :class:`TrackingError` names what cannot be read."""
     if tracking_uri.startswith("sqlite:///"):
         db = Path(tracking_uri[len("sqlite:///") :])
         if not db.is_file():
@@ -88,6 +82,18 @@ def compare_rows(
             f"cannot read runs from {safe_tracking_uri(tracking_uri)}: {_describe(e, _secret_values())}"
         ) from None
 
+    return runs
+
+
+def compare_rows(
+    tracking_uri: str, experiment: str, games: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """Rows for :func:`compare_runs`: one per (pipeline run, student data source), best first.
+
+    Each row has the keys in ``_BASE_COLUMNS``, ``pct/<GAME>`` per game and ``geo_mean_pct`` (floats or
+    None). With ``games``, only runs over exactly that set of games (in any order) are kept.
+    """
+    runs = _pipeline_runs(tracking_uri, experiment)
     wanted = {g.casefold() for g in games} if games else None
     rows: list[dict[str, Any]] = []
     for run in runs:
