@@ -34,6 +34,7 @@ from polydistill.distill import distill
 from polydistill.export import export_buffer
 from polydistill.networks import DuelingQNetwork, make_adam
 from polydistill.sampling import StreamingSampler
+from polydistill.speed import autocast, autocast_dtype, bf16_native, describe, prepare_network
 from polydistill.teacher import train_teacher
 
 
@@ -72,7 +73,9 @@ def _ms(fn, repeat: int) -> float:
     return (time.perf_counter() - t) / repeat * 1e3
 
 
-def breakdown(game: str, run: Path, buffer: str, latent: str | None, batch: int, width: float) -> None:
+def breakdown(
+    game: str, run: Path, buffer: str, latent: str | None, batch: int, width: float, device: torch.device
+) -> None:
     """Milliseconds per batch of each stage of a training step, timed alone."""
     frames = StreamingSampler(open_dataset(buffer), batch, seed=0)
     rows = [("sample frames + stack (zstd shard cached)", _ms(lambda: next(frames), 20))]
@@ -112,6 +115,45 @@ def breakdown(game: str, run: Path, buffer: str, latent: str | None, batch: int,
     print(f"\n{game}: one batch of {batch} states, stage by stage")
     for name, ms in rows:
         print(f"  {name:<58} {ms:8.1f} ms")
+    student_formats(x.to(device), teacher.num_actions[0], width, device)
+
+
+def _student_update_ms(
+    x: torch.Tensor, n_actions: int, width: float, device: torch.device, amp: torch.dtype | None, cl: bool
+) -> float:
+    torch.manual_seed(0)
+    student = prepare_network(DuelingQNetwork([n_actions], width=width).to(device), cl)
+    opt = make_adam(student.parameters(), device, lr=1e-4)
+    targets = torch.zeros(len(x), n_actions, device=device)
+
+    def update() -> None:
+        with autocast(device, amp):
+            q = student(x)
+        loss = torch.nn.functional.mse_loss(q.float(), targets)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return _ms(update, 10 if amp is None or bf16_native(device) else 2)
+
+
+def student_formats(x: torch.Tensor, n_actions: int, width: float, device: torch.device, rounds: int = 3) -> None:
+    """States/s of one student update (forward, loss against fixed targets, backward, Adam) per number
+    format and layout, the same arithmetic distill runs per batch; formats take turns for ``rounds`` rounds
+    and each keeps its best, so a burst of load does not decide the ratio."""
+    print(f"\nstudent update per format ({len(x)} states, width {width}, on {device}, best of {rounds} rounds)")
+    formats = (("fp32", "fp32", False), ("channels-last", "fp32", True), ("bf16", "bf16", False))
+    best: dict[str, float] = {}
+    for _ in range(rounds):
+        for name, precision, cl in formats:
+            ms = _student_update_ms(x, n_actions, width, device, autocast_dtype(precision, device), cl)
+            best[name] = min(best.get(name, float("inf")), ms)
+    for name, precision, cl in formats:
+        amp = autocast_dtype(precision, device)
+        rate, ratio = len(x) / best[name] * 1e3, best["fp32"] / best[name]
+        print(f"  {describe(device, amp, cl, False):<52} {rate:9.0f} states/s  ({ratio:4.2f}x fp32)")
 
 
 def main() -> None:
@@ -126,6 +168,8 @@ def main() -> None:
     ap.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads (0 = default).")
     ap.add_argument("--device", default="cpu", help="Training device.")
     args = ap.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device on this machine; run with --device cpu (GPU figures: docs/PERFORMANCE.md)")
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     os.environ.setdefault("POLYDISTILL_PROGRESS", "off")
@@ -185,7 +229,7 @@ def main() -> None:
     else:
         print("\nlatent source: not measured (polydistill.autoencoder missing)")
     g0 = next(iter(runs))
-    breakdown(g0, runs[g0], buffers[g0], latents[g0], args.batch_size, args.width)
+    breakdown(g0, runs[g0], buffers[g0], latents[g0], args.batch_size, args.width, torch.device(args.device))
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
 
 

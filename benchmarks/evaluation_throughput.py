@@ -107,6 +107,8 @@ def main() -> None:
     p.add_argument("--epsilon", type=float, default=0.05)
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, auto.")
     args = p.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device on this machine; run with --device cpu (GPU figures: docs/PERFORMANCE.md)")
 
     os.environ.setdefault("POLYDISTILL_PROGRESS", "off")
     game = canonical_game(args.game)

@@ -50,6 +50,8 @@ def distill(
                                  f"(manifest sha256 differs); rerun the pipeline")
         dataset_uris = {game: r[kind] for game, r in records.items()}
         teacher_dirs = {game: str(rt.fetch_dir(r["teacher"])) for game, r in records.items()}
+        run.log_inputs([rt.dataset_ref("latents" if kind == "latents" else "buffer", r[kind], game,
+                                       r[f"{kind}_sha256"]) for game, r in records.items()])
         run.log_config({**cfg.model_dump(mode="json"), "datasets": dataset_uris,
                         "dataset_sha256": {g: r[f"{kind}_sha256"] for g, r in records.items()}})
         res = run_distill(teacher_dirs, dataset_uris, cfg, work.path,

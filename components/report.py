@@ -18,13 +18,18 @@ def report(
     tracking_uri: str,
     parent_run_id: str,
     registered_model: str,
+    run_root: str,
+    retraining_config: dict,
     report_md: Output[Markdown],
     report_html: Output[HTML],
     report_json: Output[Artifact],
 ):
     """Render the report from every evaluation's results, log its numbers and files to the MLflow parent
     run, and register both students as versions of ``registered_model`` (alias ``candidate``; ``champion``
-    moves only to a student with a higher geometric-mean % of teacher on the same games)."""
+    moves only to a student with a higher mean human-normalised score on the same games, evaluation protocol
+    and seed: ``polydistill.tracking.champion``). Each version names its pipeline run, ``run_root`` and the
+    teachers (for a later warm start). Then retention (``retraining_config["keep_runs"]``) deletes older
+    runs' datasets, never the champion's (``polydistill.retention``)."""
     import json
     import logging
     import tempfile
@@ -32,8 +37,11 @@ def report(
 
     from polydistill_kfp.components import runtime as rt
 
+    from polydistill import retention
     from polydistill.report import write_report
-    from polydistill.tracking import log_report_to_parent, register_student
+    from polydistill.tracking import TrackingError, champion_tags, log_report_to_parent, register_student
+    from polydistill.tracking import names as N
+    from polydistill.tracking.notes import log_parent_record
 
     rt.setup()
     results = [a.path for a in teacher_scores]
@@ -58,11 +66,32 @@ def report(
     log = logging.getLogger("polydistill.pipeline")
     for student in students:
         source = student.metadata["source"]
-        geo = metrics.get(f"geo_mean_pct/{source}")
+        # Registered when it has the champion's yardstick (mean HNS); % of teacher is kept for reading only
+        # (a weak teacher, as in the smoke profile, has no %).
+        mean_hns = metrics.get(f"mean_hns/{source}")
         run_id = student.metadata.get("mlflow_run_id")
-        if geo is None or not run_id:
+        if mean_hns is None or not run_id:
             log.warning("student (%s) not registered: %s", source,
-                        "no geometric-mean % of teacher" if geo is None else "its MLflow run is missing")
+                        "no mean HNS (no game with a reference score)" if mean_hns is None
+                        else "its MLflow run is missing")
             continue
-        register_student(tracking_uri, run_id, registered_model, student.metadata["games"], geo)
+        geo = metrics.get(f"geo_mean_pct/{source}", float("nan"))
+        games = list(student.metadata["games"])
+        lineage = {N.VTAG_PIPELINE_RUN: parent_run_id, N.VTAG_KFP_RUN: run_root.rstrip("/").rsplit("/", 1)[-1],
+                   N.VTAG_RUN_ROOT: run_root, N.VTAG_TEACHERS: json.dumps(rt.teacher_lineage(run_root, games))}
+        register_student(tracking_uri, run_id, registered_model, games, geo,
+                         mean_hns=mean_hns, median_hns=metrics.get(f"median_hns/{source}"),
+                         evaluation=table["evaluation"].get(f"student_{source}"), lineage=lineage)
+    keep = int(retraining_config.get("keep_runs", 0))
+    if keep:
+        try:
+            champion = champion_tags(tracking_uri, registered_model) or {}
+        except TrackingError as e:  # without the champion's run root nothing is known safe to delete
+            log.warning("retention skipped: %s", e)
+        else:
+            protected = {run_root, champion.get(N.VTAG_RUN_ROOT, "")} - {""}
+            deleted = retention.apply(run_root.rstrip("/").rsplit("/runs/", 1)[0], keep, protected)
+            log_parent_record(tracking_uri, parent_run_id, {
+                "polydistill.retention.deleted": ",".join(d["run_id"] for d in deleted) or "none"},
+                {"keep_runs": keep, "protected": sorted(protected), "deleted": deleted}, "retention.json")
     print(Path(files["markdown"]).read_text())

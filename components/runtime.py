@@ -437,6 +437,33 @@ def manifest_digest(uri: str) -> str:
     return hashlib.sha256(open_store(uri).get_bytes(MANIFEST)).hexdigest()
 
 
+def dataset_ref(name: str, uri: str, game: str, sha256: str | None = None) -> Any:
+    """A :class:`polydistill.tracking.lineage.DatasetRef` for the dataset at ``uri`` (its manifest's digest
+    and step count read from the store unless ``sha256`` is given)."""
+    from polydistill.buffer import MANIFEST
+    from polydistill.store import open_store
+    from polydistill.tracking.lineage import DatasetRef
+
+    manifest = json.loads(open_store(uri).get_bytes(MANIFEST))
+    return DatasetRef(name=f"{name}/{game}", uri=uri, sha256=sha256 or manifest_digest(uri), game=game,
+                      steps=manifest.get("num_steps"))
+
+
+def teacher_lineage(run_root: str, games: list[str]) -> dict[str, dict[str, str]]:
+    """``{GAME: {"uri", "sha256"}}`` of the teachers a run published (``RUN_ROOT/teachers/GAME``), the
+    digest of each checkpoint's ``metadata.json``: what a later run's warm start finds and verifies."""
+    import hashlib
+
+    from polydistill.checkpoint import METADATA_FILE
+    from polydistill.store import open_store
+
+    out = {}
+    for game in games:
+        uri = data_uri(run_root, "teachers", game)
+        out[game] = {"uri": uri, "sha256": hashlib.sha256(open_store(uri).get_bytes(METADATA_FILE)).hexdigest()}
+    return out
+
+
 def game_record(game: str, teacher_uri: str, buffer_uri: str, latents_uri: str) -> dict[str, str]:
     """What the students need of one game: its teacher and datasets by store URI, with the datasets'
     manifest digests (the students refuse a dataset that changed since)."""

@@ -36,6 +36,10 @@ def start_run(
     eval_episodes: int,
     eval_cycles: int,
     eval_cycle_steps: int,
+    warm_start: str,
+    seeds: str,
+    keep_runs: int,
+    registered_model: str = "polydistill-student",
 ) -> NamedTuple(  # type: ignore[valid-type]  # kfp reads outputs from this functional form
     "RunSetup",
     [
@@ -45,6 +49,8 @@ def start_run(
         ("autoencoder_config", dict),
         ("distill_config", dict),
         ("evaluate_config", dict),
+        ("retraining_config", dict),
+        ("warm_starts", dict),
         ("run_root", str),
         ("tracking_uri", str),
         ("parent_run_id", str),
@@ -56,6 +62,11 @@ def start_run(
     sentinel (-1, -1.0 or "") means "the profile's value". ``games`` empty means the profile's games. The
     parent run is tagged with the Kubeflow run id (the local runner gives one too) and the profile; every
     later task opens its child run under ``parent_run_id``.
+
+    Retraining (``retraining`` config): with ``seeds=run`` the training stages' seeds are derived from the
+    run id (``config.derive_seeds``); with ``warm_start=champion`` the champion of ``registered_model``
+    names each game's starting teacher (``warm_starts``, ``polydistill.warm_start.plan``); the run is added
+    to the store's run index (``polydistill.retention``) for ``keep_runs``.
     """
     arguments = dict(locals())  # first statement: exactly the arguments
     import collections
@@ -64,33 +75,46 @@ def start_run(
     from polydistill_kfp.components import runtime as rt
 
     from polydistill import config as C
+    from polydistill import retention
+    from polydistill import warm_start as warm_starts_of
     from polydistill.envs import canonical_game
-    from polydistill.tracking import resolve_tracking_uri, start_pipeline_run
+    from polydistill.tracking import TrackingError, champion_tags, resolve_tracking_uri, start_pipeline_run
 
     rt.setup()
     params = {name: arguments[name] for name in C.PIPELINE_PARAMETERS}
-    configs = C.resolve_pipeline(profile, params)
+    configs = C.derive_seeds(C.resolve_pipeline(profile, params), kfp_run_id)
     game_list = list(dict.fromkeys(canonical_game(g) for g in games)) or C.default_games(profile)
     store_uri = store_uri or rt.default_store_uri()
     root = rt.run_root(store_uri, kfp_run_id)
     uri = resolve_tracking_uri(tracking_uri or None, None)  # "" -> $MLFLOW_TRACKING_URI (cluster ConfigMap)
     explicit = {k: v for k, v in params.items() if v != "" and not (isinstance(v, int | float) and v < 0)}
+    log = logging.getLogger("polydistill.pipeline")
+    starts: dict = {}
+    if configs["retraining"]["warm_start"] == "champion":
+        try:
+            starts = warm_starts_of.plan(champion_tags(uri, registered_model), game_list)
+        except TrackingError as e:
+            log.warning("warm start off for this run: %s", e)
+        log.info("warm start from the champion: %s", {g: s["uri"] for g, s in starts.items()} or
+                 "no champion teacher for these games; every teacher starts from scratch")
+    warm = ",".join(f"{g}<-v{s['model_version']}" for g, s in starts.items()) or "none"
     # The resolved stage configs as params give the dotted names `polydistill compare` reads (distill.loss).
     parent = start_pipeline_run(
         uri,
         experiment,
         run_name=f"polydistill-{profile}-{kfp_run_id}",
-        tags={"kfp.run_id": kfp_run_id, "profile": profile, "games": game_list, "polydistill.run_root": root},
+        tags={"kfp.run_id": kfp_run_id, "profile": profile, "games": game_list, "polydistill.run_root": root,
+              "polydistill.warm_start": warm},
         params={"profile": profile, "games": ",".join(game_list), **configs,
                 "pipeline": {k: str(v) for k, v in explicit.items()}},
     )
-    log = logging.getLogger("polydistill.pipeline")
+    retention.record_run(store_uri, kfp_run_id, root, game_list)
     log.info("profile %s, games %s, run root %s, MLflow parent run %s", profile, game_list, root, parent)
     for stage, cfg in configs.items():
         log.info("%s config: %s", stage, cfg)
     RunSetup = collections.namedtuple("RunSetup", [
         "games", "teacher_config", "export_config", "autoencoder_config", "distill_config", "evaluate_config",
-        "run_root", "tracking_uri", "parent_run_id",
+        "retraining_config", "warm_starts", "run_root", "tracking_uri", "parent_run_id",
     ])
     return RunSetup(game_list, configs["teacher"], configs["export"], configs["autoencoder"], configs["distill"],
-               configs["evaluate"], root, uri, parent or "")
+                    configs["evaluate"], configs["retraining"], starts, root, uri, parent or "")

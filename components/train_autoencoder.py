@@ -39,6 +39,7 @@ def train_autoencoder(
         StageRun(tracking_uri, parent_run_id, S.TRAIN_AUTOENCODER, game, experiment=experiment) as run,
     ):
         run.log_config(cfg.model_dump(mode="json"))
+        run.log_inputs([rt.dataset_ref("buffer", buffer.metadata["uri"], game)])
         res = train(
             buffer.metadata["uri"],
             cfg,

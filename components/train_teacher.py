@@ -20,6 +20,7 @@ def train_teacher(
     experience: Output[Dataset],
     curve: Output[HTML],
     metrics: Output[Metrics],
+    warm_starts: dict = {},  # noqa: B006 - KFP reads the default from the signature; {} = no warm start
 ):
     """Train a teacher on ``game`` with the resolved teacher ``config``.
 
@@ -27,6 +28,10 @@ def train_teacher(
     ``metadata["store_uri"]``), ``experience`` (the recorded dataset directory, exported to
     the object store by ``export-buffer``), ``curve`` (learning curve page) and ``metrics``. The working
     directory lives under ``run_root/work/teacher/GAME`` so a retried task resumes from its last checkpoint.
+
+    ``warm_starts`` maps a game to the teacher checkpoint it starts from (``polydistill.warm_start.plan``:
+    the champion's pipeline run's teacher, by store URI and digest); a game it lacks starts from scratch.
+    The source is verified and tagged on the stage run (``polydistill.warm_start.*``).
     """
     from polydistill_kfp.components import runtime as rt
 
@@ -34,6 +39,8 @@ def train_teacher(
     from polydistill import stages as S
     from polydistill.teacher import train_teacher as train
     from polydistill.tracking import StageRun
+    from polydistill.tracking import names as N
+    from polydistill.warm_start import verify
 
     rt.setup(minio_endpoint, in_loop=True)
     cfg = C.from_dict("teacher", config)
@@ -42,7 +49,12 @@ def train_teacher(
         StageRun(tracking_uri, parent_run_id, S.TRAIN_TEACHER, game, experiment=experiment) as run,
     ):
         run.log_config(cfg.model_dump(mode="json"))
-        res = train(game, cfg, work.path, on_metrics=rt.chain(run, work.maybe_sync))
+        source = (warm_starts or {}).get(game)
+        init = verify(source, rt.fetch_dir(source["uri"])) if source else None
+        if source:
+            run.set_tags({N.TAG_WARM_SOURCE_RUN: source["source_run_id"], N.TAG_WARM_CHECKPOINT: source["uri"],
+                          N.TAG_WARM_SHA256: source["sha256"], N.TAG_WARM_VERSION: source["model_version"]})
+        res = train(game, cfg, work.path, on_metrics=rt.chain(run, work.maybe_sync), init_from=init)
         rt.copy_dir(res.checkpoint_dir, teacher.path)
         store_uri = rt.publish_dir(res.checkpoint_dir, rt.data_uri(run_root, "teachers", game))
         rt.copy_dir(res.out_dir / "dataset", experience.path)
@@ -53,5 +65,6 @@ def train_teacher(
         run.log_artifact(res.curve_png)
         run.log_artifact(res.curve_csv)
         rt.log_checkpoint(run, res.checkpoint_dir, "teacher")
-    teacher.metadata.update({"game": game, "store_uri": store_uri, **rt.finite(summary)})
+    teacher.metadata.update({"game": game, "store_uri": store_uri, **rt.finite(summary),
+                             "warm_start": source["uri"] if source else ""})
     experience.metadata.update({"game": game, "uri": experience.uri, "steps": cfg.record_steps})

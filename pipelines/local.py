@@ -6,6 +6,8 @@ Everything lands under one run directory::
     RUN_DIR/store/      the object store (``file://``) unless ``--store`` names another
     RUN_DIR/mlflow.db   MLflow's SQLite store unless ``--tracking-uri`` names another
     RUN_DIR/report/     the results report (Markdown, HTML, JSON), copied from the report task
+    RUN_DIR/logs/       one raw log per task (<task>[-<game>].log), kfp's own lines (pipeline.log), the
+                        tasks' progress files (progress/) and an unexpected error's traceback (polydistill.log)
 
 With ``runner="subprocess"`` (the default) each task runs as a subprocess of this Python
 (``SubprocessRunner(use_venv=False)``), so the package must be installed in it, as it is for the ``polydistill``
@@ -23,7 +25,9 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from polydistill.errors import PolydistillError
 
 from .components.runtime import LOOP_THREADS_ENV
 
@@ -32,6 +36,10 @@ DEFAULT_RUNS_DIR = Path("runs")
 LOCAL_LOOP_PARALLELISM = 2
 #: Where the tasks run: subprocesses of this Python, or containers of the project image.
 RUNNERS = ("subprocess", "docker")
+
+
+class TaskFailedError(PolydistillError, RuntimeError):
+    """A task of a local run failed: the message names it and its log file."""
 
 
 @dataclass
@@ -98,6 +106,8 @@ def run_local(
     params: Mapping[str, Any] | None = None,
     experiment: str | None = None,
     runner: str = "subprocess",
+    listener: Any = None,
+    echo: IO[str] | None = None,
 ) -> LocalRun:
     """Run the whole DAG on kfp's local runner and return where the results are.
 
@@ -110,8 +120,10 @@ def run_local(
         params: pipeline hyperparameters (names of ``config.PIPELINE_PARAMETERS``); unset: the profile's.
         experiment: MLflow experiment name; default the pipeline's (``polydistill``).
         runner: ``subprocess`` (tasks run in this Python) or ``docker`` (in the image the components name).
+        listener: told when each task starts and ends (``task_watch.TaskListener``); None: nobody.
+        echo: where to copy the tasks' raw output too (it always goes to ``RUN_DIR/logs/<task>.log``).
     Raises:
-        RuntimeError: a task failed (the message names it; its log is above it on stdout).
+        TaskFailedError: (a RuntimeError) a task failed; the message names it and its log.
         DockerRunError: (a RuntimeError) the docker runner cannot start: engine, image, URIs or permissions.
     """
     from kfp import local
@@ -119,14 +131,22 @@ def run_local(
     from polydistill import config as C
 
     from .pipeline import STUDENTS, local_pipeline
+    from .task_watch import watch_tasks
 
     run = Path(run_dir) if run_dir is not None else default_run_dir(profile)
     if runner not in RUNNERS:
         raise ValueError(f"unknown runner {runner!r}; choose one of {', '.join(RUNNERS)}")
     run = run.expanduser().resolve()
     run.mkdir(parents=True, exist_ok=True)
+    # Before the docker runner hands the run directory to the image's user, who writes the progress files.
+    (run / "logs" / "progress").mkdir(parents=True, exist_ok=True)
     store = store_uri or (run / "store").as_uri()
     tracking = tracking_uri or f"sqlite:///{run / 'mlflow.db'}"
+    # The store must open here, before any task: a wrong path, endpoint or credentials is one line now, not a
+    # traceback in the first task that writes (every task creates the bucket too, so this one may).
+    from polydistill.store import open_store
+
+    open_store(store, create_bucket=True)
     args = pipeline_arguments(profile, games, store, tracking, params, experiment,
                               minio_endpoint=os.environ.get("MINIO_ENDPOINT", ""))
     # The runner runs a loop's iterations at once (at most LOCAL_LOOP_PARALLELISM: kfp caps its loop threads at
@@ -142,6 +162,9 @@ def run_local(
 
         # Created here, before the run directory goes to the image's user: kfp would create it as us.
         (run / "kfp").mkdir(exist_ok=True)
+        # The tasks' status files only say how far they are: any user may write them (a non-root caller's
+        # run directory is not handed over).
+        (run / "logs" / "progress").chmod(0o777)
         dirs = [run, docker_runner.local_dir(store, "store"), docker_runner.local_dir(tracking, "tracking URI")]
         task_runner = docker_runner.make_runner(IMAGE, dirs, {LOOP_THREADS_ENV: os.environ[LOOP_THREADS_ENV]},
                                                 owned=[run])
@@ -149,12 +172,18 @@ def run_local(
         task_runner = local.SubprocessRunner(use_venv=False)
     local.init(runner=task_runner, pipeline_root=str(run / "kfp"), raise_on_error=True)
     t0 = time.monotonic()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), watch_tasks(run / "logs", listener, echo) as failed:
         # The runner warns that the project image's name lacks "python": it runs this Python instead.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
         # ... and that CPU/memory/GPU requests mean nothing on this machine.
         warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
-        local_pipeline(**args)
+        try:
+            local_pipeline(**args)
+        except RuntimeError as e:
+            if not failed:
+                raise
+            names = "; ".join(f"{t.title} (log: {t.log_path})" for t in failed)
+            raise TaskFailedError(f"the pipeline failed: {names}") from e
     seconds = time.monotonic() - t0
     report_dir = collect_report(run / "kfp", run / "report")
     return LocalRun(run_dir=run, store_uri=store, tracking_uri=tracking, report_dir=report_dir,

@@ -216,6 +216,7 @@ def _make_pipeline(variant: Variant) -> Callable[..., Any]:
         export_config: dict,
         autoencoder_config: dict,
         evaluate_config: dict,
+        warm_starts: dict,
         run_root: str,
         tracking_uri: str,
         parent_run_id: str,
@@ -229,7 +230,8 @@ def _make_pipeline(variant: Variant) -> Callable[..., Any]:
         common = {"tracking_uri": tracking_uri, "parent_run_id": parent_run_id, "experiment": experiment}
         store = {"run_root": run_root, "minio_endpoint": minio_endpoint, **common}
         with dsl.ParallelFor(games, name="games") as game:
-            teacher = configure(comps[S.TRAIN_TEACHER](game=game, config=teacher_config, **store))
+            teacher = configure(comps[S.TRAIN_TEACHER](game=game, config=teacher_config, warm_starts=warm_starts,
+                                                        **store))
             buffer = configure(comps[S.EXPORT_BUFFER](
                 game=game, experience=teacher.outputs["experience"], teacher=teacher.outputs["teacher"],
                 config=export_config, **store))
@@ -294,7 +296,8 @@ def _make_pipeline(variant: Variant) -> Callable[..., Any]:
         with dsl.ExitHandler(finish, name="stages"):
             setup = configure(comps[S.START_RUN](
                 profile=profile, games=games, store_uri=store_uri, tracking_uri=tracking_uri,
-                experiment=experiment, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, **hyperparameters))
+                experiment=experiment, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                registered_model=REGISTERED_MODEL, **hyperparameters))
             setup.set_caching_options(False)  # a new MLflow parent run for every pipeline run
             out = setup.outputs
             common = {"tracking_uri": out["tracking_uri"], "parent_run_id": out["parent_run_id"],
@@ -302,7 +305,7 @@ def _make_pipeline(variant: Variant) -> Callable[..., Any]:
             loop = per_game(
                 games=out["games"], teacher_config=out["teacher_config"], export_config=out["export_config"],
                 autoencoder_config=out["autoencoder_config"], evaluate_config=out["evaluate_config"],
-                run_root=out["run_root"], minio_endpoint=minio_endpoint, **common)
+                warm_starts=out["warm_starts"], run_root=out["run_root"], minio_endpoint=minio_endpoint, **common)
             trained = students_dag(
                 students=STUDENTS, games=out["games"], game_records=loop.outputs["game_records"],
                 distill_config=out["distill_config"], evaluate_config=out["evaluate_config"],
@@ -320,6 +323,8 @@ def _make_pipeline(variant: Variant) -> Callable[..., Any]:
                 tracking_uri=out["tracking_uri"],
                 parent_run_id=out["parent_run_id"],
                 registered_model=REGISTERED_MODEL,
+                run_root=out["run_root"],
+                retraining_config=out["retraining_config"],
             ))
 
     def polydistill(
@@ -350,6 +355,9 @@ def _make_pipeline(variant: Variant) -> Callable[..., Any]:
         eval_episodes: int = -1,
         eval_cycles: int = -1,
         eval_cycle_steps: int = -1,
+        warm_start: str = "",
+        seeds: str = "",
+        keep_runs: int = -1,
     ) -> None:
         """The whole DAG (see the module docstring)."""
         args = dict(locals())  # first statement: the arguments (and the closure's free variables)

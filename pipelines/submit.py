@@ -9,6 +9,7 @@ is sent).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -434,6 +435,7 @@ class Submission:
     run_id: str | None = None
     recurring_run_id: str | None = None
     namespace: str | None = None
+    replaced: list[str] = dataclasses.field(default_factory=list)  # recurring runs of the same name this one replaced
 
     def url(self) -> str:
         """The Kubeflow UI page of the run or recurring run."""
@@ -493,15 +495,26 @@ def schedule(
     max_concurrency: int = 1,
     service_account: str | None = None,
 ) -> Submission:
-    """Upload the pipeline (or a new version) and create a recurring run on ``cron`` (validated first)."""
+    """Upload the pipeline (or a new version) and create the recurring run ``job_name`` on ``cron``
+    (validated first), replacing any recurring run of that name in the experiment.
+
+    ``arguments`` get :data:`polydistill.config.SCHEDULE_DEFAULTS` (warm start from the champion, seeds
+    derived from each run's id) unless they set those parameters. KFP's v2beta1 API has no update of a
+    recurring run (``backend/api/v2beta1/recurring_run.proto``: Create, Get, List, Enable, Disable, Delete),
+    so "replace" is: create the new one, then delete the old ones; if the create fails the old one stays,
+    so there is never no schedule. An old one that cannot be deleted is disabled instead."""
+    from polydistill.config import SCHEDULE_DEFAULTS
+
     cron = validate_cron(cron)  # before anything reaches the server
     if max_concurrency < 1:
         raise KubeflowError(f"--max-concurrency must be at least 1, got {max_concurrency}")
+    arguments = {**SCHEDULE_DEFAULTS, **arguments}
     check_arguments(arguments)
     conn = target.connect()
     up = upload(conn, variant, pipeline_name, version_name)
     exp_id = _experiment_id(conn, experiment)
-    name = job_name or f"{up.pipeline_name} on {cron}"
+    name = job_name or f"{up.pipeline_name} retraining"
+    old = [j for j in _recurring_runs(conn, exp_id) if j.display_name == name]
     try:
         job = conn.client.create_recurring_run(
             experiment_id=exp_id, job_name=name, cron_expression=cron, params=dict(arguments),
@@ -510,4 +523,95 @@ def schedule(
         )
     except Exception as e:
         raise _api_error(f"creating recurring run {name!r}", conn.host, e) from None
-    return Submission(conn.host, up, exp_id, recurring_run_id=job.recurring_run_id, namespace=conn.namespace)
+    replaced = [_remove_recurring_run(conn, j.recurring_run_id, name) for j in old]
+    return Submission(conn.host, up, exp_id, recurring_run_id=job.recurring_run_id, namespace=conn.namespace,
+                      replaced=replaced)
+
+
+def _recurring_runs(conn: Connection, experiment_id: str | None = None) -> list[Any]:
+    """Every recurring run visible in the connection's namespace (of one experiment when given), all pages."""
+    out: list[Any] = []
+    token = ""
+    try:
+        while True:
+            page = conn.client.list_recurring_runs(page_token=token, page_size=100, experiment_id=experiment_id,
+                                                   namespace=conn.namespace)
+            out.extend(page.recurring_runs or [])
+            token = page.next_page_token or ""
+            if not token:
+                return out
+    except Exception as e:
+        raise _api_error("listing recurring runs", conn.host, e) from None
+
+
+def _remove_recurring_run(conn: Connection, recurring_run_id: str, name: str) -> str:
+    """Delete a recurring run (disable it when the delete is refused); returns its id."""
+    try:
+        conn.client.delete_recurring_run(recurring_run_id)
+        return recurring_run_id
+    except Exception as e:
+        try:
+            conn.client.disable_recurring_run(recurring_run_id)
+        except Exception:
+            raise _api_error(f"deleting or disabling recurring run {name!r} ({recurring_run_id})", conn.host,
+                             e) from None
+        return recurring_run_id
+
+
+@dataclass
+class Schedule:
+    """One recurring run as ``schedule --list`` shows it."""
+
+    recurring_run_id: str
+    name: str
+    cron: str
+    status: str
+    experiment_id: str
+
+
+def list_schedules(target: Target, experiment: str | None = None) -> list[Schedule]:
+    """The recurring runs in the target's namespace (of ``experiment`` when given), by name."""
+    conn = target.connect()
+    exp_id = _find_experiment(conn, experiment) if experiment else None
+    if experiment and exp_id is None:
+        return []
+    jobs = _recurring_runs(conn, exp_id)
+    return sorted((Schedule(j.recurring_run_id, j.display_name or "", _cron_of(j), str(j.status or ""),
+                            j.experiment_id or "") for j in jobs), key=lambda s: (s.name, s.recurring_run_id))
+
+
+def delete_schedule(target: Target, name_or_id: str, experiment: str | None = None) -> list[str]:
+    """Delete the recurring runs named (or with id) ``name_or_id``; returns their ids.
+
+    Raises:
+        KubeflowError: none matches (the message lists the names there are).
+    """
+    conn = target.connect()
+    exp_id = _find_experiment(conn, experiment) if experiment else None
+    jobs = _recurring_runs(conn, exp_id)
+    hits = [j for j in jobs if name_or_id in (j.display_name, j.recurring_run_id)]
+    if not hits:
+        names = sorted({j.display_name for j in jobs if j.display_name})
+        raise KubeflowError(f"no recurring run named {name_or_id!r} at {conn.host}; there are: "
+                            f"{', '.join(names) or 'none'} (schedule --list shows them)")
+    for j in hits:
+        try:
+            conn.client.delete_recurring_run(j.recurring_run_id)
+        except Exception as e:
+            raise _api_error(f"deleting recurring run {name_or_id!r}", conn.host, e) from None
+    return [j.recurring_run_id for j in hits]
+
+
+def _find_experiment(conn: Connection, experiment: str) -> str | None:
+    flt = json.dumps({"predicates": [{"operation": "EQUALS", "key": "display_name", "string_value": experiment}]})
+    try:
+        found = conn.client.list_experiments(filter=flt, page_size=2, namespace=conn.namespace).experiments or []
+    except Exception as e:
+        raise _api_error(f"looking up experiment {experiment!r}", conn.host, e) from None
+    return found[0].experiment_id if found else None
+
+
+def _cron_of(job: Any) -> str:
+    trigger = getattr(job, "trigger", None)
+    cron = getattr(trigger, "cron_schedule", None) if trigger else None
+    return str(getattr(cron, "cron", "") or "")

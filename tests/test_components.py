@@ -323,9 +323,11 @@ def test_report_and_end_run(setup: SimpleNamespace, scores: dict[str, Any],
         random_scores=scores["random"], students=[students["subset"].student, students["latent"].student],
         buffers=[buffer_out.buffer], latents=[latents_out.latents],
         tracking_uri=setup.out.tracking_uri, parent_run_id=setup.out.parent_run_id,
-        registered_model="test-student", **vars(o))
+        registered_model="test-student", run_root=setup.out.run_root,
+        retraining_config=setup.out.retraining_config, **vars(o))
     md = Path(o.report_md.path).read_text()
-    scores_md, storage_md = md.split("## Storage per training state")  # the storage table comes from the datasets
+    scores_md, storage_md = md.split("## Storage per training state")
+    scores_md = scores_md.split("## Human-normalised score")[0]  # the storage table comes from the datasets
     assert sum(1 for line in scores_md.splitlines() if line.startswith(f"| {GAME} ")) == 1, md
     assert sum(1 for line in storage_md.splitlines() if line.startswith(f"| {GAME} ")) == 1, md
     assert "<html" in Path(o.report_html.path).read_text().lower()
@@ -334,13 +336,21 @@ def test_report_and_end_run(setup: SimpleNamespace, scores: dict[str, Any],
     parent = client.get_run(setup.out.parent_run_id)
     assert f"score/teacher/{GAME}" in parent.data.metrics
     assert "bytes_per_state/latent" in parent.data.metrics
-    # Students with a defined geometric-mean % of teacher are registered, the newest as "candidate".
-    registered = [s for s in ("subset", "latent") if f"geo_mean_pct/{s}" in parent.data.metrics]
+    # Students with a mean HNS (the champion's yardstick) are registered, the newest as "candidate".
+    registered = [s for s in ("subset", "latent") if f"mean_hns/{s}" in parent.data.metrics]
+    assert registered == ["subset", "latent"]  # Breakout has a reference score
     versions = client.search_model_versions("name='test-student'")
     assert len(versions) == len(registered)
     if registered:
         newest = max(int(v.version) for v in versions)
         assert int(client.get_model_version_by_alias("test-student", "candidate").version) == newest
+        # Each version names its pipeline run and the teachers a later warm start starts from.
+        v = client.get_model_version("test-student", str(newest))
+        teachers = json.loads(v.tags["polydistill.teachers"])
+        assert teachers[GAME]["uri"] == f"{setup.out.run_root}/teachers/{GAME}"
+        assert v.tags["polydistill.pipeline_run_id"] == setup.out.parent_run_id
+        assert json.loads(v.tags["polydistill.evaluation"])["seed"] == setup.out.evaluate_config["seed"]
+    assert f"hns/teacher/{GAME}" in parent.data.metrics and "mean_hns/teacher" in parent.data.metrics
 
     # The exit task closes the parent run, found by its kfp run id: the backend's success state.
     status = SimpleNamespace(state="COMPLETE", pipeline_job_resource_name="x", pipeline_task_name="exit-handler-1",

@@ -192,7 +192,7 @@ def test_run_without_an_engine_is_a_one_line_error(tmp_path):
                          timeout=300)
     assert out.returncode != 0
     err = out.stderr.strip()
-    assert err.startswith("Error: no Docker engine answers at unix://"), err
+    assert err.startswith("polydistill: error: no Docker engine answers at unix://"), err
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
 
 

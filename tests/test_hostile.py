@@ -44,10 +44,11 @@ def _cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) ->
 
 
 def _one_line_error(r: subprocess.CompletedProcess) -> str:
-    """The error of a refused command: non-zero exit, no traceback, one 'Error:' line."""
+    """The error of a refused command: non-zero exit, no traceback, one error line (click's usage error
+    'Error: ...' or a PolydistillError's 'polydistill: error: ...')."""
     assert r.returncode != 0, r.stdout[-2000:]
     assert "Traceback" not in r.stderr, r.stderr[-3000:]
-    errors = [line for line in r.stderr.splitlines() if line.startswith("Error:")]
+    errors = [line for line in r.stderr.splitlines() if line.startswith(("Error:", "polydistill: error:"))]
     assert len(errors) == 1, r.stderr[-3000:]
     return errors[0]
 

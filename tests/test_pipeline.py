@@ -269,6 +269,33 @@ SMOKE_PARAMS = {"teacher_steps": 1000, "record_steps": 800, "distill_steps": 30,
 
 
 @pytest.mark.slow
+def test_a_failed_task_prints_its_log_tail_and_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from polydistill.cli import main
+
+    # A store nobody can create is refused before any task starts ...
+    bad = CliRunner().invoke(main, ["run", "--profile", "smoke", "--games", "Pong", "--run-dir",
+                                    str(tmp_path / "refused"), "--store", "file:///proc/polydistill-store"])
+    assert bad.exit_code == 2 and "store file:///proc/polydistill-store cannot be created" in bad.output
+    assert "start-run" not in bad.output
+    # ... so a task is made to fail inside its process: the loop tasks' torch thread share is not a number
+    # (start-run runs outside the loop; the teacher is the first loop task).
+    monkeypatch.setenv("POLYDISTILL_LOOP_THREADS", "not-a-number")
+    run_dir = tmp_path / "run"
+    res = CliRunner().invoke(main, ["run", "--profile", "smoke", "--games", "Pong", "--run-dir", str(run_dir)])
+    assert res.exit_code == 2, res.output[-3000:]
+    log = run_dir.resolve() / "logs" / "train-teacher-Pong.log"
+    lines = res.output.splitlines()
+    (at,) = [i for i, line in enumerate(lines) if "FAILED train-teacher Pong" in line]
+    assert lines[at].endswith(f"last lines of {log}:")
+    tail = lines[at + 1:at + 21]
+    assert all(line.startswith("    ") for line in tail) and "not-a-number" in tail[-1], res.output
+    assert lines[-1] == f"polydistill: error: the pipeline failed: train-teacher Pong (log: {log})"
+    assert "Traceback (most recent call last)" in log.read_text()
+
+
+@pytest.mark.slow
 def test_smoke_dag_end_to_end_on_the_local_runner(tmp_path: Path) -> None:
     from click.testing import CliRunner
     from mlflow import MlflowClient
@@ -278,17 +305,36 @@ def test_smoke_dag_end_to_end_on_the_local_runner(tmp_path: Path) -> None:
     games = ["Pong", "Breakout"]
     run_dir = tmp_path / "run"
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in SMOKE_PARAMS.items()]
-    res = CliRunner().invoke(main, ["run", "--profile", "smoke", "--games", ",".join(games), "--run-dir",
+    res = CliRunner().invoke(main, ["run", "--profile", "smoke", "--games", *games, "--run-dir",  # issue #24
                                     str(run_dir), *flags], catch_exceptions=False)
     assert res.exit_code == 0, res.output[-3000:]
     tracking_uri = f"sqlite:///{run_dir.resolve() / 'mlflow.db'}"
     assert f"mlflow ui --backend-store-uri {tracking_uri}" in res.output
 
+    # What a person watches (issue #24): a line as each task starts and ends, at most one progress line per
+    # minute, the results, the MLflow command last; kfp's raw output only in one log file per task.
+    lines = res.output.splitlines()
+    assert lines[-1].startswith("MLflow UI: mlflow ui --backend-store-uri")
+    progress_lines = [line for line in lines if line[9:16] == "...    "]
+    assert len(lines) - len(progress_lines) <= 55, res.output
+    minutes = float(re.search(r"Finished in ([0-9.]+) min", res.output)[1])  # type: ignore[index]
+    assert len(progress_lines) <= minutes + 1, res.output
+    starts = [line[16:] for line in lines if line[9:16] == "start  "]
+    ends = [line[16:].rsplit(" in ", 1)[0] for line in lines if line[9:16] == "done   "]
+    assert sorted(starts) == sorted(ends) and len(starts) == 18, res.output
+    assert {"train-teacher Pong", "train-teacher Breakout", "evaluate teacher Pong", "distill latent"} <= set(ends)
+    assert "Executing task" not in res.output and "KFP Executor" not in res.output
+    logs = run_dir / "logs"
+    assert {f"{s}.log" for s in ("start-run", "train-teacher-Pong", "train-teacher-Breakout", "distill-subset",
+                                 "evaluate-teacher_Pong", "report", "end-run")} <= {p.name for p in logs.iterdir()}
+    assert "Looking for component `train_teacher`" in (logs / "train-teacher-Pong.log").read_text()
+
     # The report: one row per game in the scores table and in the storage table (bytes per state from the
     # buffers and latents), printed at the end and kept under the run directory.
     md = (run_dir / "report" / "report.md").read_text()
-    scores_md, storage_md = md.split("## Storage per training state")
-    for part in (scores_md, storage_md):
+    scores_md, rest = md.split("## Human-normalised score")
+    hns_md, storage_md = rest.split("## Storage per training state")
+    for part in (scores_md, hns_md, storage_md):
         rows = [line for line in part.splitlines() if line.startswith("|")]
         for game in games:
             assert sum(1 for r in rows if r.startswith(f"| {game} ")) == 1, md
@@ -336,6 +382,12 @@ def test_smoke_dag_end_to_end_on_the_local_runner(tmp_path: Path) -> None:
     teacher_run = next(r for r in children if r.info.run_name == "train-teacher/Pong")
     assert teacher_run.data.params["total_steps"] == "1000"
     assert any(k.startswith("geo_mean_pct/") or k.startswith("score/") for k in parent.data.metrics)
+    # The one yardstick on the parent run, lineage on the students' runs, the experiment opens on its runs.
+    assert {f"hns/teacher/{g}" for g in games} <= set(parent.data.metrics)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    for run in students.values():
+        inputs = client.get_run(run.info.run_id).inputs.dataset_inputs
+        assert sorted(json.loads(d.dataset.profile)["game"] for d in inputs) == sorted(games)
 
 
 def test_stage_constants_are_the_component_names() -> None:

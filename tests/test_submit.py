@@ -123,154 +123,218 @@ def _multipart(content_type: str, data: bytes) -> dict[str, Any]:
     return {"fields": fields, "files": files}
 
 
-def _handler(state: StandInKfp) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:  # keep pytest output clean
-            pass
+class _StandInHandler(BaseHTTPRequestHandler):
+    """The stand-in's HTTP handler; :func:`_handler` binds it to one server's self.state."""
 
-        def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
+    state: StandInKfp
+
+    def log_message(self, *args: Any) -> None:  # keep pytest output clean
+        pass
+
+    def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _user(self) -> str | None:
+        auth = self.headers.get("Authorization", "")
+        if auth.startswith("Bearer "):
+            return self.state.tokens.get(auth.removeprefix("Bearer ").strip())
+        for part in self.headers.get("Cookie", "").split(";"):
+            name, _, value = part.strip().partition("=")
+            if name == "oauth2_proxy_kubeflow" and value in self.state.sessions:
+                return self.state.sessions[value]
+        return None
+
+    def _handle(self, method: str) -> None:
+        parts = urlsplit(self.path)
+        query = parse_qs(parts.query)
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        ctype = self.headers.get("Content-Type", "")
+        body: Any = None
+        if raw and ctype.startswith("multipart/form-data"):
+            body = _multipart(ctype, raw)
+        elif raw:
+            body = json.loads(raw)
+        self.state.requests.append(Request(method, parts.path, query, body,
+                                     {k.lower(): v for k, v in self.headers.items()}))
+        user = self._user()
+        if self.state.multi_user and user is None:
+            # Kubeflow's gateway (oauth2-proxy) sends a browser without a session to the login.
+            self.send_response(302)
+            self.send_header("Location", f"/oauth2/start?rd={quote(self.path)}")
+            self.send_header("Content-Length", "0")
             self.end_headers()
-            self.wfile.write(data)
+            return
+        if not parts.path.startswith(self.state.prefix + API):
+            return self._send(404, {"error": "Not Found", "code": 5, "message": "Not Found"})
+        path = parts.path[len(self.state.prefix):]
+        for (m, suffix), (status, message) in self.state.reject.items():
+            if m == method and path == API + suffix:
+                return self._send(status, {"error": message, "code": 3, "message": message})
+        try:
+            status, payload = self._route(method, path, query, body, user)
+        except _ApiError as e:
+            status, payload = e.status, {"error": e.message, "code": e.code, "message": e.message}
+        except KeyError as e:
+            status, payload = 404, {"error": f"not found: {e}", "code": 5, "message": f"not found: {e}"}
+        self._send(status, payload)
 
-        def _user(self) -> str | None:
-            auth = self.headers.get("Authorization", "")
-            if auth.startswith("Bearer "):
-                return state.tokens.get(auth.removeprefix("Bearer ").strip())
-            for part in self.headers.get("Cookie", "").split(";"):
-                name, _, value = part.strip().partition("=")
-                if name == "oauth2_proxy_kubeflow" and value in state.sessions:
-                    return state.sessions[value]
-            return None
+    def _authorize(self, user: str | None, namespace: str | None, verb: str, resource: str) -> None:
+        if not self.state.multi_user:
+            return
+        if not namespace:
+            raise _ApiError(400, 3, f"Invalid input error: a {resource} needs a namespace in multi-user mode")
+        if namespace not in self.state.access.get(user or "", set()):
+            raise _ApiError(403, 7, f"User '{user}' is not authorized with reason: no RBAC policy matched "
+                                    f"(request: &ResourceAttributes{{Namespace:{namespace},Verb:{verb},"
+                                    f"Group:pipelines.kubeflow.org,Resource:{resource}}})")
 
-        def _handle(self, method: str) -> None:
-            parts = urlsplit(self.path)
-            query = parse_qs(parts.query)
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            ctype = self.headers.get("Content-Type", "")
-            body: Any = None
-            if raw and ctype.startswith("multipart/form-data"):
-                body = _multipart(ctype, raw)
-            elif raw:
-                body = json.loads(raw)
-            state.requests.append(Request(method, parts.path, query, body,
-                                         {k.lower(): v for k, v in self.headers.items()}))
-            user = self._user()
-            if state.multi_user and user is None:
-                # Kubeflow's gateway (oauth2-proxy) sends a browser without a session to the login.
-                self.send_response(302)
-                self.send_header("Location", f"/oauth2/start?rd={quote(self.path)}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            if not parts.path.startswith(state.prefix + API):
-                return self._send(404, {"error": "Not Found", "code": 5, "message": "Not Found"})
-            path = parts.path[len(state.prefix):]
-            for (m, suffix), (status, message) in state.reject.items():
-                if m == method and path == API + suffix:
-                    return self._send(status, {"error": message, "code": 3, "message": message})
-            try:
-                status, payload = self._route(method, path, query, body, user)
-            except _ApiError as e:
-                status, payload = e.status, {"error": e.message, "code": e.code, "message": e.message}
-            except KeyError as e:
-                status, payload = 404, {"error": f"not found: {e}", "code": 5, "message": f"not found: {e}"}
-            self._send(status, payload)
+    def _visible(self, pipeline: dict[str, Any], user: str | None) -> bool:
+        ns = pipeline.get("namespace")
+        return not self.state.multi_user or not ns or ns in self.state.access.get(user or "", set())
 
-        def _authorize(self, user: str | None, namespace: str | None, verb: str, resource: str) -> None:
-            if not state.multi_user:
-                return
-            if not namespace:
-                raise _ApiError(400, 3, f"Invalid input error: a {resource} needs a namespace in multi-user mode")
-            if namespace not in state.access.get(user or "", set()):
-                raise _ApiError(403, 7, f"User '{user}' is not authorized with reason: no RBAC policy matched "
-                                        f"(request: &ResourceAttributes{{Namespace:{namespace},Verb:{verb},"
-                                        f"Group:pipelines.kubeflow.org,Resource:{resource}}})")
+    def _route(self, method: str, path: str, query: dict, body: Any, user: str | None) -> tuple[int, Any]:
+        ns = query.get("namespace", [None])[0] or None
+        if method == "GET" and path == f"{API}/healthz":
+            return 200, {"commit_sha": "0123abc", "tag_name": self.state.version, "multi_user": self.state.multi_user,
+                         "pipeline_store": "database"}
+        if path.startswith(f"{API}/pipelines"):
+            return self._pipelines(method, path, query, user, ns)
+        if path == f"{API}/experiments":
+            return self._experiments(method, query, body, user, ns)
+        if method == "POST" and path in (f"{API}/runs", f"{API}/recurringruns"):
+            return self._create_run(path, body, user)
+        if path.startswith(f"{API}/recurringruns"):
+            return self._recurring(method, path, query, user)
+        raise KeyError(f"{method} {path}")
 
-        def _visible(self, pipeline: dict[str, Any], user: str | None) -> bool:
-            ns = pipeline.get("namespace")
-            return not state.multi_user or not ns or ns in state.access.get(user or "", set())
+    def _pipelines(self, method: str, path: str, query: dict, user: str | None, ns: str | None) -> tuple[int, Any]:
+        if method == "GET" and path == f"{API}/pipelines":
+            if ns:
+                self._authorize(user, ns, "list", "pipelines")
+            name = _display_name_filter(query)
+            found = [p for p in self.state.pipelines.values() if (name is None or p["display_name"] == name)
+                     and p.get("namespace") in (None, ns)]
+            return 200, {"pipelines": found, "total_size": len(found)}
+        if method == "POST" and path == f"{API}/pipelines/upload":
+            if ns:
+                self._authorize(user, ns, "create", "pipelines")
+            name = query["name"][0]
+            pid = str(uuid.uuid4())
+            self.state.pipelines[pid] = {"pipeline_id": pid, "display_name": name, "name": name,
+                                    **({"namespace": ns} if ns else {})}
+            self.state.versions[pid] = [{"pipeline_id": pid, "pipeline_version_id": str(uuid.uuid4()),
+                                    "display_name": name, "name": name}]
+            return 200, self.state.pipelines[pid]
+        if method == "POST" and path == f"{API}/pipelines/upload_version":
+            pid = query["pipelineid"][0]
+            if pid not in self.state.pipelines or not self._visible(self.state.pipelines[pid], user):
+                raise KeyError(pid)
+            name = query["name"][0]
+            v = {"pipeline_id": pid, "pipeline_version_id": str(uuid.uuid4()), "display_name": name,
+                 "name": name}
+            self.state.versions[pid].append(v)
+            return 200, v
+        if method == "GET" and path.startswith(f"{API}/pipelines/") and path.endswith("/versions"):
+            pid = path[len(f"{API}/pipelines/"):-len("/versions")]
+            if not self._visible(self.state.pipelines[pid], user):
+                raise KeyError(pid)
+            newest_first = list(reversed(self.state.versions[pid]))
+            return 200, {"pipeline_versions": newest_first, "total_size": len(newest_first)}
+        raise KeyError(f"{method} {path}")
 
-        def _route(self, method: str, path: str, query: dict, body: Any, user: str | None) -> tuple[int, Any]:
+    def _experiments(self, method: str, query: dict, body: Any, user: str | None, ns: str | None) -> tuple[int, Any]:
+        if method == "GET":
+            self._authorize(user, ns, "list", "experiments")
+            name = _display_name_filter(query)
+            found = [e for e in self.state.experiments.values() if (name is None or e["display_name"] == name)
+                     and (not self.state.multi_user or e.get("namespace") == ns)]
+            return 200, {"experiments": found, "total_size": len(found)}
+        if method == "POST":
+            if self.state.multi_user and not body.get("namespace"):
+                raise _ApiError(400, 3, "Invalid input error: An experiment cannot have an empty namespace "
+                                        "in multi-user mode")
+            self._authorize(user, body.get("namespace"), "create", "experiments")
+            eid = str(uuid.uuid4())
+            self.state.experiments[eid] = {"experiment_id": eid, "display_name": body["display_name"],
+                                      "namespace": body.get("namespace") or ""}
+            return 200, self.state.experiments[eid]
+        raise KeyError(f"{method} experiments")
+
+    def _create_run(self, path: str, body: Any, user: str | None) -> tuple[int, Any]:
+        exp = self.state.experiments.get(body.get("experiment_id") or "")
+        if self.state.multi_user:
+            if exp is None:
+                raise _ApiError(400, 3, "Invalid input error: a run needs an experiment in multi-user mode")
+            self._authorize(user, exp["namespace"], "create", path.rsplit("/", 1)[1])
+        if path.endswith("/runs"):
+            run = {**body, "run_id": str(uuid.uuid4()), "state": "PENDING"}
+            self.state.runs.append(run)
+            return 200, run
+        job = {**body, "recurring_run_id": str(uuid.uuid4()), "status": "ENABLED",
+               "namespace": (exp or {}).get("namespace", "")}
+        self.state.recurring_runs.append(job)
+        return 200, job
+
+    def _recurring(self, method: str, path: str, query: dict, user: str | None) -> tuple[int, Any]:
+        # As backend/api/v2beta1/recurring_run.proto: List (GET, experiment_id/namespace/page_token/
+        # page_size; the response's list field is `recurringRuns`), Get (GET /{id}), Delete (DELETE /{id}),
+        # Disable (POST /{id}:disable). There is no update call.
+        if method == "GET" and path == f"{API}/recurringruns":
             ns = query.get("namespace", [None])[0] or None
-            if method == "GET" and path == f"{API}/healthz":
-                return 200, {"commit_sha": "0123abc", "tag_name": state.version, "multi_user": state.multi_user,
-                             "pipeline_store": "database"}
-            if method == "GET" and path == f"{API}/pipelines":
-                if ns:
-                    self._authorize(user, ns, "list", "pipelines")
-                name = _display_name_filter(query)
-                found = [p for p in state.pipelines.values() if (name is None or p["display_name"] == name)
-                         and p.get("namespace") in (None, ns)]
-                return 200, {"pipelines": found, "total_size": len(found)}
-            if method == "POST" and path == f"{API}/pipelines/upload":
-                if ns:
-                    self._authorize(user, ns, "create", "pipelines")
-                name = query["name"][0]
-                pid = str(uuid.uuid4())
-                state.pipelines[pid] = {"pipeline_id": pid, "display_name": name, "name": name,
-                                        **({"namespace": ns} if ns else {})}
-                state.versions[pid] = [{"pipeline_id": pid, "pipeline_version_id": str(uuid.uuid4()),
-                                        "display_name": name, "name": name}]
-                return 200, state.pipelines[pid]
-            if method == "POST" and path == f"{API}/pipelines/upload_version":
-                pid = query["pipelineid"][0]
-                if pid not in state.pipelines or not self._visible(state.pipelines[pid], user):
-                    raise KeyError(pid)
-                name = query["name"][0]
-                v = {"pipeline_id": pid, "pipeline_version_id": str(uuid.uuid4()), "display_name": name,
-                     "name": name}
-                state.versions[pid].append(v)
-                return 200, v
-            if method == "GET" and path.startswith(f"{API}/pipelines/") and path.endswith("/versions"):
-                pid = path[len(f"{API}/pipelines/"):-len("/versions")]
-                if not self._visible(state.pipelines[pid], user):
-                    raise KeyError(pid)
-                newest_first = list(reversed(state.versions[pid]))
-                return 200, {"pipeline_versions": newest_first, "total_size": len(newest_first)}
-            if method == "GET" and path == f"{API}/experiments":
-                self._authorize(user, ns, "list", "experiments")
-                name = _display_name_filter(query)
-                found = [e for e in state.experiments.values() if (name is None or e["display_name"] == name)
-                         and (not state.multi_user or e.get("namespace") == ns)]
-                return 200, {"experiments": found, "total_size": len(found)}
-            if method == "POST" and path == f"{API}/experiments":
-                if state.multi_user and not body.get("namespace"):
-                    raise _ApiError(400, 3, "Invalid input error: An experiment cannot have an empty namespace "
-                                            "in multi-user mode")
-                self._authorize(user, body.get("namespace"), "create", "experiments")
-                eid = str(uuid.uuid4())
-                state.experiments[eid] = {"experiment_id": eid, "display_name": body["display_name"],
-                                          "namespace": body.get("namespace") or ""}
-                return 200, state.experiments[eid]
-            if method == "POST" and path in (f"{API}/runs", f"{API}/recurringruns"):
-                exp = state.experiments.get(body.get("experiment_id") or "")
-                if state.multi_user:
-                    if exp is None:
-                        raise _ApiError(400, 3, "Invalid input error: a run needs an experiment in multi-user mode")
-                    self._authorize(user, exp["namespace"], "create", path.rsplit("/", 1)[1])
-                if path.endswith("/runs"):
-                    run = {**body, "run_id": str(uuid.uuid4()), "state": "PENDING"}
-                    state.runs.append(run)
-                    return 200, run
-                job = {**body, "recurring_run_id": str(uuid.uuid4()), "status": "ENABLED"}
-                state.recurring_runs.append(job)
-                return 200, job
-            raise KeyError(f"{method} {path}")
+            exp = query.get("experiment_id", [None])[0] or None
+            if exp is not None:  # the experiment's namespace (job_server.go listJobs); kfp sends no other
+                ns = self.state.experiments[exp]["namespace"] or None
+            if self.state.multi_user:
+                self._authorize(user, ns, "list", "recurringruns")
+            found = [j for j in self.state.recurring_runs if (exp is None or j.get("experiment_id") == exp)
+                     and (not self.state.multi_user or j.get("namespace") == ns)]
+            size = int(query.get("page_size", ["10"])[0])
+            start = int(query.get("page_token", ["0"])[0] or 0)
+            page = found[start:start + size]
+            token = str(start + size) if start + size < len(found) else ""
+            return 200, {"recurringRuns": page, "total_size": len(found), "next_page_token": token}
+        rid = path[len(f"{API}/recurringruns/"):]
+        action = ""
+        if rid.endswith(":disable"):
+            rid, action = rid[: -len(":disable")], "disable"
+        job = next(j for j in self.state.recurring_runs if j["recurring_run_id"] == rid) if any(
+            j["recurring_run_id"] == rid for j in self.state.recurring_runs) else None
+        if job is None:
+            raise _ApiError(404, 5, f"Not found: recurring run {rid}")
+        if self.state.multi_user:
+            self._authorize(user, job.get("namespace"), "delete" if method == "DELETE" else "get",
+                            "recurringruns")
+        if method == "GET" and not action:
+            return 200, job
+        if method == "DELETE":
+            self.state.recurring_runs.remove(job)
+            return 200, {}
+        if method == "POST" and action == "disable":
+            job["status"], job["mode"] = "DISABLED", "DISABLE"
+            return 200, {}
+        raise KeyError(f"{method} {path}")
 
-        def do_GET(self) -> None:
-            self._handle("GET")
+    def do_GET(self) -> None:
+        self._handle("GET")
 
-        def do_POST(self) -> None:
-            self._handle("POST")
+    def do_POST(self) -> None:
+        self._handle("POST")
 
-    return Handler
+    def do_DELETE(self) -> None:
+        self._handle("DELETE")
+
+
+def _handler(state: StandInKfp) -> type[BaseHTTPRequestHandler]:
+    """A handler class bound to ``state`` (one per stand-in server)."""
+    return type("Handler", (_StandInHandler,), {"state": state})
 
 
 @pytest.fixture
@@ -367,7 +431,9 @@ def test_schedule_sends_cron_and_parameters(kfp_api: StandInKfp) -> None:
     assert job["max_concurrency"] == "2" or job["max_concurrency"] == 2
     assert job["mode"] == "ENABLE"
     assert job["no_catchup"] is True
-    assert job["runtime_config"]["parameters"] == {"profile": "cpu", "latent_dim": 128}
+    # schedule's defaults: warm start from the champion, seeds from each run's id (config.SCHEDULE_DEFAULTS)
+    assert job["runtime_config"]["parameters"] == {"profile": "cpu", "latent_dim": 128,
+                                                   "warm_start": "champion", "seeds": "run"}
     pid = next(iter(kfp_api.pipelines))
     assert job["pipeline_version_reference"]["pipeline_id"] == pid
     assert job["recurring_run_id"] in res.output
@@ -413,7 +479,7 @@ def test_unreachable_host_gives_one_line_error() -> None:
     res = CliRunner().invoke(main, ["submit", "--host", f"http://127.0.0.1:{port}"])
     assert res.exit_code != 0
     lines = [line for line in res.output.splitlines() if line.strip()]
-    assert lines == [lines[0]] and lines[0].startswith("Error: cannot reach Kubeflow Pipelines at "
+    assert lines == [lines[0]] and lines[0].startswith("polydistill: error: cannot reach Kubeflow Pipelines at "
                                                        f"http://127.0.0.1:{port}")
     assert "Traceback" not in res.output
 
@@ -424,7 +490,7 @@ def test_rejected_request_gives_status_and_server_message(kfp_api: StandInKfp) -
     assert res.exit_code != 0
     assert "rejected starting run" in res.output
     assert "(HTTP 400): Invalid input error: parameter games must be a list" in res.output
-    assert len([line for line in res.output.splitlines() if line.startswith("Error:")]) == 1
+    assert len([line for line in res.output.splitlines() if line.startswith("polydistill: error:")]) == 1
     assert "Traceback" not in res.output
 
 
@@ -447,7 +513,8 @@ def test_bad_hyperparameter_fails_before_contacting_the_host(kfp_api: StandInKfp
 def _one_error_line(res: Any) -> str:
     assert res.exit_code != 0, res.output
     assert "Traceback" not in res.output
-    errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
+    # click's usage errors ("Error: ...") or a PolydistillError ("polydistill: error: ...")
+    errors = [line for line in res.output.splitlines() if line.startswith(("Error:", "polydistill: error:"))]
     assert len(errors) == 1, res.output
     return errors[0]
 
@@ -599,3 +666,62 @@ def test_store_with_credentials_is_not_sent_as_a_parameter(kfp_api: StandInKfp) 
                "https://TOKEN-abc@mlflow.example.com"]))
     assert "carries credentials" in line and "TOKEN-abc" not in line
     assert kfp_api.requests == []
+
+
+def test_schedule_twice_replaces_the_recurring_run_of_the_same_name(kfp_api: StandInKfp) -> None:
+    first = _invoke("schedule", "--host", kfp_api.url, "--cron", "0 0 3 * * *")
+    assert first.exit_code == 0, first.output
+    (old,) = kfp_api.recurring_runs
+    assert old["display_name"] == "polydistill retraining"
+    other = _invoke("schedule", "--host", kfp_api.url, "--cron", "0 0 4 * * *", "--job-name", "other")
+    assert other.exit_code == 0, other.output
+    res = _invoke("schedule", "--host", kfp_api.url, "--cron", "0 30 5 * * *", "--warm-start", "none")
+    assert res.exit_code == 0, res.output
+    names = sorted(j["display_name"] for j in kfp_api.recurring_runs)
+    assert names == ["other", "polydistill retraining"]  # replaced, not added
+    new = next(j for j in kfp_api.recurring_runs if j["display_name"] == "polydistill retraining")
+    assert new["recurring_run_id"] != old["recurring_run_id"]
+    assert new["trigger"]["cron_schedule"]["cron"] == "0 30 5 * * *"
+    assert new["runtime_config"]["parameters"]["warm_start"] == "none"  # the user's choice wins
+    assert old["recurring_run_id"] in res.output and "replaced" in res.output
+    # created before the old one was deleted: never a moment without a schedule
+    order = [(r.method, r.path.rsplit("/", 1)[-1]) for r in kfp_api.requests if "recurringruns" in r.path]
+    assert order.index(("POST", "recurringruns"), 3) < order.index(("DELETE", old["recurring_run_id"]))
+
+
+def test_schedule_keeps_the_old_recurring_run_when_creating_the_new_one_fails(kfp_api: StandInKfp) -> None:
+    assert _invoke("schedule", "--host", kfp_api.url, "--cron", "0 0 3 * * *").exit_code == 0
+    (old,) = kfp_api.recurring_runs
+    kfp_api.reject[("POST", "/recurringruns")] = (500, "database is locked")
+    res = CliRunner().invoke(main, ["schedule", "--host", kfp_api.url, "--cron", "0 0 4 * * *"])
+    assert res.exit_code != 0
+    assert "database is locked" in res.output
+    assert kfp_api.recurring_runs == [old]
+    assert kfp_api.calls("DELETE", f"/recurringruns/{old['recurring_run_id']}") == []
+
+
+def test_schedule_disables_an_old_recurring_run_it_may_not_delete(kfp_api: StandInKfp) -> None:
+    assert _invoke("schedule", "--host", kfp_api.url, "--cron", "0 0 3 * * *").exit_code == 0
+    (old,) = kfp_api.recurring_runs
+    kfp_api.reject[("DELETE", f"/recurringruns/{old['recurring_run_id']}")] = (403, "no RBAC policy matched")
+    res = _invoke("schedule", "--host", kfp_api.url, "--cron", "0 0 4 * * *")
+    assert res.exit_code == 0, res.output
+    assert old["status"] == "DISABLED"
+    assert sum(j["status"] == "ENABLED" for j in kfp_api.recurring_runs) == 1
+
+
+def test_schedule_list_and_delete(kfp_api: StandInKfp) -> None:
+    for name, cron in (("nightly", "0 0 3 * * *"), ("weekly", "0 0 4 * * SUN")):
+        assert _invoke("schedule", "--host", kfp_api.url, "--cron", cron, "--job-name", name).exit_code == 0
+    listed = _invoke("schedule", "--host", kfp_api.url, "--list")
+    assert listed.exit_code == 0, listed.output
+    lines = listed.output.strip().splitlines()
+    assert [ln.split()[-1] for ln in lines] == ["nightly", "weekly"]
+    assert "0 0 4 * * SUN" in lines[1] and "ENABLED" in lines[1]
+    deleted = _invoke("schedule", "--host", kfp_api.url, "--delete", "nightly")
+    assert deleted.exit_code == 0, deleted.output
+    assert [j["display_name"] for j in kfp_api.recurring_runs] == ["weekly"]
+    missing = CliRunner().invoke(main, ["schedule", "--host", kfp_api.url, "--delete", "nightly"])
+    assert missing.exit_code != 0
+    assert "no recurring run named 'nightly'" in missing.output and "weekly" in missing.output
+    assert CliRunner().invoke(main, ["schedule", "--host", kfp_api.url]).exit_code != 0  # no --cron

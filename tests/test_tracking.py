@@ -330,16 +330,29 @@ def test_registry_aliases(logged_student: SimpleNamespace) -> None:
         champ = client.get_model_version_by_alias(name, "champion").version
         return int(cand), int(champ)
 
-    assert T.register_student(uri, run_id, name, ["Pong", "Breakout"], 50.0) == 1
+    ev = {"protocol": "cycles", "cycles": 2, "seed": 12345}
+
+    def register(games: list[str], geo: float, mean_hns: float | None, evaluation: dict = ev) -> int | None:
+        return T.register_student(uri, run_id, name, games, geo, mean_hns=mean_hns, evaluation=evaluation)
+
+    assert register(["Pong", "Breakout"], 50.0, 0.5) == 1
     assert aliases() == (1, 1)  # the first version is the first champion
-    assert T.register_student(uri, run_id, name, ["Pong", "Breakout"], 40.0) == 2
-    assert aliases() == (2, 1)  # worse: candidate only
-    assert T.register_student(uri, run_id, name, ["Breakout", "Pong"], 60.0) == 3
-    assert aliases() == (3, 3)  # better on the same games, listed in another order
-    assert T.register_student(uri, run_id, name, ["Pong", "Seaquest"], 99.0) == 4
+    # A student of a weaker teacher: a higher % of its own teacher, a lower HNS -- the champion stays.
+    assert register(["Pong", "Breakout"], 90.0, 0.3) == 2
+    assert aliases() == (2, 1)
+    assert register(["Breakout", "Pong"], 20.0, 0.6) == 3
+    assert aliases() == (3, 3)  # a higher mean HNS on the same games (listed in another order) moves it
+    assert register(["Pong", "Seaquest"], 99.0, 9.0) == 4
     assert aliases() == (4, 3)  # other games: never replaces the champion
+    assert register(["Pong", "Breakout"], 99.0, 9.0, {**ev, "seed": 1}) == 5
+    assert aliases() == (5, 3)  # another evaluation seed: not compared, the champion stays
+    assert "another evaluation protocol or seed" in client.get_model_version(name, "5").tags[
+        "polydistill.champion_decision"]
+    assert register(["Pong", "Breakout"], 99.0, 0.6) == 6
+    assert aliases() == (6, 3)  # a tie does not move it
     v3 = client.get_model_version(name, "3")
-    assert v3.tags[T.VTAG_GAMES] == "Breakout,Pong" and float(v3.tags[T.VTAG_GEO]) == 60.0
+    assert v3.tags[T.VTAG_GAMES] == "Breakout,Pong" and float(v3.tags[T.VTAG_GEO]) == 20.0
+    assert float(v3.tags["polydistill.mean_hns"]) == 0.6
     assert v3.run_id == run_id
     with _global_uri(uri):
         loaded = mlflow.pytorch.load_model(f"models:/{name}@champion")
@@ -461,12 +474,15 @@ def test_compare_ranks_runs_in_all_formats(mlflow_tracking_uri: str, mlflow_expe
     table = T.compare_runs(uri, exp, ["Pong", "Breakout"], "table").splitlines()
     assert table[0].split()[:3] == ["run", "run_id", "status"] and "geo_mean_pct" in table[0]
     body = [line.split() for line in table[2:]]
-    assert [(r[0], r[9], r[-1]) for r in body] == [(n, s, f"{g:.1f}") for n, s, g in expected]
+    assert [(r[0], r[9]) for r in body] == [(n, s) for n, s, _ in expected]
+    # geo_mean_pct, then the HNS columns (empty here: the reports carry no HNS)
+    assert all(f"{g:.1f}" in r[10:] for r, (_, _, g) in zip(body, expected, strict=True))
 
     page = T.compare_runs(uri, exp, ["Pong", "Breakout"], "html")
-    html_rows = re.findall(r"<tr>(.*?)</tr>", page)[1:]
-    cells = [re.findall(r"<td>(.*?)</td>", r) for r in html_rows]
-    assert [(c[0], c[9], c[-1]) for c in cells] == [(n, s, f"{g:.1f}") for n, s, g in expected]
+    html_rows = re.findall(r"<tr>(.*?)</tr>", page)
+    geo_at = re.findall(r"<th>(.*?)</th>", html_rows[0]).index("geo_mean_pct")
+    cells = [re.findall(r"<td>(.*?)</td>", r) for r in html_rows[1:]]
+    assert [(c[0], c[9], c[geo_at]) for c in cells] == [(n, s, f"{g:.1f}") for n, s, g in expected]
 
     everything = list(csv.DictReader(io.StringIO(T.compare_runs(uri, exp, None, "csv"))))
     assert everything[0]["run"] == "run-C"  # 99 % over other games, shown without a filter

@@ -118,6 +118,15 @@ class TeacherConfig(_Model):
     checkpoint_every: int = Field(100_000, ge=1, description="Agent steps between resumable checkpoints.")
     seed: int = Field(1, description="Seed for environments, networks and sampling.")
     device: str = Field("auto", description="torch device: auto, cpu, cuda, cuda:N.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "fp32",
+        description=(
+            "Learner number format: fp32; bf16 (autocast, weights and loss fp32); auto = bf16 where the device "
+            "multiplies bf16 natively (CUDA Ampere+, CPU with AVX-512 BF16/AMX), else fp32."
+        ),
+    )
+    channels_last: bool = Field(False, description="Run the networks' convolutions in channels-last layout.")
+    compile: bool = Field(False, description="torch.compile the learner's forward passes (compiles at start).")
     env: EnvConfig = Field(default_factory=EnvConfig)
 
     @field_validator("end_e")
@@ -250,12 +259,42 @@ class EvalConfig(_Model):
     device: str = Field("auto", description="torch device.")
 
 
+class RetrainingConfig(_Model):
+    """How one pipeline run relates to the runs before it (recurring retraining; docs/RETRAINING.md)."""
+
+    warm_start: Literal["none", "champion"] = Field(
+        "none",
+        description=(
+            "none: every teacher starts from scratch; champion: each teacher starts from the teacher of the "
+            "registered champion's pipeline run for its game (scratch where there is none) and trains "
+            "teacher.total_steps more steps (the default of `polydistill schedule`)."
+        ),
+    )
+    seeds: Literal["fixed", "run"] = Field(
+        "fixed",
+        description=(
+            "fixed: the teacher, autoencoder and distill seeds of the config; run: derived from the pipeline "
+            "run id, so each run explores anew (`schedule`'s default). The evaluation seed is always the "
+            "config's: the champion is compared on the same one."
+        ),
+    )
+    keep_runs: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Keep the datasets and teachers of the last N pipeline runs in the store (and always the "
+            "champion's); older runs' are deleted at the end of a run. 0 = keep all."
+        ),
+    )
+
+
 STAGES: dict[str, type[_Model]] = {
     "teacher": TeacherConfig,
     "export": ExportConfig,
     "autoencoder": AutoencoderConfig,
     "distill": DistillConfig,
     "evaluate": EvalConfig,
+    "retraining": RetrainingConfig,
 }
 
 # Profile overrides per stage; dotted keys reach nested models ("env.sticky_actions").
@@ -488,7 +527,30 @@ PIPELINE_PARAMETERS: dict[str, tuple[str, str]] = {
     "eval_episodes": ("evaluate", "episodes"),
     "eval_cycles": ("evaluate", "cycles"),
     "eval_cycle_steps": ("evaluate", "cycle_steps"),
+    "warm_start": ("retraining", "warm_start"),
+    "seeds": ("retraining", "seeds"),
+    "keep_runs": ("retraining", "keep_runs"),
 }
+
+#: What ``polydistill schedule`` sets unless given: a recurring run improves on the last instead of repeating it.
+SCHEDULE_DEFAULTS: dict[str, Any] = {"warm_start": "champion", "seeds": "run"}
+#: The stages whose ``seed`` a ``seeds=run`` pipeline run derives from its run id (never ``evaluate``).
+DERIVED_SEED_STAGES = ("teacher", "autoencoder", "distill")
+
+
+def derive_seeds(configs: Mapping[str, dict[str, Any]], run_id: str) -> dict[str, dict[str, Any]]:
+    """The resolved stage configs with the training stages' seeds derived from ``run_id`` when
+    ``retraining.seeds`` is ``run`` (unchanged otherwise). The seed is the first 31 bits of
+    sha256(run id + stage), so reruns of one run id (retries, resumes) get the same seeds."""
+    import hashlib
+
+    out = {k: dict(v) for k, v in configs.items()}
+    if (out.get("retraining") or {}).get("seeds") != "run":
+        return out
+    for stage in DERIVED_SEED_STAGES:
+        digest = hashlib.sha256(f"{run_id}/{stage}".encode()).digest()
+        out[stage]["seed"] = int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+    return out
 
 
 #: The "use the profile's value" sentinels of pipeline parameters (a KFP parameter cannot be None).

@@ -1,6 +1,7 @@
 """Progress reporting: a tqdm bar with its rate on a terminal, periodic log lines elsewhere (pipeline pods).
 
-``POLYDISTILL_PROGRESS=bar|log|off`` forces a mode.
+``POLYDISTILL_PROGRESS=bar|log|off`` forces a mode; ``POLYDISTILL_PROGRESS_FILE`` (:mod:`.progress_file`)
+adds a JSON status file.
 """
 
 from __future__ import annotations
@@ -73,7 +74,16 @@ class _Off(LogProgress):
 
 
 def progress(total: int | None, desc: str, unit: str = "it", initial: int = 0) -> Any:
-    """A progress reporter with ``update(n)``, ``set_postfix(**kw)`` and ``close()``."""
+    """A progress reporter with ``update(n)``, ``set_postfix(**kw)`` and ``close()``; with
+    ``POLYDISTILL_PROGRESS_FILE`` set (a pipeline task) it also mirrors itself to that JSON file."""
+    from .progress_file import PROGRESS_FILE_ENV, StatusFile
+
+    reporter = _reporter(total, desc, unit, initial)
+    path = os.environ.get(PROGRESS_FILE_ENV)
+    return StatusFile(reporter, path, total, desc, unit, initial) if path else reporter
+
+
+def _reporter(total: int | None, desc: str, unit: str, initial: int) -> Any:
     mode = os.environ.get("POLYDISTILL_PROGRESS") or ("bar" if sys.stderr.isatty() else "log")
     if mode == "bar":
         from tqdm import tqdm

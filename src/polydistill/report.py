@@ -33,6 +33,8 @@ from polydistill.errors import PolydistillError
 from .buffer import RAW_STACK_BYTES
 from .checkpoint import atomic_write_bytes, atomic_write_json
 from .evaluate import EvaluationError, load_results
+from .hns import hns as human_normalised
+from .hns import mean_median
 
 REPORT_SCHEMA = 1
 DEFAULT_TITLE = "polydistill: students against their teachers"
@@ -129,32 +131,23 @@ def _protocol_text(data: Mapping[str, Any]) -> str:
     return str(proto)
 
 
-def build_table(
+def _collect(
     results: Sequence[Mapping[str, Any] | str | Path],
-    title: str = DEFAULT_TITLE,
-    storage: Mapping[str, Mapping[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """Merge evaluation results and compute the table's numbers (the contents of ``report.json``).
-
-    ``storage`` (optional) gives bytes per stored training state per game, see :func:`storage_table`; it
-    becomes the report's second table.
-
-    Returns ``{"title", "game_order", "columns", "students", "games": {GAME: {LABEL: {mean, std, n,
-    protocol, pct_of_teacher?, pct_normalised?}}}, "geo_mean_pct": {STUDENT: float|None},
-    "geo_mean_pct_normalised": {...}, "geo_mean_games": {STUDENT: {"pct_of_teacher": [...],
-    "normalised": [...]}}, "protocols": {LABEL: [...]}, "sources": {LABEL: {GAME: where}}, "rules",
-    "warnings"}``.
-    """
-    if not results:
-        raise ReportError("no results to report; pass at least one scores.json")
+) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, dict[str, str]], dict[str, list[str]], list[str],
+           dict[str, dict[str, Any]]]:
+    """Every result's cells by label and game, where each came from, each label's protocols, the games in
+    first-seen order and each label's evaluation settings; two results for one label and game are refused."""
     cells: dict[str, dict[str, dict[str, Any]]] = {}
     sources: dict[str, dict[str, str]] = {}
     protocols: dict[str, list[str]] = {}
     game_order: list[str] = []
+    evaluation: dict[str, dict[str, Any]] = {}
     for item in results:
         data, where = _load(item)
         label = str(data["agent"]["label"])
         proto = _protocol_text(data)
+        # What makes two scores comparable (protocol, episodes, epsilon, seed...): not the device.
+        evaluation.setdefault(label, {k: v for k, v in (data.get("config") or {}).items() if k != "device"})
         if proto not in protocols.setdefault(label, []):
             protocols[label].append(proto)
         for game, entry in data["games"].items():
@@ -174,6 +167,28 @@ def build_table(
                 cells[label][game]["agent_path"] = str(data["agent"]["path"])
             if game not in game_order:
                 game_order.append(game)
+    return cells, sources, protocols, game_order, evaluation
+
+
+def build_table(
+    results: Sequence[Mapping[str, Any] | str | Path],
+    title: str = DEFAULT_TITLE,
+    storage: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Merge evaluation results and compute the table's numbers (the contents of ``report.json``).
+
+    ``storage`` (optional) gives bytes per stored training state per game, see :func:`storage_table`; it
+    becomes the report's second table.
+
+    Returns ``{"title", "game_order", "columns", "students", "games": {GAME: {LABEL: {mean, std, n,
+    protocol, pct_of_teacher?, pct_normalised?}}}, "geo_mean_pct": {STUDENT: float|None},
+    "geo_mean_pct_normalised": {...}, "geo_mean_games": {STUDENT: {"pct_of_teacher": [...],
+    "normalised": [...]}}, "protocols": {LABEL: [...]}, "sources": {LABEL: {GAME: where}}, "rules",
+    "warnings"}``.
+    """
+    if not results:
+        raise ReportError("no results to report; pass at least one scores.json")
+    cells, sources, protocols, game_order, evaluation = _collect(results)
 
     columns = _ordered_labels(list(cells))
     students = [lab for lab in columns if lab not in BASELINE_LABELS]
@@ -194,6 +209,7 @@ def build_table(
             row[s]["pct_of_teacher"], row[s]["pct_normalised"] = p, q
             pcts[s].append((game, p, q))
 
+    hns_by_label = _hns_cells(games, columns)
     warnings: list[str] = []
     mixed = {p for ps in protocols.values() for p in ps}
     if len(mixed) > 1:
@@ -219,7 +235,11 @@ def build_table(
             }
             for s in students
         },
+        "hns": hns_by_label,
+        "mean_hns": {lab: mean_median(v)[0] for lab, v in hns_by_label.items()},
+        "median_hns": {lab: mean_median(v)[1] for lab, v in hns_by_label.items()},
         "protocols": protocols,
+        "evaluation": evaluation,
         "sources": sources,
         "rules": {
             "pct_of_teacher": "100 * student / teacher; only where the teacher's mean is > 0",
@@ -228,10 +248,45 @@ def build_table(
             f"(zero and negative included) are raised to {GEOMEAN_FLOOR_PCT:g}% first",
             "floor_pct": GEOMEAN_FLOOR_PCT,
             "std": "population standard deviation (ddof=0) over cycles or episodes",
+            "hns": "(score - random) / (human - random) with the published per-game human and random scores "
+            "(polydistill.hns); mean and median over the games that have them",
         },
         "warnings": warnings,
         "storage": storage_table(storage) if storage else {},
     }
+
+
+def _hns_cells(games: Mapping[str, dict[str, Any]], columns: Sequence[str]) -> dict[str, dict[str, float | None]]:
+    """Each agent's human-normalised score per game (None where the game has no reference score); also
+    written into each cell as ``hns``."""
+    out: dict[str, dict[str, float | None]] = {lab: {} for lab in columns}
+    for game, row in games.items():
+        for lab, cell in row.items():
+            cell["hns"] = out[lab][game] = human_normalised(game, cell["mean"])
+    return out
+
+
+def hns_rows(table: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the human-normalised score table (games, then the mean and median rows)."""
+    labels = [lab for lab in table["columns"] if lab in table.get("hns", {})]
+    header = ["Game", *(heading(lab) for lab in labels)]
+
+    def cell(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    body = [[g, *(cell(table["hns"][lab].get(g)) if g in table["hns"][lab] else "—" for lab in labels)]
+            for g in table["game_order"]]
+    body.append(["Mean HNS", *(cell(table["mean_hns"][lab]) for lab in labels)])
+    body.append(["Median HNS", *(cell(table["median_hns"][lab]) for lab in labels)])
+    return header, body
+
+
+def hns_notes() -> list[str]:
+    """What the HNS table's numbers are."""
+    return ["Human-normalised score = (score − random) / (human − random), with the published per-game human "
+            "and random reference scores (Mnih et al. 2015; Badia et al. 2020, Agent57 Appendix H); 0 = random "
+            "play, 1 = a human tester. n/a: the game has no reference score. Mean and median over the games "
+            "that have one."]
 
 
 #: Keys of one game's storage entry: (key, column heading), in column order.
@@ -374,6 +429,8 @@ def _markdown_table(header: Sequence[str], body: Sequence[Sequence[str]], notes:
 def render_markdown(table: Mapping[str, Any]) -> str:
     """The report as Markdown (a title, the table, its footnotes; then the storage table when given)."""
     out = [f"# {table['title']}", "", *_markdown_table(*table_rows(table), footnotes(table))]
+    if table.get("hns"):
+        out += ["", "## Human-normalised score", "", *_markdown_table(*hns_rows(table), hns_notes())]
     if table.get("storage"):
         out += ["", "## Storage per training state", "", *_markdown_table(*storage_rows(table), storage_notes())]
     return "\n".join(out) + "\n"
@@ -413,6 +470,8 @@ def render_html(table: Mapping[str, Any], chart_png: bytes | None = None) -> str
         f"<h2>{e(table['title'])}</h2>",
         *_html_table(*table_rows(table), footnotes(table), "geo" if table["students"] else ""),
     ]
+    if table.get("hns"):
+        parts += ["<h3>Human-normalised score</h3>", *_html_table(*hns_rows(table), hns_notes())]
     if table.get("storage"):
         parts += ["<h3>Storage per training state</h3>", *_html_table(*storage_rows(table), storage_notes())]
     if chart_png:

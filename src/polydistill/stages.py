@@ -21,5 +21,6 @@ END_RUN = "end-run"
 ALL = (START_RUN, TRAIN_TEACHER, EXPORT_BUFFER, TRAIN_AUTOENCODER, ENCODE_BUFFER, DISTILL, EVALUATE, REPORT, END_RUN)
 #: Stages that train a network and resume from their last checkpoint when retried.
 TRAINING = (TRAIN_TEACHER, TRAIN_AUTOENCODER, DISTILL)
-#: Stages that read or write the object store (and get its credentials).
-STORE = (TRAIN_TEACHER, EXPORT_BUFFER, TRAIN_AUTOENCODER, ENCODE_BUFFER, DISTILL)
+#: Stages that read or write the object store (and get its credentials): start-run records the run in the
+#: store's run index, report applies the retention setting.
+STORE = (START_RUN, TRAIN_TEACHER, EXPORT_BUFFER, TRAIN_AUTOENCODER, ENCODE_BUFFER, DISTILL, REPORT)

@@ -520,7 +520,12 @@ class LocalStore(ObjectStore):
         if self.root.exists() and not self.root.is_dir():
             raise StoreConfigError(f"{self.uri} is a file, not a directory: choose another store path")
         if create:
-            self.root.mkdir(parents=True, exist_ok=True)
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StoreConfigError(
+                    f"store {self.uri} cannot be created ({e.strerror or e}): choose a directory you can write"
+                ) from None
 
     def _path(self, key: str) -> Path:
         path = self.root.joinpath(*_clean_key(key, self.uri).split("/"))

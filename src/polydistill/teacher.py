@@ -29,6 +29,7 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ from .networks import DeviceError, DuelingQNetwork, make_adam, pick_device
 from .progress import MetricsCallback, progress
 from .replay import FrameReplay, StepRecorder, check_memory, replay_bytes
 from .rundir import RunDir
+from .speed import PrecisionError, autocast, autocast_dtype, describe, forward_fn, prepare_network
 from .store import open_store
 
 log = logging.getLogger(__name__)
@@ -94,6 +96,10 @@ class _Learner:
     curve: list[tuple[int, float, int, float]]
     step: int = 0
     updates: int = 0
+    # How the passes run (speed.py); defaults are plain fp32 calls of the modules above.
+    amp: torch.dtype | None = None
+    online_fn: Callable[..., torch.Tensor] | None = None
+    target_fn: Callable[..., torch.Tensor] | None = None
 
 
 def linear_schedule(start: float, end: float, duration: int, t: int) -> float:
@@ -103,8 +109,8 @@ def linear_schedule(start: float, end: float, duration: int, t: int) -> float:
 
 
 def double_dqn_targets(
-    online: torch.nn.Module,
-    target: torch.nn.Module,
+    online: Callable[[torch.Tensor], torch.Tensor],
+    target: Callable[[torch.Tensor], torch.Tensor],
     next_states: torch.Tensor,
     rewards: torch.Tensor,
     dones: torch.Tensor,
@@ -174,6 +180,7 @@ def train_teacher(
     out_dir: str | Path,
     on_metrics: MetricsCallback | None = None,
     stop_after: int | None = None,
+    init_from: str | Path | None = None,
 ) -> TeacherResult:
     """Train a Dueling Double DQN teacher on ``game`` and record its experience; see the module docstring.
 
@@ -183,6 +190,8 @@ def train_teacher(
         out_dir: run directory; an existing run of the same game there is resumed.
         on_metrics: called with ``(metrics, step)`` for episode returns, losses and throughput.
         stop_after: stop (as if killed) after this many agent steps of this call; for tests of resume.
+        init_from: a teacher checkpoint directory of the same game whose weights the networks start from
+            (a warm start, :mod:`polydistill.warm_start`); ignored once this run has a resume point.
     """
     game = canonical_game(game)  # fails fast on unknown names
     out = Path(out_dir)
@@ -195,7 +204,8 @@ def train_teacher(
     # record that then blocks the corrected command.
     try:
         pick_device(cfg.device)
-    except DeviceError as e:
+        autocast_dtype(cfg.precision, pick_device(cfg.device))
+    except (DeviceError, PrecisionError) as e:
         raise TeacherRunError(str(e)) from None
     try:
         check_memory(
@@ -218,8 +228,8 @@ def train_teacher(
     n_actions = len(meanings)
     envs = make_vector_env(game, cfg.num_envs, cfg.env)
     torch.manual_seed(cfg.seed)  # before the networks exist: their initial weights are part of the run
-    online = DuelingQNetwork(n_actions, frame_stack=cfg.env.frame_stack).to(device)
-    target = DuelingQNetwork(n_actions, frame_stack=cfg.env.frame_stack).to(device)
+    online = prepare_network(DuelingQNetwork(n_actions, frame_stack=cfg.env.frame_stack).to(device), cfg.channels_last)
+    target = prepare_network(DuelingQNetwork(n_actions, frame_stack=cfg.env.frame_stack).to(device), cfg.channels_last)
     target.load_state_dict(online.state_dict())
     lr = _Learner(
         online=online,
@@ -229,12 +239,20 @@ def train_teacher(
         rng=np.random.default_rng(cfg.seed),
         device=device,
         curve=[],
+        amp=autocast_dtype(cfg.precision, device),
+        online_fn=forward_fn(online, cfg.compile),
+        target_fn=forward_fn(target, cfg.compile),
     )
+    log.info("%s teacher learner: %s", game, describe(device, lr.amp, cfg.channels_last, cfg.compile))
 
     point = rd.latest_resume() if resuming else None
     if point is not None:
         _load_resume(point, lr, out)
         log.info("resuming %s teacher from step %d (%s)", game, lr.step, point)
+    elif init_from is not None:
+        from .warm_start import load_initial_weights
+
+        load_initial_weights(lr.online, lr.target, init_from, game)
 
     if lr.step < cfg.total_steps:
         _train_loop(game, cfg, rd, envs, lr, on_metrics, stop_after)
@@ -286,7 +304,7 @@ def _train_loop(
         if lr.step < cfg.learning_starts:
             actions = lr.rng.integers(0, n_actions, size=n)
         else:
-            with torch.no_grad():
+            with torch.no_grad(), autocast(lr.device, lr.amp):
                 greedy = lr.online(torch.from_numpy(obs).to(lr.device)).argmax(1).cpu().numpy()
             explore = lr.rng.random(n) < eps
             actions = np.where(explore, lr.rng.integers(0, n_actions, size=n), greedy)
@@ -364,9 +382,13 @@ def _learn(cfg: TeacherConfig, lr: _Learner) -> float:
     dones = torch.from_numpy(b["dones"]).to(device)
     discounts = torch.from_numpy(b["discounts"]).to(device)
     actions = torch.from_numpy(b["actions"]).to(device)
-    td_target = double_dqn_targets(online, target, next_states, rewards, dones, discounts)
-    q = online(states).gather(1, actions.unsqueeze(1)).squeeze(1)
-    loss = F.smooth_l1_loss(q, td_target)
+    # `is None`, not `or`: a torch.compile wrapper has no truth value (it forwards len() to the module).
+    online_fwd = online if lr.online_fn is None else lr.online_fn
+    target_fwd = target if lr.target_fn is None else lr.target_fn
+    with autocast(device, lr.amp):  # the loss below is fp32 either way
+        td_target = double_dqn_targets(online_fwd, target_fwd, next_states, rewards, dones, discounts)
+        q = online_fwd(states).gather(1, actions.unsqueeze(1)).squeeze(1)
+    loss = F.smooth_l1_loss(q.float(), td_target.float())
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(online.parameters(), cfg.max_grad_norm)

@@ -15,19 +15,26 @@ import sys
 import click
 
 from .. import __version__
+from .handler import PolydistillGroup
 
 # Modules that register subcommands on :data:`main` (imported lazily by :func:`main`).
 COMMAND_MODULES = ("teacher", "buffer", "autoencoder", "distill", "evaluate", "tracking", "pipeline")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(cls=PolydistillGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="polydistill")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
-def main(verbose: int) -> None:
+@click.option("--debug", is_flag=True, default=False,
+              help="Show the traceback of an unexpected error instead of the one-line message.")
+def main(verbose: int, debug: bool) -> None:
     """Multi-task policy distillation for Atari, from teachers to one student, as a Kubeflow pipeline.
 
     Stages: train-teacher, export-buffer, buffer-info, train-autoencoder, encode-buffer, distill, evaluate,
     report. Pipeline: run (whole DAG locally), compile, submit, schedule. MLflow: compare.
+
+    Errors: bad input is one line (polydistill: error: ...) and exit status 2; anything unexpected is one
+    line naming the file its traceback went to, status 1 (--debug: the traceback).
     """
     level = logging.WARNING - 10 * verbose if verbose else logging.INFO
     logging.basicConfig(

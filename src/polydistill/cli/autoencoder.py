@@ -6,16 +6,7 @@ import click
 
 from ..config import AutoencoderConfig
 from . import main
-from .options import config_options, run_guarded
-
-
-def _errors() -> tuple[type[BaseException], ...]:
-    from ..autoencoder import AutoencoderError
-    from ..buffer import DatasetError
-    from ..checkpoint import CheckpointError
-    from ..store import StoreError
-
-    return (AutoencoderError, DatasetError, CheckpointError, StoreError)
+from .options import config_options
 
 
 @main.command("train-autoencoder")
@@ -40,7 +31,7 @@ def train_autoencoder_cmd(
     """
     from ..autoencoder import train_autoencoder
 
-    res = run_guarded(lambda: train_autoencoder(dataset, cfg, out_dir, teacher=teacher_dir), _errors())
+    res = train_autoencoder(dataset, cfg, out_dir, teacher=teacher_dir)
     m = res.metrics
     agreement = f"teacher agreement {m['teacher_agreement']:.3f}, " if "teacher_agreement" in m else ""
     click.echo(
@@ -118,20 +109,17 @@ def encode_buffer_cmd(
     """
     from ..encode import encode_buffer
 
-    m = run_guarded(
-        lambda: encode_buffer(
-            dataset,
-            autoencoder_dir,
-            teacher_dir,
-            dest,
-            code_dtype=code_dtype,
-            shard_steps=shard_steps,
-            q_dtype=q_dtype,
-            batch_size=batch_size,
-            create_bucket=create_bucket,
-            device=device,
-        ),
-        _errors(),
+    m = encode_buffer(
+        dataset,
+        autoencoder_dir,
+        teacher_dir,
+        dest,
+        code_dtype=code_dtype,
+        shard_steps=shard_steps,
+        q_dtype=q_dtype,
+        batch_size=batch_size,
+        create_bucket=create_bucket,
+        device=device,
     )
     lossless = m.source.get("source_bytes_per_state")
     click.echo(

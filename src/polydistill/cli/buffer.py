@@ -7,15 +7,7 @@ import json
 import click
 
 from . import main
-from .options import config_options, run_guarded
-
-
-def _errors() -> tuple[type[BaseException], ...]:
-    from ..buffer import DatasetError
-    from ..checkpoint import CheckpointError
-    from ..store import StoreError
-
-    return (DatasetError, CheckpointError, StoreError)
+from .options import config_options
 
 
 @main.command("export-buffer")
@@ -41,9 +33,7 @@ def export_buffer_cmd(teacher_dir, dataset, dest, create_bucket, cfg, profile) -
     source = dataset or teacher_dir
     if source is None:
         raise click.UsageError("give --teacher-dir DIR (a train-teacher run) or --dataset URI")
-    m = run_guarded(
-        lambda: export_buffer(source, dest, teacher_dir, cfg, create_bucket=create_bucket), _errors()
-    )
+    m = export_buffer(source, dest, teacher_dir, cfg, create_bucket=create_bucket)
     click.echo(
         f"{dest}: {m.game}, {m.num_steps} steps in {len(m.shards)} shards, codec {m.codec}, "
         f"{m.bytes_per_state:.1f} bytes/state"
@@ -58,7 +48,7 @@ def buffer_info_cmd(uri: str, verify: bool, as_json: bool) -> None:
     """Describe the dataset at URI: steps, episodes, shards, codec, bytes per state, compression ratios."""
     from ..export import buffer_info
 
-    info = run_guarded(lambda: buffer_info(uri, verify=verify), _errors())
+    info = buffer_info(uri, verify=verify)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return

@@ -8,7 +8,7 @@ import click
 
 from ..config import DistillConfig
 from . import main
-from .options import config_options, fail, run_guarded
+from .options import config_options, fail
 
 
 def _pair_by_game(
@@ -82,19 +82,10 @@ def distill_cmd(
     Writes checkpoint/ (the student), curves.csv and curves.png (held-out loss and agreement per game)
     into --out. The progress bar shows samples/s and the agreement with each teacher.
     """
-    from ..buffer import DatasetError
-    from ..checkpoint import CheckpointError
-    from ..distill import DistillError, distill
-    from ..envs import UnknownGameError
-    from ..store import StoreError
+    from ..distill import distill
 
-    teachers, datasets = run_guarded(
-        lambda: _pair_by_game(teacher_dirs, dataset_uris), (UnknownGameError, DatasetError, CheckpointError)
-    )
-    res = run_guarded(
-        lambda: distill(teachers, datasets, cfg, Path(out_dir)),
-        (DistillError, DatasetError, CheckpointError, UnknownGameError, StoreError),
-    )
+    teachers, datasets = _pair_by_game(teacher_dirs, dataset_uris)
+    res = distill(teachers, datasets, cfg, Path(out_dir))
     lines = [
         f"{res.out_dir}: {res.steps} steps, {res.parameters:,} parameters, "
         f"{res.samples_per_second:.0f} samples/s"

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 import click
 
 from . import main
-from .options import config_options, fail, run_guarded
+from .games_option import GamesOption
+from .options import config_options, fail
 
 if TYPE_CHECKING:
     from ..config import EvalConfig
@@ -23,8 +24,9 @@ if TYPE_CHECKING:
 @click.option(
     "--game",
     "games",
-    multiple=True,
-    help="Game to play (repeat for several). Default: every game the agent was trained on.",
+    cls=GamesOption,
+    help="Games to play: --game Pong Breakout, Pong,Breakout or the flag repeated. Default: every game the "
+    "agent was trained on.",
 )
 @click.option(
     "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Writes DIR/scores.json."
@@ -45,18 +47,20 @@ def evaluate_cmd(
     scores the mean return of its finished episodes. --protocol episodes: --episodes N whole episodes with up
     to 30 no-op starts and epsilon --epsilon. The same --seed gives the same numbers.
     """
-    from ..evaluate import EvaluationError, evaluate
+    from ..evaluate import evaluate
 
     chosen = list(games)
     if not chosen:
         if agent == "random":
             fail("--agent random plays any game: name the games with --game")
-        from ..agents import AgentError, load_agent
-        from ..checkpoint import CheckpointError
+        from ..agents import load_agent
 
-        loaded = run_guarded(lambda: load_agent(agent, "cpu"), (AgentError, CheckpointError, OSError))
+        try:
+            loaded = load_agent(agent, "cpu")
+        except OSError as e:  # an unreadable --agent path is the user's to fix, not a bug
+            fail(f"--agent {agent}: {e}")
         chosen = list(loaded.games)
-    results = run_guarded(lambda: evaluate(agent, chosen, cfg, out_dir, label=label), (EvaluationError,))
+    results = evaluate(agent, chosen, cfg, out_dir, label=label)
     click.echo(f"{results['agent']['label']} ({results['agent']['kind']}), protocol {results['protocol']}:")
     for game, r in results["games"].items():
         click.echo(
@@ -77,8 +81,8 @@ def report_cmd(results: tuple[str, ...], out_dir: str, title: str | None) -> Non
     with the same label merge across files (one teacher per game). Writes report.md, report.html,
     report.json and chart.png into --out and prints the Markdown table.
     """
-    from ..report import DEFAULT_TITLE, ReportError, write_report
+    from ..report import DEFAULT_TITLE, write_report
 
-    files = run_guarded(lambda: write_report(list(results), out_dir, title or DEFAULT_TITLE), (ReportError,))
+    files = write_report(list(results), out_dir, title or DEFAULT_TITLE)
     click.echo(files["markdown"].read_text(), nl=False)
     click.echo(f"\nwritten: {', '.join(str(p) for p in files.values())}")

@@ -85,16 +85,8 @@ def config_options(stage: str, aliases: dict[str, str] | None = None, skip: tupl
 
 
 def fail(message: str) -> typing.NoReturn:
-    """Exit with a one-line error (no traceback) and status 1; credentials in it are redacted (URI
-    passwords and tokens, and the values of credential environment variables)."""
-    from ..store import redact
+    """Stop with a one-line error: ``polydistill: error: MESSAGE`` and status 2 (:mod:`.handler` prints it,
+    redacted: URI passwords and tokens, and the values of credential environment variables)."""
+    from .handler import InputError
 
-    raise click.ClickException(" ".join(redact(str(message)).split("\n")))
-
-
-def run_guarded(fn: Callable[[], Any], errors: tuple[type[BaseException], ...]) -> Any:
-    """Run ``fn``; known errors become clean CLI errors naming the problem."""
-    try:
-        return fn()
-    except errors as e:
-        fail(str(e))
+    raise InputError(message)

@@ -16,6 +16,7 @@ import click
 
 from .. import config as C
 from . import main
+from .games_option import GamesOption
 from .options import fail
 
 _ERRORS_HINT = "install the pipeline extra: pip install 'polydistill[kfp]'"
@@ -56,25 +57,23 @@ def pipeline_options(fn: Callable) -> Callable:
                       help="Object store for datasets: s3://bucket/prefix or file:///path (local default: "
                            "file://RUN_DIR/store; on Kubeflow: s3://mlpipeline/private/NAMESPACE/polydistill; "
                            "standalone overlay: s3://polydistill).")(fn)
-    fn = click.option("--games", multiple=True,
-                      help="Games, repeated or comma-separated (--games Pong,Breakout) [the profile's].")(fn)
+    fn = click.option("--games", cls=GamesOption,
+                      help="Games: --games Pong Breakout, --games Pong,Breakout or the flag repeated "
+                           "[the profile's].")(fn)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         params = {n: kwargs.pop(f"hp__{n}") for n in names}
-        kwargs["games"] = [g.strip() for item in kwargs["games"] for g in item.split(",") if g.strip()]
+        kwargs["games"] = list(kwargs["games"])
         return fn(*args, params={k: v for k, v in params.items() if v is not None}, **kwargs)
 
     return wrapper
 
 
 def _check_games(games: list[str]) -> list[str]:
-    from ..envs import UnknownGameError, canonical_game
+    from ..envs import canonical_game
 
-    try:
-        return [canonical_game(g) for g in games]
-    except UnknownGameError as e:
-        fail(str(e))
+    return [canonical_game(g) for g in games]
 
 
 def _check_params(profile: str, params: dict[str, Any]) -> None:
@@ -101,36 +100,46 @@ def _import_kfp() -> None:
 @click.option("--runner", type=click.Choice(["subprocess", "docker"]), default="subprocess", show_default=True,
               help="Where each task runs: a subprocess of this Python, or a container of the project image "
                    "(images/IMAGE; its user, no network, the run's directories mounted at their own paths).")
+@click.option("--verbose", "stream_logs", is_flag=True, default=False,
+              help="Also stream every task's raw output (kfp's executor logs), which otherwise only goes to "
+                   "RUN_DIR/logs/<task>[-<game>].log.")
 @pipeline_options
-def run_cmd(profile: str, run_dir: str | None, runner: str, games: list[str], store_uri: str | None,
-            tracking_uri: str | None, experiment: str | None, params: dict[str, Any]) -> None:
+def run_cmd(profile: str, run_dir: str | None, runner: str, stream_logs: bool, games: list[str],
+            store_uri: str | None, tracking_uri: str | None, experiment: str | None,
+            params: dict[str, Any]) -> None:
     """Run the whole pipeline on this machine with kfp's local runner.
 
     Each task runs as a subprocess of this Python (or, --runner docker, in the project image); outputs, the
-    object store (file://) and MLflow (SQLite) go under --run-dir. At the end the results table is printed,
-    with the command that opens MLflow's UI.
+    object store (file://), MLflow (SQLite) and one log per task (logs/) go under --run-dir. A line is
+    printed as each task starts and ends, with a live progress line per running task; at the end the
+    results table, with the command that opens MLflow's UI. A failed task's last log lines are printed.
     """
+    import sys
+
+    from .handler import set_error_log
+
     games = _check_games(games)
     _check_params(profile, params)
     _import_kfp()
-    from polydistill_kfp.docker_runner import DockerRunError
-    from polydistill_kfp.local import run_local
+    from polydistill_kfp.local import default_run_dir, run_local
 
+    from .run_display import RunDisplay, results_text
+
+    run = Path(run_dir or default_run_dir(profile)).expanduser().resolve()
+    set_error_log(run / "logs" / "polydistill.log")
+    out = sys.stdout
+    display = RunDisplay(out, live=out.isatty() and not stream_logs)
+    click.echo(f"polydistill run: profile {profile}, run directory {run} (task logs in logs/)")
     try:
         result = run_local(profile=profile, games=games or None, store_uri=store_uri,
-                           tracking_uri=tracking_uri, run_dir=run_dir, params=params, experiment=experiment,
-                           runner=runner)
-    except DockerRunError as e:
-        fail(str(e))
-    except RuntimeError as e:
-        fail(f"{e} (the failing task's log is above)")
+                           tracking_uri=tracking_uri, run_dir=run, params=params, experiment=experiment,
+                           runner=runner, listener=display, echo=out if stream_logs else None)
+    finally:
+        display.close()
     click.echo("")
-    click.echo(result.report_md.read_text().rstrip())
-    click.echo("")
-    click.echo(f"Finished in {result.seconds / 60:.1f} min. Everything is under {result.run_dir}:")
-    click.echo(f"  report   {result.report_dir}/report.md (.html, .json)")
-    click.echo(f"  store    {result.store_uri}")
-    click.echo(f"  outputs  {result.run_dir / 'kfp'}")
+    click.echo(results_text(result.report_md.read_text()))
+    click.echo(f"Finished in {result.seconds / 60:.1f} min. Everything is under {result.run_dir}: report/ "
+               f"(report.md with the tables' notes, .html, .json), kfp/ (outputs), logs/, store {result.store_uri}")
     click.echo(f"MLflow UI: {result.mlflow_ui_command()}   (then open http://127.0.0.1:5000)")
 
 
@@ -220,12 +229,9 @@ def _profile_for(variant: str, profile: str | None) -> str:
 
 def _target(host: str, namespace: str | None, token: str | None, token_file: str | None, cookies: str | None,
             skip_version_check: bool) -> Any:
-    from polydistill_kfp.submit import KubeflowError, Target, resolve_credentials
+    from polydistill_kfp.submit import Target, resolve_credentials
 
-    try:
-        creds = resolve_credentials(token, token_file, cookies)
-    except KubeflowError as e:
-        fail(str(e))
+    creds = resolve_credentials(token, token_file, cookies)
     return Target(host, namespace, creds, skip_version_check)
 
 
@@ -245,16 +251,13 @@ def submit_cmd(host: str, profile: str | None, variant: str, pipeline_name: str 
     games = _check_games(games)
     _check_params(_profile_for(variant, profile), params)
     _import_kfp()
-    from polydistill_kfp.submit import KubeflowError, submit
+    from polydistill_kfp.submit import submit
 
     target = _target(host, namespace, token, token_file, cookies, skip_version_check)
     args = _arguments(profile, games, store_uri, tracking_uri, minio_endpoint, experiment, params)
-    try:
-        sub = submit(target, args, experiment=experiment or "polydistill", variant=variant,
-                     pipeline_name=pipeline_name, version_name=version_name, run_name=run_name,
-                     service_account=service_account)
-    except KubeflowError as e:
-        fail(str(e))
+    sub = submit(target, args, experiment=experiment or "polydistill", variant=variant,
+                 pipeline_name=pipeline_name, version_name=version_name, run_name=run_name,
+                 service_account=service_account)
     up = sub.upload
     click.echo(f"{'uploaded pipeline' if up.created_pipeline else 'uploaded version'} "
                f"{up.pipeline_name!r} version {up.version_name!r}")
@@ -263,37 +266,60 @@ def submit_cmd(host: str, profile: str | None, variant: str, pipeline_name: str 
 
 @main.command("schedule")
 @host_option
-@click.option("--cron", required=True,
+@click.option("--cron", default=None,
               help="Kubeflow cron expression, 6 fields with seconds first: '0 0 3 * * *' = 03:00 daily.")
-@click.option("--job-name", default=None, help="Name of the recurring run [<pipeline> on <cron>].")
+@click.option("--job-name", default=None,
+              help="Name of the recurring run; one of that name is replaced [<pipeline> retraining].")
 @click.option("--max-concurrency", type=int, default=1, show_default=True,
               help="Runs of this schedule allowed at the same time.")
+@click.option("--list", "list_only", is_flag=True, default=False,
+              help="List the recurring runs (of --experiment when given) and exit.")
+@click.option("--delete", "delete_name", default=None, metavar="NAME",
+              help="Delete the recurring run NAME (or id) and exit.")
 @kubeflow_options
 def schedule_cmd(host: str, profile: str | None, variant: str, pipeline_name: str | None,
                  version_name: str | None, minio_endpoint: str | None, service_account: str | None,
                  namespace: str | None, token: str | None, token_file: str | None, cookies: str | None,
-                 skip_version_check: bool, cron: str, job_name: str | None, max_concurrency: int,
-                 games: list[str], store_uri: str | None, tracking_uri: str | None, experiment: str | None,
-                 params: dict[str, Any]) -> None:
-    """Upload the pipeline (or a new version of it) and create a recurring run on a cron schedule."""
+                 skip_version_check: bool, cron: str | None, job_name: str | None, max_concurrency: int,
+                 list_only: bool, delete_name: str | None, games: list[str], store_uri: str | None,
+                 tracking_uri: str | None, experiment: str | None, params: dict[str, Any]) -> None:
+    """Upload the pipeline (or a new version of it) and create a recurring run on a cron schedule,
+    replacing the recurring run of the same name; --list and --delete manage them.
+
+    Unless given, a scheduled run warm-starts its teachers from the champion's (--warm-start champion) and
+    derives its seeds from its run id (--seeds run), so each run improves on the last instead of repeating it.
+    """
+    _import_kfp()
+    from polydistill_kfp.submit import KubeflowError, delete_schedule, list_schedules, schedule, validate_cron
+
+    if list_only or delete_name:
+        target = _target(host, namespace, token, token_file, cookies, skip_version_check)
+        try:
+            if delete_name:
+                ids = delete_schedule(target, delete_name, experiment)
+                click.echo(f"deleted recurring run {delete_name!r} ({', '.join(ids)})")
+                return
+            for sch in list_schedules(target, experiment):
+                click.echo(f"{sch.recurring_run_id}  {sch.status:<9}  {sch.cron:<20}  {sch.name}")
+        except KubeflowError as e:
+            fail(str(e))
+        return
+    if not cron:
+        raise click.UsageError("--cron is required to create a schedule (or pass --list / --delete NAME)")
     games = _check_games(games)
     _check_params(_profile_for(variant, profile), params)
-    _import_kfp()
-    from polydistill_kfp.submit import KubeflowError, schedule, validate_cron
-
     try:
         validate_cron(cron)  # before compiling or contacting anything
     except KubeflowError as e:
         raise click.BadParameter(str(e), param_hint="--cron") from None
     target = _target(host, namespace, token, token_file, cookies, skip_version_check)
     args = _arguments(profile, games, store_uri, tracking_uri, minio_endpoint, experiment, params)
-    try:
-        sub = schedule(target, cron, args, experiment=experiment or "polydistill", variant=variant,
-                       pipeline_name=pipeline_name, version_name=version_name, job_name=job_name,
-                       max_concurrency=max_concurrency, service_account=service_account)
-    except KubeflowError as e:
-        fail(str(e))
+    sub = schedule(target, cron, args, experiment=experiment or "polydistill", variant=variant,
+                   pipeline_name=pipeline_name, version_name=version_name, job_name=job_name,
+                   max_concurrency=max_concurrency, service_account=service_account)
     up = sub.upload
     click.echo(f"{'uploaded pipeline' if up.created_pipeline else 'uploaded version'} "
                f"{up.pipeline_name!r} version {up.version_name!r}")
     click.echo(f"created recurring run {sub.recurring_run_id} ({cron}): {sub.url()}")
+    if sub.replaced:
+        click.echo(f"replaced recurring run(s) of the same name: {', '.join(sub.replaced)}")

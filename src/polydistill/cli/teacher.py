@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from . import main
-from .options import config_options, run_guarded
+from .options import config_options
 
 
 @main.command("train-teacher")
@@ -18,14 +18,11 @@ def train_teacher_cmd(game: str, out_dir: str, cfg, profile: str) -> None:
     Writes checkpoint/, dataset/ (the last --record-steps states), curve.csv and curve.png into --out.
     Re-running with the same --out resumes an interrupted run.
     """
-    from ..checkpoint import CheckpointError
-    from ..envs import UnknownGameError, canonical_game
-    from ..teacher import TeacherRunError, train_teacher
+    from ..envs import canonical_game
+    from ..teacher import train_teacher
 
-    run_guarded(lambda: canonical_game(game), (UnknownGameError,))
-    res = run_guarded(
-        lambda: train_teacher(game, cfg, out_dir), (TeacherRunError, UnknownGameError, CheckpointError)
-    )
+    canonical_game(game)  # an unknown game fails before any file is written
+    res = train_teacher(game, cfg, out_dir)
     click.echo(
         f"{res.out_dir}: {res.steps} steps, {res.episodes} episodes, recent mean return "
         f"{res.final_return_mean:.1f}\n  checkpoint {res.checkpoint_dir}\n  dataset    {res.dataset_uri}\n"

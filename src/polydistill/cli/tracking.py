@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from . import main
-from .options import fail
+from .games_option import GamesOption
 
 
 @main.command("compare")
@@ -27,8 +27,8 @@ from .options import fail
 @click.option("--experiment", default="polydistill", show_default=True, help="MLflow experiment name.")
 @click.option(
     "--games",
-    multiple=True,
-    help="Only runs over exactly these games (any order). Repeat the flag or separate with commas.",
+    cls=GamesOption,
+    help="Only runs over exactly these games (any order): --games Pong Breakout, Pong,Breakout or repeated.",
 )
 @click.option(
     "--format",
@@ -51,14 +51,11 @@ def compare_cmd(
     stored state, student score as % of teacher per game (pct/GAME) and the geometric mean over games
     (geo_mean_pct), by which rows are sorted.
     """
-    from ..tracking import TrackingError, compare_runs, resolve_tracking_uri
+    from ..tracking import compare_runs, resolve_tracking_uri
 
     game_list = [g.strip() for item in games for g in item.split(",") if g.strip()] or None
     uri = resolve_tracking_uri(tracking_uri, Path(run_dir) if run_dir else None)
-    try:
-        text = compare_runs(uri, experiment, game_list, fmt)  # type: ignore[arg-type]
-    except TrackingError as e:
-        fail(str(e))
+    text = compare_runs(uri, experiment, game_list, fmt)  # type: ignore[arg-type]
     if out:
         Path(out).write_text(text)
         click.echo(f"wrote {out}")

@@ -103,7 +103,8 @@ from .pipeline_runs import (  # noqa: F401
     run_outcome,
     start_pipeline_run,
 )
-from .registry import (
+from .registry import (  # noqa: F401
+    champion_tags,
     register_student,
 )
 from .report_metrics import (  # noqa: F401

@@ -46,14 +46,8 @@ def _split_games(text: str) -> list[str]:
     return [g.strip() for g in text.split(",") if g.strip()]
 
 
-def compare_rows(
-    tracking_uri: str, experiment: str, games: Sequence[str] | None = None
-) -> list[dict[str, Any]]:
-    """Rows for :func:`compare_runs`: one per (pipeline run, student data source), best first.
-
-    Each row has the keys in ``_BASE_COLUMNS``, ``pct/<GAME>`` per game and ``geo_mean_pct`` (floats or
-    None). With ``games``, only runs over exactly that set of games (in any order) are kept.
-    """
+def _pipeline_runs(tracking_uri: str, experiment: str) -> list[Any]:
+    """Every pipeline (parent) run of ``experiment``; :class:`TrackingError` names what cannot be read."""
     if tracking_uri.startswith("sqlite:///"):
         db = Path(tracking_uri[len("sqlite:///") :])
         if not db.is_file():
@@ -88,6 +82,18 @@ def compare_rows(
             f"cannot read runs from {safe_tracking_uri(tracking_uri)}: {_describe(e, _secret_values())}"
         ) from None
 
+    return runs
+
+
+def compare_rows(
+    tracking_uri: str, experiment: str, games: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """Rows for :func:`compare_runs`: one per (pipeline run, student data source), best first.
+
+    Each row has the keys in ``_BASE_COLUMNS``, ``pct/<GAME>`` per game and ``geo_mean_pct`` (floats or
+    None). With ``games``, only runs over exactly that set of games (in any order) are kept.
+    """
+    runs = _pipeline_runs(tracking_uri, experiment)
     wanted = {g.casefold() for g in games} if games else None
     rows: list[dict[str, Any]] = []
     for run in runs:
@@ -127,6 +133,7 @@ def compare_rows(
                 "geo_mean_pct": geo,
             }
             row.update({f"pct/{g}": v for g, v in per_game.items()})
+            row.update(_hns_columns(metrics, source))
             rows.append(row)
     # Best geometric mean first; runs without scores last; ties: newest first.
     rows.sort(key=lambda r: (r["geo_mean_pct"] is None, -(r["geo_mean_pct"] or 0.0), -r["_start"]))
@@ -135,12 +142,25 @@ def compare_rows(
     return rows
 
 
+def _hns_columns(metrics: Mapping[str, float], source: str) -> dict[str, float | None]:
+    """``hns/<GAME>``, ``mean_hns`` and ``median_hns`` of one student source (the champion's yardstick)."""
+    out: dict[str, float | None] = {
+        "mean_hns": metrics.get(f"mean_hns/{source}") if source else None,
+        "median_hns": metrics.get(f"median_hns/{source}") if source else None,
+    }
+    prefix = f"hns/{source}/"
+    out.update({f"hns/{k[len(prefix):]}": v for k, v in metrics.items() if source and k.startswith(prefix)})
+    return out
+
+
 def _fmt(value: Any, key: str) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
         if key == "bytes_per_state":
             return f"{value:.0f}"
+        if "hns" in key:
+            return f"{value:.3f}"
         return f"{value:.1f}"
     return str(value)
 
@@ -155,7 +175,9 @@ def compare_runs(
 
     One row per pipeline run and student data source: profile, games, loss, tau, action heads, student
     width, data source, bytes per state, student % of teacher per game (``pct/<GAME>``) and their
-    geometric mean (``geo_mean_pct``). Raises :class:`TrackingError` when the store cannot be read.
+    geometric mean (``geo_mean_pct``), then the human-normalised score per game (``hns/<GAME>``) and its
+    mean and median over games (``mean_hns``, ``median_hns``: what the champion is chosen on).
+    Raises :class:`TrackingError` when the store cannot be read.
     """
     if fmt not in ("table", "csv", "html"):
         raise ValueError(f"fmt must be table, csv or html, got {fmt!r}")
@@ -166,7 +188,9 @@ def compare_runs(
             if f"pct/{g}" not in game_cols:
                 game_cols.append(f"pct/{g}")
         game_cols.extend(k for k in r if k.startswith("pct/") and k not in game_cols)
-    columns = [*_BASE_COLUMNS, *game_cols, "geo_mean_pct"]
+    hns_cols = [f"hns/{c[4:]}" for c in game_cols]
+    hns_cols += sorted({k for r in rows for k in r if k.startswith("hns/") and k not in hns_cols})
+    columns = [*_BASE_COLUMNS, *game_cols, "geo_mean_pct", *hns_cols, "mean_hns", "median_hns"]
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")

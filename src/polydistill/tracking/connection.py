@@ -15,7 +15,9 @@ from urllib.parse import urlsplit
 from .names import (
     _GLOBAL_URI_LOCK,
     CONNECT_TIMEOUT_S,
+    EXPERIMENT_KIND_TRAINING,
     HTTP_DEFAULTS,
+    TAG_EXPERIMENT_KIND,
 )
 from .params import (
     _secret_values,
@@ -70,16 +72,19 @@ def _artifact_root(uri: str, experiment: str) -> str | None:
 def _experiment_id(client: Any, uri: str, name: str) -> str:
     """Id of experiment ``name``, created (or restored from the trash) if needed; safe against a race
     with another task creating it at the same time."""
+    kind = {TAG_EXPERIMENT_KIND: EXPERIMENT_KIND_TRAINING}  # the UI opens on the runs, not GenAI traces
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
-            return client.create_experiment(name, artifact_location=_artifact_root(uri, name))
+            return client.create_experiment(name, artifact_location=_artifact_root(uri, name), tags=kind)
         except Exception:
             exp = client.get_experiment_by_name(name)  # another pod created it first
             if exp is None:
                 raise
     if exp.lifecycle_stage == "deleted":
         client.restore_experiment(exp.experiment_id)
+    if TAG_EXPERIMENT_KIND not in (exp.tags or {}):  # created before polydistill set it
+        client.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND_TRAINING)
     return exp.experiment_id
 
 

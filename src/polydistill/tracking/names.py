@@ -78,3 +78,22 @@ class TrackingError(PolydistillError, RuntimeError):
     """A read-only tracking query failed (no such experiment, store unreadable); the message says why."""
 
 
+
+# Model-version tags of the one yardstick and of lineage (tracking/champion.py, docs/RETRAINING.md).
+VTAG_MEAN_HNS = "polydistill.mean_hns"
+VTAG_MEDIAN_HNS = "polydistill.median_hns"
+VTAG_EVALUATION = "polydistill.evaluation"  # the evaluation config (protocol, episodes, epsilon, seed) as JSON
+VTAG_PIPELINE_RUN = "polydistill.pipeline_run_id"  # the MLflow parent run the student came from
+VTAG_KFP_RUN = "polydistill.kfp_run_id"
+VTAG_RUN_ROOT = "polydistill.run_root"  # that pipeline run's datasets and teachers in the store
+VTAG_TEACHERS = "polydistill.teachers"  # JSON {GAME: {"uri": store URI, "sha256": metadata.json digest}}
+VTAG_CHAMPION_REASON = "polydistill.champion_decision"
+#: The experiment tag that picks the MLflow UI's experiment type; this value opens it on its runs table
+#: rather than the GenAI traces overview (MLflow 3.x UI: ExperimentKind.CUSTOM_MODEL_DEVELOPMENT).
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_TRAINING = "custom_model_development"
+#: Tags of a warm-started teacher's stage run.
+TAG_WARM_SOURCE_RUN = "polydistill.warm_start.source_run_id"
+TAG_WARM_CHECKPOINT = "polydistill.warm_start.checkpoint"
+TAG_WARM_SHA256 = "polydistill.warm_start.sha256"
+TAG_WARM_VERSION = "polydistill.warm_start.model_version"

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .champion import decide, evaluation_tag
 from .connection import (
     _check_reachable,
     _client,
@@ -15,8 +16,12 @@ from .connection import (
 from .names import (
     ALIAS_CANDIDATE,
     ALIAS_CHAMPION,
+    VTAG_CHAMPION_REASON,
+    VTAG_EVALUATION,
     VTAG_GAMES,
     VTAG_GEO,
+    VTAG_MEAN_HNS,
+    VTAG_MEDIAN_HNS,
     TrackingError,
 )
 
@@ -50,17 +55,28 @@ def register_student(
     geo_mean_pct: float,
     *,
     artifact_name: str = "student",
+    mean_hns: float | None = None,
+    median_hns: float | None = None,
+    evaluation: Mapping[str, Any] | None = None,
+    lineage: Mapping[str, str] | None = None,
 ) -> int | None:
     """Register the student logged in run ``run_id`` as a new version of ``model_name``.
 
-    The version gets tags ``polydistill.games`` (sorted, comma-separated) and ``polydistill.geo_mean_pct``
-    (geometric mean over games of student % of teacher) and alias ``candidate``. Alias ``champion`` moves
-    to it when there is no champion yet, or when the champion was registered for the same game set and
-    has a lower geometric-mean %; a champion for other games is never replaced automatically.
+    The version gets tags ``polydistill.games`` (sorted, comma-separated), ``polydistill.geo_mean_pct``
+    (geometric mean of % of teacher, informative only), ``polydistill.mean_hns``/``median_hns`` (the
+    yardstick), ``polydistill.evaluation`` (the evaluation config the scores come from), the ``lineage``
+    tags (pipeline run, run root, teachers: what a warm start and retention read) and alias ``candidate``.
+    Alias ``champion`` moves to it by :func:`polydistill.tracking.champion.decide` (mean HNS on the same
+    games, protocol and seed); the decision is logged and tagged ``polydistill.champion_decision``.
 
     Returns the new version number, or None when MLflow failed (a warning says why).
     """
     key = _games_key(games)
+    tags = {VTAG_GAMES: key, VTAG_GEO: repr(float(geo_mean_pct)), VTAG_EVALUATION: evaluation_tag(evaluation),
+            **{k: str(v) for k, v in (lineage or {}).items()}}
+    for tag, value in ((VTAG_MEAN_HNS, mean_hns), (VTAG_MEDIAN_HNS, median_hns)):
+        if value is not None:
+            tags[tag] = repr(float(value))
     try:
         _check_reachable(tracking_uri)
         from mlflow.exceptions import MlflowException
@@ -79,27 +95,21 @@ def register_student(
                 source=f"models:/{logged.model_id}",
                 run_id=run_id,
                 model_id=logged.model_id,
-                tags={VTAG_GAMES: key, VTAG_GEO: repr(float(geo_mean_pct))},
+                tags=tags,
                 await_creation_for=30,
             )
         client.set_registered_model_alias(model_name, ALIAS_CANDIDATE, mv.version)
-        try:
-            champ = client.get_model_version_by_alias(model_name, ALIAS_CHAMPION)
-        except MlflowException:
-            champ = None  # no champion yet
-        promote = False
-        if champ is None:
-            promote = True
-        elif champ.tags.get(VTAG_GAMES) == key:
-            try:
-                promote = float(geo_mean_pct) > float(champ.tags.get(VTAG_GEO, "nan"))
-            except ValueError:
-                promote = False
-        if promote:
+        champ = _champion(client, model_name)
+        decision = decide(tags, None if champ is None else dict(champ.tags))
+        client.set_model_version_tag(model_name, mv.version, VTAG_CHAMPION_REASON,
+                                     ("promoted: " if decision.promote else "kept champion: ") + decision.reason)
+        if decision.promote:
             client.set_registered_model_alias(model_name, ALIAS_CHAMPION, mv.version)
         logger.info(
-            "registered %s version %s (geo-mean %.1f%% of teacher on %s)%s",
-            model_name, mv.version, geo_mean_pct, key, "; now champion" if promote else "",
+            "registered %s version %s (mean HNS %s on %s); %s: %s",
+            model_name, mv.version, "n/a" if mean_hns is None else f"{mean_hns:.4f}", key,
+            "now champion" if decision.promote else f"champion stays version {champ.version if champ else '?'}",
+            decision.reason,
         )
         return int(mv.version)
     except TrackingError as e:
@@ -110,3 +120,24 @@ def register_student(
         return None
 
 
+def _champion(client: Any, model_name: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(model_name, ALIAS_CHAMPION)
+    except MlflowException:
+        return None  # no champion (or no such model) yet
+
+
+def champion_tags(tracking_uri: str, model_name: str) -> dict[str, str] | None:
+    """The champion version's tags plus ``version`` (None when there is no champion or MLflow is down:
+    a warm start then trains from scratch and retention protects nothing it cannot name, so it deletes
+    nothing; see :mod:`polydistill.retention`)."""
+    try:
+        _check_reachable(tracking_uri)
+        champ = _champion(_client(tracking_uri), model_name)
+    except Exception as e:
+        raise TrackingError(f"cannot read the champion of {model_name}: {e}") from None
+    if champ is None:
+        return None
+    return {**dict(champ.tags), "version": str(champ.version)}

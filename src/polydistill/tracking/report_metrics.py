@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 from .connection import (
     _check_reachable,
@@ -35,8 +35,32 @@ def _geo_mean(values: Sequence[float | None]) -> float | None:
     return geometric_mean_pct(list(values))
 
 
-def _finite(value: Any) -> bool:
+def _finite(value: Any) -> TypeGuard[float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _game_metrics(report_json: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, dict[str, list[float | None]]]]:
+    """Per game: ``score/<label>/<GAME>`` and the students' percentages as metrics, and the percentages per
+    kind and source (None where undefined) for the geometric means."""
+    out: dict[str, float] = {}
+    pcts: dict[str, dict[str, list[float | None]]] = {"pct_of_teacher": {}, "pct_normalised": {}}
+    for game, agents in (report_json.get("games") or {}).items():
+        if not isinstance(agents, Mapping):
+            continue
+        for label, entry in agents.items():
+            if not isinstance(entry, Mapping):
+                continue
+            if _finite(entry.get("mean")):
+                out[_clean_name(f"score/{label}/{game}")] = float(entry["mean"])
+            source = _source_of(str(label))
+            for kind, per_source in pcts.items():
+                if not source or kind not in entry:
+                    continue
+                value = entry[kind]
+                per_source.setdefault(source, []).append(float(value) if _finite(value) else None)
+                if _finite(value):
+                    out[_clean_name(f"{kind}/{source}/{game}")] = float(value)
+    return out, pcts
 
 
 def report_metrics(
@@ -58,26 +82,7 @@ def report_metrics(
     ``pct_of_teacher/<source>/<GAME>``, ``pct_normalised/<source>/<GAME>``, ``geo_mean_pct/<source>``,
     ``geo_mean_pct_normalised/<source>``, ``bytes_per_state/<source>``.
     """
-    out: dict[str, float] = {}
-    pcts: dict[str, dict[str, list[float | None]]] = {"pct_of_teacher": {}, "pct_normalised": {}}
-    for game, agents in (report_json.get("games") or {}).items():
-        if not isinstance(agents, Mapping):
-            continue
-        for label, entry in agents.items():
-            if not isinstance(entry, Mapping):
-                continue
-            if _finite(entry.get("mean")):
-                out[_clean_name(f"score/{label}/{game}")] = float(entry["mean"])
-            source = _source_of(str(label))
-            if not source:
-                continue
-            for kind, per_source in pcts.items():
-                if kind not in entry:
-                    continue
-                value = entry[kind]
-                per_source.setdefault(source, []).append(float(value) if _finite(value) else None)
-                if _finite(value):
-                    out[_clean_name(f"{kind}/{source}/{game}")] = float(value)
+    out, pcts = _game_metrics(report_json)
     for kind, geo_key in (("pct_of_teacher", "geo_mean_pct"), ("pct_normalised", "geo_mean_pct_normalised")):
         given = report_json.get(geo_key) or {}
         for source, values in pcts[kind].items():
@@ -85,6 +90,7 @@ def report_metrics(
             value = given[key] if key is not None else _geo_mean(values)
             if value is not None and _finite(value):
                 out[_clean_name(f"{geo_key}/{source}")] = float(value)
+    out.update(_hns_metrics(report_json))
     bps = {**(report_json.get("bytes_per_state") or {}), **(bytes_per_state or {})}
     for key, value in bps.items():
         source = _source_of(str(key)) or str(key)
@@ -93,6 +99,22 @@ def report_metrics(
             value = sum(vals) / len(vals) if vals else None
         if _finite(value):
             out[_clean_name(f"bytes_per_state/{source}")] = float(value)
+    return out
+
+
+def _hns_metrics(report_json: Mapping[str, Any]) -> dict[str, float]:
+    """``hns/<source>/<GAME>``, ``mean_hns/<source>`` and ``median_hns/<source>`` from the report's HNS
+    tables; ``<source>`` is the student's source, or the label itself for ``teacher`` and ``random``."""
+    out: dict[str, float] = {}
+    for label, per_game in (report_json.get("hns") or {}).items():
+        source = _source_of(str(label)) or str(label)
+        for game, value in (per_game or {}).items():
+            if _finite(value):
+                out[_clean_name(f"hns/{source}/{game}")] = float(value)
+        for key in ("mean_hns", "median_hns"):
+            value = (report_json.get(key) or {}).get(label)
+            if value is not None and _finite(value):
+                out[_clean_name(f"{key}/{source}")] = float(value)
     return out
 
 

@@ -251,6 +251,14 @@ class StageRun:
         clean = _clean_tags(tags, _secret_values())
         self._call("setting tags", lambda: _log_tags_batched(self._client, self._rid, clean))
 
+    def log_inputs(self, datasets: Sequence[Any]) -> None:
+        """Log the datasets this task trained on (:class:`polydistill.tracking.lineage.DatasetRef`) as MLflow
+        dataset inputs: the UI's Dataset column and the model's lineage name the exact buffers."""
+        from .lineage import dataset_inputs
+
+        self._call("logging dataset inputs",
+                   lambda: self._client.log_inputs(self._run_id, datasets=dataset_inputs(datasets)))
+
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Log metrics at ``step`` (the ``on_metrics(metrics, step)`` callback shape).
 
