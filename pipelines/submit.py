@@ -369,9 +369,14 @@ def default_version_name() -> str:
     return f"{__version__}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
 
 
+def _named(display_name: str) -> str:
+    """The API's list filter for objects named ``display_name`` exactly."""
+    return json.dumps({"predicates": [{"operation": "EQUALS", "key": "display_name", "string_value": display_name}]})
+
+
 def _pipeline_id(conn: Connection, name: str) -> str | None:
     """The id of the pipeline named ``name`` visible in the connection's namespace (its own or shared)."""
-    flt = json.dumps({"predicates": [{"operation": "EQUALS", "key": "display_name", "string_value": name}]})
+    flt = _named(name)
     try:
         found = conn.client.list_pipelines(filter=flt, page_size=2, namespace=conn.namespace).pipelines or []
     except Exception as e:
@@ -603,7 +608,7 @@ def delete_schedule(target: Target, name_or_id: str, experiment: str | None = No
 
 
 def _find_experiment(conn: Connection, experiment: str) -> str | None:
-    flt = json.dumps({"predicates": [{"operation": "EQUALS", "key": "display_name", "string_value": experiment}]})
+    flt = _named(experiment)
     try:
         found = conn.client.list_experiments(filter=flt, page_size=2, namespace=conn.namespace).experiments or []
     except Exception as e:
