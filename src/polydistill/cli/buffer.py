@@ -6,6 +6,7 @@ import json
 
 import click
 
+from ..config import ExportConfig
 from . import main
 from .options import config_options
 
@@ -22,7 +23,9 @@ from .options import config_options
 @click.option("--to", "dest", required=True, help="Destination: s3://bucket/prefix, file:///path or a path.")
 @click.option("--create-bucket", is_flag=True, help="Create the S3 bucket if it does not exist.")
 @config_options("export")
-def export_buffer_cmd(teacher_dir, dataset, dest, create_bucket, cfg, profile) -> None:
+def export_buffer_cmd(
+    teacher_dir: str | None, dataset: str | None, dest: str, create_bucket: bool, cfg: ExportConfig, profile: str
+) -> None:
     """Upload a teacher's recorded experience as a versioned, checksummed, sharded dataset.
 
     S3 endpoint and credentials come from MINIO_ENDPOINT (or AWS_ENDPOINT_URL), AWS_ACCESS_KEY_ID and

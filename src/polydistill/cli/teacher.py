@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..config import TeacherConfig
 from . import main
 from .options import config_options
 
@@ -12,7 +13,7 @@ from .options import config_options
 @click.option("--game", required=True, help="Atari game: Pong, ALE/Pong-v5 or pong.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run directory.")
 @config_options("teacher", aliases={"total_steps": "steps"})
-def train_teacher_cmd(game: str, out_dir: str, cfg, profile: str) -> None:
+def train_teacher_cmd(game: str, out_dir: str, cfg: TeacherConfig, profile: str) -> None:
     """Train a Dueling Double DQN teacher and record its experience.
 
     Writes checkpoint/, dataset/ (the last --record-steps states), curve.csv and curve.png into --out.
