@@ -349,7 +349,8 @@ def test_smoke_dag_end_to_end_on_the_local_runner(tmp_path: Path) -> None:
 
     # The store: a teacher checkpoint (what the students load), a buffer and a latent dataset per game.
     store = run_dir / "store" / "runs"
-    (run_root,) = list(store.iterdir())
+    (run_root,) = [p for p in store.iterdir() if p.is_dir()]
+    assert [r["run_id"] for r in json.loads((store / "polydistill-runs.json").read_text())["runs"]] == [run_root.name]
     for kind in ("buffers", "latents"):
         for game in games:
             assert (run_root / kind / game / "manifest.json").is_file(), (kind, game)
