@@ -93,7 +93,6 @@ from .store import redact
 log = logging.getLogger(__name__)
 
 
-RUN_FILE = "run.json"
 RESUME_FILE = "resume.pt"
 HISTORY_CSV = "history.csv"
 LOSS_PNG = "loss.png"

@@ -71,7 +71,6 @@ from .sampling import Batch, StreamingSampler, batch_from_rows
 
 log = logging.getLogger(__name__)
 
-RUN_FILE = "run.json"
 CURVES_CSV = "curves.csv"
 CURVES_PNG = "curves.png"
 REGRESSORS_FILE = "regressors.pt"

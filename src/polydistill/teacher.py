@@ -60,7 +60,6 @@ from .store import open_store
 
 log = logging.getLogger(__name__)
 
-RUN_FILE = "run.json"
 CURVE_CSV = "curve.csv"
 CURVE_PNG = "curve.png"
 
