@@ -477,7 +477,7 @@ def _save_resume(
 def _run_record(
     ds: ExperienceDataset, manifest_sha: str, cfg: AutoencoderConfig, teacher_sha: str | None, **state: Any
 ) -> dict[str, Any]:
-    """run.json: what the run trains on and with (compared on resume by :func:`_prepare_out_dir`), plus ``state``."""
+    """run.json: what the run trains on and with (compared on resume by :func:`_open_run_dir`), plus ``state``."""
     return {
         "dataset": redact(ds.uri),
         "dataset_sha256": manifest_sha,
