@@ -29,33 +29,21 @@ def encode_buffer(
     Returns the game's record for the students (``runtime.game_record``: teacher, buffer and latents by
     store URI, with the datasets' manifest digests), a parameter because parameters cross DAG boundaries
     whole where list-typed artifacts do not (kubeflow/pipelines#13900)."""
-    import json
-
     from polydistill_kfp.components import runtime as rt
 
     from polydistill import config as C
     from polydistill import stages as S
     from polydistill.encode import encode_buffer as encode
-    from polydistill.tracking import StageRun
 
-    rt.setup(minio_endpoint, in_loop=True)
     ae_cfg = C.from_dict("autoencoder", autoencoder_config)
     ex_cfg = C.from_dict("export", export_config)
     dest = rt.data_uri(run_root, "latents", game)
     settings = {"code_dtype": ae_cfg.code_dtype, "shard_steps": ex_cfg.shard_steps, "q_dtype": ex_cfg.q_dtype}
-    with StageRun(tracking_uri, parent_run_id, S.ENCODE_BUFFER, game, experiment=experiment) as run:
-        run.log_config({"source": buffer.metadata["uri"], "dest": dest, **settings})
+    with rt.stage_task(S.ENCODE_BUFFER, game, None, tracking_uri=tracking_uri, parent_run_id=parent_run_id,
+                       experiment=experiment, minio_endpoint=minio_endpoint) as task:
+        task.run.log_config({"source": buffer.metadata["uri"], "dest": dest, **settings})
         manifest = encode(buffer.metadata["uri"], autoencoder.path, teacher.path, dest, create_bucket=True,
                           code_dtype=ae_cfg.code_dtype, shard_steps=ex_cfg.shard_steps, q_dtype=ex_cfg.q_dtype)
-        summary = {
-            "steps": manifest.num_steps,
-            "valid_states": manifest.num_valid_states,
-            "total_bytes": manifest.total_bytes,
-            "bytes_per_state": manifest.bytes_per_state,
-            "code_bytes_per_state": manifest.source["code_bytes_per_state"],
-        }
-        run.log_metrics(summary, manifest.num_steps)
-    rt.log_scalars(metrics, summary)
-    rt.write_json(latents.path, {"uri": dest, "manifest": json.loads(manifest.to_json())})
-    latents.metadata.update({"game": game, "uri": dest, "codec": manifest.codec, **rt.finite(summary)})
+        task.keep_dataset(manifest, latents, metrics, game, dest,
+                          code_bytes_per_state=manifest.source["code_bytes_per_state"])
     return rt.game_record(game, teacher.metadata["store_uri"], buffer.metadata["uri"], dest)

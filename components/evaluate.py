@@ -23,23 +23,20 @@ def evaluate(
     (docs/CONTRACTS.md) under ``label`` (``teacher``, ``student_subset``, ``student_latent``, ``random``)."""
     from polydistill_kfp.components import runtime as rt
 
-    from polydistill import config as C
     from polydistill import stages as S
     from polydistill.evaluate import evaluate as play
-    from polydistill.tracking import StageRun
 
-    rt.setup()
-    cfg = C.from_dict("evaluate", config)
     # Child run names: evaluate/teacher-Pong (one per teacher), evaluate/student_subset, evaluate/random.
     name = f"{label}-{'-'.join(games)}" if label == "teacher" else label
-    with StageRun(tracking_uri, parent_run_id, S.EVALUATE, name, experiment=experiment) as run:
-        run.log_config({**cfg.model_dump(mode="json"), "agent": label, "games": ",".join(games)})
-        results = play(agent.path if agent is not None else "random", games, cfg, label=label)
+    with rt.stage_task(S.EVALUATE, name, config, tracking_uri=tracking_uri, parent_run_id=parent_run_id,
+                       experiment=experiment, in_loop=False, log_config={"agent": label, "games": ",".join(games)},
+                       ) as task:
+        results = play(agent.path if agent is not None else "random", games, task.cfg, label=label)
         values = {}
         for game, r in results["games"].items():
             values[f"score_mean/{game}"] = r["mean"]
             values[f"score_std/{game}"] = r["std"]
-        run.log_metrics(values, 0)
+        task.run.log_metrics(values, 0)
     rt.write_json(scores.path, results)
     rt.log_scalars(metrics, {k.replace("/", "_"): v for k, v in values.items()})
     scores.metadata.update({"label": label, "games": list(results["games"])})

@@ -27,31 +27,14 @@ def train_autoencoder(
     agreement on reconstructions, ...). ``teacher`` gives that metric and the teacher-feature loss term."""
     from polydistill_kfp.components import runtime as rt
 
-    from polydistill import config as C
     from polydistill import stages as S
     from polydistill.autoencoder import train_autoencoder as train
-    from polydistill.tracking import StageRun
 
-    rt.setup(minio_endpoint, in_loop=True)
-    cfg = C.from_dict("autoencoder", config)
-    with (
-        rt.work_dir(rt.data_uri(run_root, "work/autoencoder", game)) as work,
-        StageRun(tracking_uri, parent_run_id, S.TRAIN_AUTOENCODER, game, experiment=experiment) as run,
-    ):
-        run.log_config(cfg.model_dump(mode="json"))
-        run.log_inputs([rt.dataset_ref("buffer", buffer.metadata["uri"], game)])
-        res = train(
-            buffer.metadata["uri"],
-            cfg,
-            work.path,
-            on_metrics=rt.chain(run, work.maybe_sync),
-            teacher=teacher.path,
-        )
-        rt.copy_dir(res.checkpoint_dir, autoencoder.path)
-        rt.write_html(grid.path, f"{game}: originals and reconstructions", [res.grid_png, res.loss_png])
-        run.log_artifact(res.grid_png)
-        run.log_artifact(res.history_csv)
-        run.log_artifact(res.loss_png)
-        rt.log_checkpoint(run, res.checkpoint_dir, "autoencoder")
+    with rt.stage_task(S.TRAIN_AUTOENCODER, game, config, run_root=run_root, tracking_uri=tracking_uri,
+                       parent_run_id=parent_run_id, experiment=experiment, minio_endpoint=minio_endpoint) as task:
+        task.run.log_inputs([rt.dataset_ref("buffer", buffer.metadata["uri"], game)])
+        res = train(buffer.metadata["uri"], task.cfg, task.path, on_metrics=task.on_metrics, teacher=teacher.path)
+        task.keep_model(res.checkpoint_dir, autoencoder, "autoencoder", grid, f"{game}: originals and reconstructions",
+                        [res.grid_png, res.loss_png], [res.grid_png, res.history_csv, res.loss_png])
     rt.log_scalars(metrics, res.metrics)
     autoencoder.metadata.update({"game": game, **rt.finite(res.metrics)})

@@ -35,36 +35,26 @@ def train_teacher(
     """
     from polydistill_kfp.components import runtime as rt
 
-    from polydistill import config as C
     from polydistill import stages as S
     from polydistill.teacher import train_teacher as train
-    from polydistill.tracking import StageRun
     from polydistill.tracking import names as N
     from polydistill.warm_start import verify
 
-    rt.setup(minio_endpoint, in_loop=True)
-    cfg = C.from_dict("teacher", config)
-    with (
-        rt.work_dir(rt.data_uri(run_root, "work/teacher", game)) as work,
-        StageRun(tracking_uri, parent_run_id, S.TRAIN_TEACHER, game, experiment=experiment) as run,
-    ):
-        run.log_config(cfg.model_dump(mode="json"))
+    with rt.stage_task(S.TRAIN_TEACHER, game, config, run_root=run_root, tracking_uri=tracking_uri,
+                       parent_run_id=parent_run_id, experiment=experiment, minio_endpoint=minio_endpoint) as task:
         source = (warm_starts or {}).get(game)
         init = verify(source, rt.fetch_dir(source["uri"])) if source else None
         if source:
-            run.set_tags({N.TAG_WARM_SOURCE_RUN: source["source_run_id"], N.TAG_WARM_CHECKPOINT: source["uri"],
-                          N.TAG_WARM_SHA256: source["sha256"], N.TAG_WARM_VERSION: source["model_version"]})
-        res = train(game, cfg, work.path, on_metrics=rt.chain(run, work.maybe_sync), init_from=init)
-        rt.copy_dir(res.checkpoint_dir, teacher.path)
+            task.run.set_tags({N.TAG_WARM_SOURCE_RUN: source["source_run_id"], N.TAG_WARM_SHA256: source["sha256"],
+                               N.TAG_WARM_CHECKPOINT: source["uri"], N.TAG_WARM_VERSION: source["model_version"]})
+        res = train(game, task.cfg, task.path, on_metrics=task.on_metrics, init_from=init)
         store_uri = rt.publish_dir(res.checkpoint_dir, rt.data_uri(run_root, "teachers", game))
         rt.copy_dir(res.out_dir / "dataset", experience.path)
-        rt.write_html(curve.path, f"{game}: teacher learning curve", [res.curve_png])
         summary = {"steps": res.steps, "episodes": res.episodes, "final_return_mean": res.final_return_mean}
         rt.log_scalars(metrics, summary)
-        run.log_metrics({"final_return_mean": res.final_return_mean}, res.steps)
-        run.log_artifact(res.curve_png)
-        run.log_artifact(res.curve_csv)
-        rt.log_checkpoint(run, res.checkpoint_dir, "teacher")
+        task.run.log_metrics({"final_return_mean": res.final_return_mean}, res.steps)
+        task.keep_model(res.checkpoint_dir, teacher, "teacher", curve, f"{game}: teacher learning curve",
+                        [res.curve_png], [res.curve_png, res.curve_csv])
     teacher.metadata.update({"game": game, "store_uri": store_uri, **rt.finite(summary),
                              "warm_start": source["uri"] if source else ""})
-    experience.metadata.update({"game": game, "uri": experience.uri, "steps": cfg.record_steps})
+    experience.metadata.update({"game": game, "uri": experience.uri, "steps": task.cfg.record_steps})

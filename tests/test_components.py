@@ -24,6 +24,7 @@ from polydistill_kfp.components.train_teacher import train_teacher
 from polydistill_kfp.pipeline import parameter_sentinel
 
 from polydistill import config as C
+from polydistill.buffer import manifest_digest
 
 GAME = "Breakout"
 EXPERIMENT = "components-test"
@@ -251,7 +252,7 @@ def test_encode_buffer(setup: SimpleNamespace, buffer_out: SimpleNamespace,
     record = latents_out.record
     assert set(record) == set(rt.GAME_RECORD_FIELDS)
     assert record["buffer"] == buffer_out.buffer.metadata["uri"] and record["latents"] == uri
-    assert record["buffer_sha256"] == rt.manifest_digest(record["buffer"]) != record["latents_sha256"]
+    assert record["buffer_sha256"] == manifest_digest(record["buffer"]) != record["latents_sha256"]
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,6 @@ The trained autoencoder encodes a buffer into a latent dataset in :mod:`polydist
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import logging
 import math
@@ -64,6 +63,7 @@ from .buffer import (
     RAW_STACK_BYTES,
     DatasetError,
     ExperienceDataset,
+    manifest_digest,
     open_dataset,
 )
 from .checkpoint import (
@@ -304,11 +304,6 @@ def open_frames_dataset(uri: str, purpose: str) -> ExperienceDataset:
     if ds.manifest.num_valid_states == 0 or not ds.manifest.shards:
         raise DatasetError(f"dataset {ds.uri} is empty (no valid states); record or export more steps")
     return ds
-
-
-def manifest_sha256(ds: ExperienceDataset) -> str:
-    """sha256 (hex) of ``ds``'s manifest file: what identifies a dataset version."""
-    return hashlib.sha256(ds.store.get_bytes(MANIFEST)).hexdigest()
 
 
 def checkpoint_dir_of(directory: str | Path) -> Path:
@@ -564,7 +559,7 @@ def train_autoencoder(
     """
     out = Path(out_dir)
     ds = open_frames_dataset(dataset, "train an autoencoder")
-    manifest_sha = manifest_sha256(ds)
+    manifest_sha = manifest_digest(ds.store)
     teacher_net, teacher_sha = _load_matching_teacher(teacher, ds, cfg)
     rd = _open_run_dir(out, ds, manifest_sha, cfg, teacher_sha)
     prev = rd.previous

@@ -83,6 +83,13 @@ _VERSION_RE = re.compile(r"v-[0-9a-f]{16}")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
+def manifest_digest(dataset: str | ObjectStore) -> str:
+    """sha256 (hex) of the manifest file of ``dataset`` (a URI or its opened store): what names one exact
+    version of a dataset (its shards' names and digests are in it)."""
+    store = open_store(dataset) if isinstance(dataset, str) else dataset
+    return hashlib.sha256(store.get_bytes(MANIFEST)).hexdigest()
+
+
 def shard_name(index: int, version: str = "") -> str:
     """Key of shard ``index`` (zero-padded so names sort in order), under its ``version`` directory."""
     base = f"shard-{index:06d}.npz"

@@ -30,6 +30,13 @@ class CheckpointError(PolydistillError, RuntimeError):
     """A checkpoint is missing, unreadable or inconsistent; the message names the file."""
 
 
+def checkpoint_digest(checkpoint: str | Path | bytes) -> str:
+    """sha256 (hex) of a checkpoint's ``metadata.json`` (which holds the weights' sha256): what names one
+    exact checkpoint. ``checkpoint`` is its directory or the file's bytes (read from a store)."""
+    data = checkpoint if isinstance(checkpoint, bytes) else (Path(checkpoint) / METADATA_FILE).read_bytes()
+    return hashlib.sha256(data).hexdigest()
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
     path = Path(path)

@@ -49,10 +49,9 @@ from .autoencoder import (
     checkpoint_dir_of,
     code_bytes,
     load_autoencoder,
-    manifest_sha256,
     open_frames_dataset,
 )
-from .buffer import MANIFEST, DatasetError, DatasetWriter, ExperienceDataset, Manifest
+from .buffer import MANIFEST, DatasetError, DatasetWriter, ExperienceDataset, Manifest, manifest_digest
 from .checkpoint import METADATA_FILE, MODEL_FILE, CheckpointError
 from .networks import FRAME_SIZE, ConvAutoencoder, DuelingQNetwork, build_network, pick_device, subpixel_decoder
 from .progress import progress
@@ -128,7 +127,7 @@ def encode_buffer(
             "code_dtype": code_dtype,
             "code_bytes_per_state": code_bytes(ae.latent_dim, code_dtype),
             "dataset": redact(src.uri),
-            "dataset_sha256": manifest_sha256(src),
+            "dataset_sha256": manifest_digest(src.store),
             "source_codec": m.codec,
             "source_bytes_per_state": round(m.bytes_per_state, 3),
             "teacher_sha256": t_meta.get("sha256"),

@@ -25,12 +25,12 @@ import time
 from collections.abc import Collection, Sequence
 from typing import Any
 
+from .mirror import INDEX_KEY as _TEACHER_INDEX  # a published teacher's index (mirror.publish_dir)
 from .store import ObjectNotFoundError, StoreAccessDeniedError, join_uri, open_store
 
 log = logging.getLogger(__name__)
 
 RUN_INDEX = "polydistill-runs.json"
-_TEACHER_INDEX = "polydistill-index.json"  # written by publish_dir (polydistill_kfp.components.runtime)
 _MANIFEST = "manifest.json"  # polydistill.buffer.MANIFEST (not imported: buffer pulls in numpy and zstd)
 
 

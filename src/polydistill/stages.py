@@ -24,3 +24,7 @@ TRAINING = (TRAIN_TEACHER, TRAIN_AUTOENCODER, DISTILL)
 #: Stages that read or write the object store (and get its credentials): start-run records the run in the
 #: store's run index, report applies the retention setting.
 STORE = (START_RUN, TRAIN_TEACHER, EXPORT_BUFFER, TRAIN_AUTOENCODER, ENCODE_BUFFER, DISTILL, REPORT)
+#: The config model (a key of ``polydistill.config.STAGES``) each stage's task reads; the training stages'
+#: working directories are ``RUN_ROOT/work/<this>/NAME``.
+CONFIG = {TRAIN_TEACHER: "teacher", EXPORT_BUFFER: "export", TRAIN_AUTOENCODER: "autoencoder", DISTILL: "distill",
+          EVALUATE: "evaluate"}

@@ -17,7 +17,6 @@ the same bytes as an unbroken one.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -26,7 +25,9 @@ from typing import Any
 
 from polydistill.errors import PolydistillError
 
-from .checkpoint import METADATA_FILE, CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, checkpoint_digest, load_checkpoint
+
+__all__ = ["WarmStartError", "WarmStartSource", "checkpoint_digest", "load_initial_weights", "plan", "verify"]
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +51,6 @@ class WarmStartSource:
     def as_dict(self) -> dict[str, str]:
         """As a plain dict (a pipeline parameter)."""
         return asdict(self)
-
-
-def checkpoint_digest(directory: str | Path) -> str:
-    """sha256 (hex) of a checkpoint directory's ``metadata.json`` (which holds the weights' sha256)."""
-    return hashlib.sha256((Path(directory) / METADATA_FILE).read_bytes()).hexdigest()
 
 
 def plan(champion: dict[str, str] | None, games: Sequence[str]) -> dict[str, dict[str, str]]:
