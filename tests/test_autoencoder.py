@@ -679,3 +679,20 @@ def test_cli_trains_with_the_teacher_term_and_refuses_it_without_a_teacher(teach
     assert "teacher agreement" in r.output
     _, meta = load_autoencoder(tmp_path / "ok")
     assert meta["config"]["teacher_weight"] == 2.0 and 0 <= meta["metrics"]["teacher_agreement"] <= 1
+
+
+def test_cli_encode_takes_a_profile_and_a_config_file(tmp_path):
+    """encode-buffer has a config model like every stage: --profile and --config, and a bad setting in the
+    file is one line before anything is read or written."""
+    from polydistill.cli import main
+
+    runner = CliRunner()
+    help_text = runner.invoke(main, ["encode-buffer", "--help"]).output
+    assert "--profile" in help_text and "--config" in help_text and "--shard-steps" in help_text
+    cfg = tmp_path / "encode.yaml"
+    cfg.write_text("shard_steps: 0\n")
+    dest = tmp_path / "lat"
+    r = runner.invoke(main, ["encode-buffer", "--dataset", str(tmp_path / "nope"), "--autoencoder", str(tmp_path),
+                             "--teacher", str(tmp_path), "--to", str(dest), "--config", str(cfg)])
+    assert r.exit_code == 2 and "shard_steps" in r.output and "Traceback" not in r.output
+    assert not dest.exists()

@@ -161,6 +161,23 @@ class ExportConfig(_Model):
     upload_workers: int = Field(4, ge=1, description="Parallel shard uploads.")
 
 
+class EncodeConfig(_Model):
+    """Encoding a frame dataset to a latent dataset with its game's autoencoder (``encode-buffer``). The
+    pipeline derives it from the run's export and autoencoder configs (:func:`pipeline_encode_config`)."""
+
+    code_dtype: LatentDtypeName | None = Field(
+        None, description="Stored code precision [default: the autoencoder's code_dtype]."
+    )
+    shard_steps: int = Field(
+        ExportConfig.model_fields["shard_steps"].default, ge=1, description="Agent steps per shard."
+    )
+    q_dtype: Literal["float16", "float32"] = Field(
+        ExportConfig.model_fields["q_dtype"].default, description="Stored Q-value precision."
+    )
+    batch_size: int = Field(256, ge=1, description="States per encoder/teacher forward pass.")
+    device: str = Field("auto", description="torch device: auto, cpu, cuda, cuda:N.")
+
+
 class AutoencoderConfig(_Model):
     """Per-game convolutional autoencoder over 4x84x84 states (seed paper: 64 float32 codes)."""
 
@@ -296,6 +313,10 @@ STAGES: dict[str, type[_Model]] = {
     "evaluate": EvalConfig,
     "retraining": RetrainingConfig,
 }
+
+#: Every config model by name: the pipeline's stages plus the commands whose settings the pipeline derives
+#: from other stages' (``encode``: :func:`pipeline_encode_config`).
+MODELS: dict[str, type[_Model]] = {**STAGES, "encode": EncodeConfig}
 
 # Profile overrides per stage; dotted keys reach nested models ("env.sticky_actions").
 # smoke: the whole DAG in minutes on 2 CPU cores (plumbing, not learning).
@@ -449,6 +470,10 @@ def resolve(
 ) -> AutoencoderConfig: ...
 @overload
 def resolve(
+    stage: Literal["encode"], profile: str = ..., file: PathArg = ..., overrides: Overrides = ...
+) -> EncodeConfig: ...
+@overload
+def resolve(
     stage: Literal["distill"], profile: str = ..., file: PathArg = ..., overrides: Overrides = ...
 ) -> DistillConfig: ...
 @overload
@@ -467,14 +492,14 @@ def resolve(
     file: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> _Model:
-    """Return the validated config model for ``stage`` (a key of :data:`STAGES`), typed per stage.
+    """Return the validated config model for ``stage`` (a key of :data:`MODELS`), typed per stage.
 
     ``overrides`` may use dotted keys for nested settings; ``None`` values are ignored (unset flags).
     """
-    if stage not in STAGES:
-        raise ConfigError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+    if stage not in MODELS:
+        raise ConfigError(f"unknown stage {stage!r}; stages are {', '.join(MODELS)}")
     _check_profile(profile)
-    model = STAGES[stage]
+    model = MODELS[stage]
     data: dict[str, Any] = _merge({}, PROFILE_OVERRIDES.get(profile, {}).get(stage, {}))
     if file is not None:
         data = _merge(data, read_config_file(file))
@@ -553,13 +578,11 @@ def derive_seeds(configs: Mapping[str, dict[str, Any]], run_id: str) -> dict[str
     return out
 
 
-#: The "use the profile's value" sentinels of pipeline parameters (a KFP parameter cannot be None).
-UNSET_SENTINELS = (None, "", -1, -1.0)
-
-
 def _is_unset(v: Any) -> bool:
-    # Only the exact sentinels: any other negative number (teacher_steps=-5) is a value, and is refused by
-    # the config's own validation rather than silently replaced by the profile's.
+    # The "use the profile's value" sentinels of pipeline parameters (a KFP parameter cannot be None): None,
+    # "" and exactly -1 / -1.0 (pipelines.pipeline.parameter_sentinel gives each parameter its own). Any other
+    # negative number (teacher_steps=-5) is a value, refused by the config's own validation rather than
+    # silently replaced by the profile's.
     if isinstance(v, bool):
         return False
     return v is None or v == "" or (isinstance(v, int | float) and v == -1)
@@ -569,7 +592,7 @@ def resolve_pipeline(profile: str, params: Mapping[str, Any] | None = None) -> d
     """Resolve every stage config from a profile and pipeline parameters.
 
     Returns ``{stage: config_dict}`` (JSON-serialisable), validated. Parameters that are unset (``None``,
-    ``""``, ``-1`` or ``-1.0``, the pipeline's "use the profile" sentinels, :data:`UNSET_SENTINELS`) are
+    ``""``, ``-1`` or ``-1.0``, the pipeline's "use the profile" sentinels) are
     ignored; any other value is validated like a CLI flag, so ``teacher_steps=-5`` is a :class:`ConfigError`
     naming it (``submit`` calls this before sending anything).
     """
@@ -603,6 +626,8 @@ def from_dict(stage: Literal["export"], data: Mapping[str, Any]) -> ExportConfig
 @overload
 def from_dict(stage: Literal["autoencoder"], data: Mapping[str, Any]) -> AutoencoderConfig: ...
 @overload
+def from_dict(stage: Literal["encode"], data: Mapping[str, Any]) -> EncodeConfig: ...
+@overload
 def from_dict(stage: Literal["distill"], data: Mapping[str, Any]) -> DistillConfig: ...
 @overload
 def from_dict(stage: Literal["evaluate"], data: Mapping[str, Any]) -> EvalConfig: ...
@@ -612,12 +637,20 @@ def from_dict(stage: str, data: Mapping[str, Any]) -> _Model: ...
 
 def from_dict(stage: str, data: Mapping[str, Any]) -> _Model:
     """Validate an already-resolved stage config dict (as passed between pipeline tasks)."""
-    if stage not in STAGES:
-        raise ConfigError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+    if stage not in MODELS:
+        raise ConfigError(f"unknown stage {stage!r}; stages are {', '.join(MODELS)}")
     try:
-        return STAGES[stage].model_validate(dict(data))
+        return MODELS[stage].model_validate(dict(data))
     except ValidationError as e:
         raise ConfigError(f"invalid {stage} config: {e}") from None
+
+
+def pipeline_encode_config(autoencoder: Mapping[str, Any], export: Mapping[str, Any]) -> EncodeConfig:
+    """A pipeline run's encode-buffer settings, from its resolved stage configs: the code precision of the
+    ``autoencoder`` config, the shard size and Q-value precision of the ``export`` config (the latents are
+    sharded like the buffer they encode)."""
+    ae, ex = from_dict("autoencoder", autoencoder), from_dict("export", export)
+    return from_dict("encode", {"code_dtype": ae.code_dtype, "shard_steps": ex.shard_steps, "q_dtype": ex.q_dtype})
 
 
 def default_games(profile: str) -> list[str]:

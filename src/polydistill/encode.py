@@ -53,6 +53,7 @@ from .autoencoder import (
 )
 from .buffer import MANIFEST, DatasetError, DatasetWriter, ExperienceDataset, Manifest, manifest_digest
 from .checkpoint import METADATA_FILE, MODEL_FILE, CheckpointError
+from .config import EncodeConfig
 from .networks import FRAME_SIZE, ConvAutoencoder, DuelingQNetwork, build_network, pick_device, subpixel_decoder
 from .progress import progress
 from .store import ObjectNotFoundError, open_store, redact
@@ -67,12 +68,9 @@ def encode_buffer(
     autoencoder_dir: str | Path,
     teacher_dir: str | Path,
     dest: str,
-    code_dtype: str | None = None,
-    shard_steps: int = 10_000,
-    q_dtype: str = "float16",
-    batch_size: int = 256,
+    cfg: EncodeConfig | None = None,
     create_bucket: bool = False,
-    device: str = "auto",
+    **settings: Any,
 ) -> Manifest:
     """Encode a frame dataset into a latent dataset at ``dest`` (see the module docstring for the layout).
 
@@ -82,12 +80,10 @@ def encode_buffer(
         teacher_dir: the game's teacher (run or checkpoint directory); its Q-values on the original frames are
             stored as the distillation targets.
         dest: destination URI (``s3://bucket/prefix``, ``file:///path`` or a path); not the source.
-        code_dtype: stored code precision (float32, float16, int8); default: the autoencoder's ``code_dtype``.
-        shard_steps: rows (agent steps) per shard.
-        q_dtype: stored Q-value precision (float16 or float32).
-        batch_size: states per encoder/teacher forward pass.
+        cfg: the settings (:class:`polydistill.config.EncodeConfig`: code and Q-value precision, shard size,
+            batch size, device); default: its defaults.
         create_bucket: create the S3 bucket if it does not exist.
-        device: torch device for the encoder and the teacher.
+        settings: fields of ``cfg`` to replace (``device="cpu"``), checked here like the config's.
 
     Returns:
         The manifest written.
@@ -96,10 +92,11 @@ def encode_buffer(
         AutoencoderError: bad arguments, or a teacher/autoencoder of another game or shape than the dataset.
         DatasetError: the source is missing, latent or empty. CheckpointError: a directory is no checkpoint.
     """
-    _check_settings(code_dtype, shard_steps, q_dtype, batch_size)
+    cfg = _settings(cfg, settings)
+    code_dtype, shard_steps, q_dtype, batch_size = cfg.code_dtype, cfg.shard_steps, cfg.q_dtype, cfg.batch_size
     src = open_frames_dataset(dataset, "encode it")
     m = src.manifest
-    dev = pick_device(device)
+    dev = pick_device(cfg.device)
     ae_dir = checkpoint_dir_of(autoencoder_dir)
     ae, ae_meta, teacher, t_meta = _load_models(src, ae_dir, teacher_dir, dev)
     code_dtype = code_dtype or ae_meta.get("code_dtype", "float16")
@@ -179,6 +176,17 @@ def encode_buffer(
         out.bytes_per_state,
         m.bytes_per_state,
     )
+    return out
+
+
+def _settings(cfg: EncodeConfig | None, settings: dict[str, Any]) -> EncodeConfig:
+    """``cfg`` (default: the defaults) with ``settings`` replaced, refused with one line unless valid."""
+    unknown = sorted(set(settings) - set(EncodeConfig.model_fields))
+    if unknown:
+        raise AutoencoderError(f"unknown encode setting(s) {unknown}; known: {sorted(EncodeConfig.model_fields)}")
+    # model_copy does not validate: the checks below name the setting the way the CLI spells it.
+    out = (cfg or EncodeConfig()).model_copy(update=settings)
+    _check_settings(out.code_dtype, out.shard_steps, out.q_dtype, out.batch_size)
     return out
 
 

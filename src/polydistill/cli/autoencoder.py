@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..config import AutoencoderConfig
+from ..config import AutoencoderConfig, EncodeConfig
 from . import main
 from .options import config_options
 
@@ -61,46 +61,11 @@ def train_autoencoder_cmd(
     help="The game's teacher (run or checkpoint directory): its Q-values on the original frames are stored.",
 )
 @click.option("--to", "dest", required=True, help="Destination: s3://bucket/prefix, file:///path or a path.")
-@click.option(
-    "--code-dtype",
-    type=click.Choice(["float32", "float16", "int8"]),
-    default=None,
-    help="Stored code precision [default: the autoencoder's code_dtype].",
-)
-@click.option(
-    "--q-dtype",
-    type=click.Choice(["float16", "float32"]),
-    default="float16",
-    show_default=True,
-    help="Stored Q-value precision.",
-)
-@click.option(
-    "--shard-steps",
-    type=click.IntRange(min=1),
-    default=10_000,
-    show_default=True,
-    help="Agent steps per shard.",
-)
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=256,
-    show_default=True,
-    help="States per encoder/teacher forward pass.",
-)
-@click.option("--device", default="auto", show_default=True, help="torch device: auto, cpu, cuda, cuda:N.")
 @click.option("--create-bucket", is_flag=True, help="Create the S3 bucket if it does not exist.")
+@config_options("encode")
 def encode_buffer_cmd(
-    dataset: str,
-    autoencoder_dir: str,
-    teacher_dir: str,
-    dest: str,
-    code_dtype: str | None,
-    q_dtype: str,
-    shard_steps: int,
-    batch_size: int,
-    device: str,
-    create_bucket: bool,
+    dataset: str, autoencoder_dir: str, teacher_dir: str, dest: str, create_bucket: bool, cfg: EncodeConfig,
+    profile: str,
 ) -> None:
     """Encode a frame dataset into a latent dataset (codec 'latent') with the teacher's Q-values.
 
@@ -109,18 +74,7 @@ def encode_buffer_cmd(
     """
     from ..encode import encode_buffer
 
-    m = encode_buffer(
-        dataset,
-        autoencoder_dir,
-        teacher_dir,
-        dest,
-        code_dtype=code_dtype,
-        shard_steps=shard_steps,
-        q_dtype=q_dtype,
-        batch_size=batch_size,
-        create_bucket=create_bucket,
-        device=device,
-    )
+    m = encode_buffer(dataset, autoencoder_dir, teacher_dir, dest, cfg, create_bucket=create_bucket)
     lossless = m.source.get("source_bytes_per_state")
     click.echo(
         f"{dest}: {m.game}, {m.num_valid_states} states in {len(m.shards)} shards, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import types
 import typing
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +15,9 @@ from .. import config as C
 
 def _click_type(ann: Any) -> Any:
     origin = typing.get_origin(ann)
+    if origin in (typing.Union, types.UnionType):  # X | None: an optional setting, None = unset
+        args = [a for a in typing.get_args(ann) if a is not type(None)]
+        return _click_type(args[0]) if len(args) == 1 else str
     if origin is typing.Literal:
         return click.Choice([str(a) for a in typing.get_args(ann)])
     if ann is bool:
@@ -29,22 +33,25 @@ def config_options(stage: str, aliases: dict[str, str] | None = None, skip: tupl
     """Decorator adding ``--profile``, ``--config FILE`` and one flag per setting of ``stage``'s config.
 
     The wrapped command receives ``cfg`` (the resolved, validated config model) instead of the raw flags.
-    ``aliases`` renames flags (``{"total_steps": "steps"}`` gives ``--steps``); dotted keys of nested models
-    become flags of their last part (``env.sticky_actions`` -> ``--sticky-actions``).
+    Each flag is the setting's name (dotted keys of nested models: their last part, ``env.sticky_actions`` ->
+    ``--sticky-actions``); ``aliases`` adds a second spelling kept for an existing command
+    (``{"total_steps": "steps"}``: ``--total-steps`` and ``--steps``).
     """
     aliases = aliases or {}
-    rows = [r for r in C.flag_fields(C.STAGES[stage]) if r[0] not in skip]
+    rows = [r for r in C.flag_fields(C.MODELS[stage]) if r[0] not in skip]
 
     def decorate(fn: Callable) -> Callable:
         params: dict[str, str] = {}  # python identifier -> dotted config key
         for key, ann, desc in reversed(rows):
-            flag = aliases.get(key, key.split(".")[-1]).replace("_", "-")
+            names = [key.split(".")[-1].replace("_", "-")]
+            names += [aliases[key].replace("_", "-")] if key in aliases else []
             ident = "cfg__" + key.replace(".", "__")
             params[ident] = key
             if ann is bool:
-                fn = click.option(f"--{flag}/--no-{flag}", ident, default=None, help=desc)(fn)
+                fn = click.option(*[f"--{n}/--no-{n}" for n in names], ident, default=None, help=desc)(fn)
             else:
-                fn = click.option(f"--{flag}", ident, type=_click_type(ann), default=None, help=desc)(fn)
+                fn = click.option(*[f"--{n}" for n in names], ident, type=_click_type(ann), default=None,
+                                  help=desc)(fn)
         fn = click.option(
             "--config",
             "config_file",
