@@ -25,7 +25,7 @@ def distill(
     """Distill the teachers into one student trained on ``source`` states (``subset``/``full``: part or all of
     each game's buffer; ``latent``: the decoded latents).
 
-    ``game_records`` holds one record per game of ``games`` (``runtime.game_record``: the teacher, buffer
+    ``game_records`` holds one record per game of ``games`` (``run_layout.game_record``: the teacher, buffer
     and latents by store URI and the datasets' manifest digests); a missing, extra or incomplete record, or
     a dataset whose manifest changed since it was recorded, fails the task before any training."""
     from polydistill_kfp.components import runtime as rt

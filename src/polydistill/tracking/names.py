@@ -9,6 +9,8 @@ from polydistill.errors import PolydistillError
 
 #: Experiment used when none is given.
 DEFAULT_EXPERIMENT = "polydistill"
+#: The students' name in the MLflow Model Registry (the pipeline's; ``start-run`` spells it as its default).
+REGISTERED_MODEL = "polydistill-student"
 #: Seconds to wait for a TCP connection to an HTTP tracking server before giving up on tracking.
 CONNECT_TIMEOUT_S = 2.0
 #: MLflow HTTP client settings applied with ``os.environ.setdefault`` (a value the user set wins).
