@@ -39,6 +39,8 @@ def start_run(
     warm_start: str,
     seeds: str,
     keep_runs: int,
+    # tracking.names.REGISTERED_MODEL: KFP runs this function's source alone, so its default is a literal
+    # (tests/test_pipeline.py checks that they agree).
     registered_model: str = "polydistill-student",
 ) -> NamedTuple(  # type: ignore[valid-type]  # kfp reads outputs from this functional form
     "RunSetup",

@@ -48,7 +48,7 @@ the tasks that touch the object store get the S3 credentials from the Secret ``m
 parameter or part of the compiled YAML.
 
 Retries: the three training tasks are retried (3 times, backoff from 2 minutes); each keeps its working
-directory under ``STORE/runs/<run id>/work/...`` (see :mod:`polydistill_kfp.components.runtime`), so a retry
+directory under ``STORE/runs/<run id>/work/...`` (see :mod:`polydistill.mirror`), so a retry
 resumes from the last checkpoint. Caching: on for every task but ``start-run``, which must open a new MLflow
 parent run each time. Because every task receives its run's parent-run id and run-scoped store prefix, a new
 pipeline run never silently reuses an older run's teachers, which is what a scheduled retraining wants.
@@ -68,6 +68,7 @@ from kfp.dsl import Artifact, Dataset, Model
 
 from polydistill import config as C
 from polydistill import stages as S
+from polydistill.tracking.names import DEFAULT_EXPERIMENT, REGISTERED_MODEL
 
 from .components.distill import distill
 from .components.encode_buffer import encode_buffer
@@ -82,11 +83,9 @@ from .components.train_teacher import train_teacher
 
 #: Parameters that are not stage hyperparameters, in signature order.
 FIXED_PARAMETERS = ("games", "profile", "store_uri", "tracking_uri", "minio_endpoint", "experiment")
-#: Empty: each run's start-run picks the cluster's store (components.runtime.default_store_uri): the standalone
+#: Empty: each run's start-run picks the cluster's store (run_layout.default_store_uri): the standalone
 #: overlay's s3://polydistill, or on Kubeflow s3://mlpipeline/private/<namespace>/polydistill.
 DEFAULT_STORE = ""
-DEFAULT_EXPERIMENT = "polydistill"
-REGISTERED_MODEL = "polydistill-student"  # the students' name in the MLflow Model Registry
 MINIO_SECRET = "mlpipeline-minio-artifact"
 MINIO_SECRET_ENV = {"accesskey": "AWS_ACCESS_KEY_ID", "secretkey": "AWS_SECRET_ACCESS_KEY"}
 CONFIG_MAP = "polydistill-config"
@@ -172,6 +171,26 @@ def parameter_sentinel(name: str) -> tuple[type, Any]:
     if ann is str or typing.get_origin(ann) is typing.Literal:
         return str, ""
     raise TypeError(f"pipeline parameter {name!r} maps to {stage}.{key} of type {ann!r}: give it a sentinel")
+
+
+def pipeline_signature(default_profile: str) -> inspect.Signature:
+    """The pipeline function's parameters: :data:`FIXED_PARAMETERS`, then one per
+    ``config.PIPELINE_PARAMETERS`` name with its type and sentinel (:func:`parameter_sentinel`), generated
+    from that one list rather than spelled out again."""
+    fixed: dict[str, tuple[type, Any]] = {
+        "games": (list, []),  # empty = the profile's games
+        "profile": (str, default_profile),
+        # Empty: each run's start-run picks the cluster's store (run_layout.default_store_uri).
+        "store_uri": (str, DEFAULT_STORE),
+        "tracking_uri": (str, ""),
+        "minio_endpoint": (str, ""),
+        "experiment": (str, DEFAULT_EXPERIMENT),
+    }
+    rows = [*((name, fixed[name]) for name in FIXED_PARAMETERS),
+            *((name, parameter_sentinel(name)) for name in C.PIPELINE_PARAMETERS)]
+    return inspect.Signature([inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default,
+                                                annotation=kind) for name, (kind, default) in rows],
+                             return_annotation=None)
 
 
 def _env(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
@@ -327,42 +346,18 @@ def _make_pipeline(variant: Variant) -> Callable[..., Any]:
                 retraining_config=out["retraining_config"],
             ))
 
-    def polydistill(
-        games: list = [],  # noqa: B006 - KFP reads the default from the signature; empty = the profile's games
-        profile: str = variant.default_profile,
-        store_uri: str = DEFAULT_STORE,
-        tracking_uri: str = "",
-        minio_endpoint: str = "",
-        experiment: str = DEFAULT_EXPERIMENT,
-        teacher_steps: int = -1,
-        teacher_num_envs: int = -1,
-        record_steps: int = -1,
-        teacher_learning_rate: float = -1.0,
-        codec: str = "",
-        latent_dim: int = -1,
-        autoencoder_epochs: int = -1,
-        autoencoder_loss: str = "",
-        autoencoder_teacher_weight: float = -1.0,
-        code_dtype: str = "",
-        distill_loss: str = "",
-        tau: float = -1.0,
-        actions: str = "",
-        student_width: float = -1.0,
-        student_init: str = "",
-        subset_fraction: float = -1.0,
-        distill_steps: int = -1,
-        eval_protocol: str = "",
-        eval_episodes: int = -1,
-        eval_cycles: int = -1,
-        eval_cycle_steps: int = -1,
-        warm_start: str = "",
-        seeds: str = "",
-        keep_runs: int = -1,
-    ) -> None:
-        """The whole DAG (see the module docstring)."""
-        args = dict(locals())  # first statement: the arguments (and the closure's free variables)
-        body(**{k: args[k] for k in FIXED_PARAMETERS}, **{k: args[k] for k in C.PIPELINE_PARAMETERS})
+    signature = pipeline_signature(variant.default_profile)
 
+    def polydistill(*args: Any, **kwargs: Any) -> None:
+        """The whole DAG (see the module docstring)."""
+        arguments = signature.bind(*args, **kwargs)  # kfp passes one channel per parameter, in signature order
+        arguments.apply_defaults()
+        body(**arguments.arguments)
+
+    # KFP reads a pipeline's parameters from inspect.signature (kfp/dsl/component_factory.py
+    # extract_component_interface, kfp/dsl/graph_component.py), which honours __signature__.
+    polydistill.__signature__ = signature  # type: ignore[attr-defined]
+    polydistill.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
     return dsl.pipeline(name=variant.name, description=variant.description)(polydistill)
 
 

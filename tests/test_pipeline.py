@@ -57,6 +57,15 @@ def test_start_run_takes_every_hyperparameter() -> None:
         assert args[hp].annotation is parameter_sentinel(hp)[0], hp
 
 
+def test_start_run_default_model_name_is_the_library_one() -> None:
+    """The registered model is named once (tracking.names); start-run's literal default must agree."""
+    from polydistill_kfp.components.start_run import start_run
+
+    from polydistill.tracking.names import REGISTERED_MODEL
+
+    assert inspect.signature(start_run.python_func).parameters["registered_model"].default == REGISTERED_MODEL
+
+
 def test_variant_defaults() -> None:
     assert pipeline_parameters(PIPELINES["polydistill"])["profile"].default == "cpu"
     assert pipeline_parameters(PIPELINES["polydistill-paper"])["profile"].default == "paper"
