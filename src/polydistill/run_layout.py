@@ -111,21 +111,22 @@ def check_game_records(games: list[str], records: list[Any]) -> dict[str, dict[s
     """The game records by game, after checking that there is exactly one complete record per game.
 
     Raises:
-        RunLayoutError: one line naming what differs (counts, games, a missing field); a count short of the
-            games is what a backend that drops list items produces, so the message names that issue.
+        ValueError: one line naming what differs (counts, games, a missing field); a count short of the games
+            is what a backend that drops list items produces, so the message names that issue. A plain
+            ValueError: not the user's input but the backend's delivery (the parent run's error tag names it).
     """
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-        raise RunLayoutError(f"game records must be a list of dicts, got {type(records).__name__}")
+        raise ValueError(f"game records must be a list of dicts, got {type(records).__name__}")
     by_game: dict[str, dict[str, str]] = {}
     for r in records:
         missing = [f for f in GAME_RECORD_FIELDS if not r.get(f)]
         if missing:
-            raise RunLayoutError(f"the game record of {r.get('game', '?')!r} lacks {', '.join(missing)}")
+            raise ValueError(f"the game record of {r.get('game', '?')!r} lacks {', '.join(missing)}")
         if r["game"] in by_game:
-            raise RunLayoutError(f"two game records for {r['game']}: each game's teacher, buffer and latents once")
+            raise ValueError(f"two game records for {r['game']}: each game's teacher, buffer and latents once")
         by_game[r["game"]] = {f: str(r[f]) for f in GAME_RECORD_FIELDS}
     if sorted(by_game) != sorted(games) or len(records) != len(games):
-        raise RunLayoutError(
+        raise ValueError(
             f"{len(games)} games ({', '.join(games) or 'none'}) but {len(records)} teachers, buffers and latents "
             f"({', '.join(sorted(by_game)) or 'none'}); the per-game outputs did not all arrive (a backend that "
             f"drops list items does this: {UPSTREAM_LIST_ISSUE})")
