@@ -578,3 +578,18 @@ def test_setup_gives_a_loop_task_its_share_of_the_cores(in_loop: bool, monkeypat
         assert torch.get_num_threads() == (1 if in_loop else 2)
     finally:
         torch.set_num_threads(before)
+
+
+def test_fetch_dir_refuses_a_prefix_with_nothing_published_or_a_bad_index(s3_env: str) -> None:
+    """The store protocol's errors are one line naming the prefix (polydistill.mirror); "nothing published"
+    is still a FileNotFoundError, as before the protocol moved into the library."""
+    from polydistill import mirror
+    from polydistill.errors import PolydistillError
+    from polydistill.store import open_store
+
+    with pytest.raises(mirror.NotPublishedError, match=r"nothing published at .*/empty") as info:
+        mirror.fetch_dir(f"{s3_env}/empty")
+    assert isinstance(info.value, FileNotFoundError) and isinstance(info.value, PolydistillError)
+    open_store(f"{s3_env}/bad", create_bucket=True).put_bytes(mirror.INDEX_KEY, b"[1]")
+    with pytest.raises(mirror.MirrorError, match="is not an index of keys"):
+        mirror.fetch_dir(f"{s3_env}/bad")
