@@ -140,7 +140,7 @@ def run_cmd(profile: str, run_dir: str | None, runner: str, stream_logs: bool, g
     click.echo(results_text(result.report_md.read_text()))
     click.echo(f"Finished in {result.seconds / 60:.1f} min. Everything is under {result.run_dir}: report/ "
                f"(report.md with the tables' notes, .html, .json), kfp/ (outputs), logs/, store {result.store_uri}")
-    click.echo(f"MLflow UI: {result.mlflow_ui_command()}   (then open http://127.0.0.1:5000)")
+    click.echo(result.mlflow_ui_line())
 
 
 @main.command("compile")
