@@ -8,7 +8,7 @@ the base and every pin are pinned and agree with pyproject, torch comes first an
 from the wheelhouse never meets PyPI's CUDA torch, an online one would), the user is numeric and non-root, no
 credential is baked in, and ``.dockerignore`` keeps run outputs and secrets out of the context.
 
-The built image itself (``images/IMAGE``; the CUDA one when built) is inspected and run, with no network: its
+The built image itself (``components/IMAGE``; the CUDA one when built) is inspected and run, with no network: its
 user, environment, writable directories, versions, and that the wheelhouse stayed in the builder stage. Without
 an engine or the image these tests skip, except on CI (``CI=true``), where they fail.
 """
@@ -24,6 +24,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "images"
+#: Where the tag files live (package data of polydistill_kfp.components, so an installed wheel has them).
+TAG_DIR = ROOT / "components"
 DOCKERFILES = {"cpu": IMAGES / "Dockerfile", "cuda": IMAGES / "Dockerfile.cuda"}
 TORCH_PIN = "torch==2.13.0"
 KFP_EXTRA = {"kfp==2.17.0", "kfp-kubernetes==2.17.0"}
@@ -211,7 +213,7 @@ def test_dockerignore(path, ignored):
 
 def test_image_tag_files_hold_one_tag_each():
     version = _pyproject()["project"]["version"]
-    texts = {name: (IMAGES / name).read_text() for name in ("IMAGE", "IMAGE_CUDA")}
+    texts = {name: (TAG_DIR / name).read_text() for name in ("IMAGE", "IMAGE_CUDA")}
     for name, text in texts.items():
         assert len(text.splitlines()) == 1 and text.strip() == text.splitlines()[0], (
             f"{name}: one line, no blanks"
@@ -281,7 +283,7 @@ def built_image(request, engine) -> tuple[str, str, dict]:
     """(variant, tag, attrs) of a built project image; CI builds the CPU one (the CUDA one may be missing)."""
     import docker
 
-    tag = (IMAGES / ("IMAGE" if request.param == "cpu" else "IMAGE_CUDA")).read_text().strip()
+    tag = (TAG_DIR / ("IMAGE" if request.param == "cpu" else "IMAGE_CUDA")).read_text().strip()
     try:
         image = engine.images.get(tag)
     except docker.errors.ImageNotFound:
