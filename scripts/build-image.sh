@@ -120,9 +120,24 @@ fill_wheelhouse() {
     if ls "$wheelhouse"/torch-"$TORCH_VERSION"+cpu-*.whl >/dev/null 2>&1; then
       say "the CUDA wheelhouse holds a CPU torch wheel; remove it from $wheelhouse"; exit 1
     fi
+    check_cuda_wheels
   fi
   echo "$stamp" >"$wheelhouse/.stamp"
   say "wheelhouse filled in $((SECONDS - t0)) s: $(ls "$wheelhouse"/*.whl | wc -l) wheels, $(du -sh "$wheelhouse" | cut -f1)"
+}
+
+# Every wheel images/wheels-cuda.txt names (torch and the CUDA runtime it pins) is in the CUDA wheelhouse.
+check_cuda_wheels() {
+  local have want missing=()
+  have="$(ls "$wheelhouse" | grep '\.whl$' | cut -d- -f1 | tr 'A-Z_' 'a-z-' | sort -u)"
+  while read -r want; do
+    want="${want%%==*}"
+    grep -qx "$want" <<<"$have" || missing+=("$want")
+  done < <(grep -v '^#' images/wheels-cuda.txt)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    say "the CUDA wheelhouse $wheelhouse lacks ${missing[*]} (images/wheels-cuda.txt); empty it and fill it again"
+    exit 1
+  fi
 }
 
 build_args=(--build-arg "INSTALL=online" --network host)

@@ -342,3 +342,68 @@ print(torch.__version__, torch.version.cuda)"
     torch_version, cuda = out[3].split()
     assert torch_version.split("+")[0] == pins["torch"]
     assert (cuda == "None") is (variant == "cpu"), f"{variant} image has torch {torch_version}, CUDA {cuda}"
+
+
+# ------------------------------------------------------------------------------ the CUDA variant, unbuilt
+
+CUDA_WHEELS = IMAGES / "wheels-cuda.txt"
+#: The CUDA pieces torch 2.13.0's linux wheel on PyPI pins exactly (its METADATA's Requires-Dist for Linux).
+TORCH_CUDA_PINS = {"cuda-toolkit": "13.0.3", "nvidia-cudnn-cu13": "9.20.0.48", "nvidia-cusparselt-cu13": "0.8.1",
+                   "nvidia-nccl-cu13": "2.29.7", "nvidia-nvshmem-cu13": "3.4.5", "triton": "3.7.1"}
+
+
+def _wheel_list() -> dict[str, str]:
+    rows = [line.split("==") for line in CUDA_WHEELS.read_text().splitlines() if line and not line.startswith("#")]
+    return {name: version for name, version in rows}
+
+
+def _wheelhouse_names(variant: str) -> dict[str, str] | None:
+    """name -> version of a filled wheelhouse under POLYDISTILL_CACHE_DIR, or None when it is not filled."""
+    where = Path(os.environ.get("POLYDISTILL_CACHE_DIR", "/var/cache/polydistill")) / "wheels" / variant
+    wheels = sorted(where.glob("*.whl"))
+    if not wheels:
+        return None
+    return {w.name.split("-")[0].lower().replace("_", "-"): w.name.split("-")[1] for w in wheels}
+
+
+def test_the_cuda_wheel_set_is_torch_with_its_cuda_runtime():
+    wheels = _wheel_list()
+    assert wheels["torch"] == TORCH_PIN.split("==")[1], "the CUDA torch must be the pinned version, no +cpu"
+    for name, version in TORCH_CUDA_PINS.items():
+        assert wheels.get(name, "").startswith(version), f"{name}=={version} (torch's pin) missing from {CUDA_WHEELS}"
+    assert all(n.startswith(("torch", "triton", "nvidia-", "cuda-")) for n in wheels), sorted(wheels)
+    assert not any("+cpu" in v for v in wheels.values())
+
+
+def test_a_filled_cuda_wheelhouse_is_the_cpu_one_plus_the_cuda_set():
+    """Same layout as the CPU image: the same packages, with the CUDA torch and its runtime added."""
+    cuda = _wheelhouse_names("cuda")
+    if cuda is None:
+        pytest.skip("no CUDA wheelhouse filled here (bash scripts/build-image.sh --wheels-only --cuda)")
+    wheels = _wheel_list()
+    assert set(wheels) <= set(cuda), sorted(set(wheels) - set(cuda))
+    # torch and what it pins exactly are the listed versions; the rest (cuda-bindings>=13.0.3,<14) may move on.
+    for name in ("torch", *TORCH_CUDA_PINS):
+        assert cuda[name] == wheels[name], (name, cuda[name], wheels[name])
+    cpu = _wheelhouse_names("cpu")
+    if cpu is not None:
+        assert set(cuda) - set(wheels) == set(cpu) - {"torch"}, set(cuda) ^ set(cpu)
+        assert cpu["torch"].endswith("+cpu")
+
+
+def test_the_cuda_dockerfile_is_the_cpu_one_with_the_cuda_torch():
+    """Same stages, wheelhouse, user and smoke test; only torch's index, the labels and the NVIDIA variables
+    differ, and offline the torch install reads the same /wheelhouse (no index can override pip.conf)."""
+    cpu, cuda = (_instructions(DOCKERFILES[v]) for v in ("cpu", "cuda"))
+    assert [k for k, _ in cpu] == [k for k, _ in cuda if k != "ARG" or "TORCH_CUDA" not in _]
+    differ = [(a, b) for a, b in zip(cpu, [i for i in cuda if not (i[0] == "ARG" and "TORCH_CUDA" in i[1])],
+                                     strict=True) if a != b]
+    kinds = {a[0] for a, _ in differ}
+    assert kinds <= {"RUN", "LABEL", "ENV"}, differ
+    torch_runs = [b[1] for a, b in differ if a[0] == "RUN" and TORCH_PIN in b[1]]
+    assert len(torch_runs) == 1 and "download.pytorch.org/whl/${TORCH_CUDA}" in torch_runs[0]
+    assert "+cpu" not in CUDA_WHEELS.read_text() and "whl/cpu" not in DOCKERFILES["cuda"].read_text()
+    env = " ".join(rest for k, rest in _final_stage(cuda) if k == "ENV")
+    assert "NVIDIA_VISIBLE_DEVICES=all" in env and "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in env
+    smoke = [rest for k, rest in _final_stage(cuda) if k == "RUN" and "pip check" in rest]
+    assert smoke and "torch.version.cuda" in smoke[-1]
