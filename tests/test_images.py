@@ -344,6 +344,21 @@ print(torch.__version__, torch.version.cuda)"
     assert (cuda == "None") is (variant == "cpu"), f"{variant} image has torch {torch_version}, CUDA {cuda}"
 
 
+def test_built_image_has_no_compiler_test_tool_test_suite_or_pip_cache(built_image, engine):
+    """What the runtime never needs stays out (images/README.md, "What the image is made of")."""
+    _, tag, _ = built_image
+    out = _run_in(engine, tag, """set -e
+        site="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+        for tool in gcc cc g++ c++ make pytest; do command -v "$tool" && echo "has $tool"; done
+        find "$site" -type d -name tests | head -n 3
+        for p in torch/test torch/include mlflow/server/js; do test -e "$site/$p" && echo "has $p"; done
+        ls "$site/torch/bin"
+        for d in "$HOME/.cache/pip" /root/.cache/pip /tmp/pip-*; do test -e "$d" && echo "has $d"; done
+        python -c "import torch, pandas, sklearn, scipy, pyarrow, mlflow; print('imports')"
+    """).split()
+    assert out == ["torch_shm_manager", "imports"], out
+
+
 # ------------------------------------------------------------------------------ the CUDA variant, unbuilt
 
 CUDA_WHEELS = IMAGES / "wheels-cuda.txt"

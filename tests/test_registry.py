@@ -62,13 +62,13 @@ def test_registry_prefix_keeps_name_and_tag() -> None:
 
 @pytest.mark.parametrize("ref", ["Upper/Case:1", "a b", "reg/x@sha256:abc", "reg/x:", ""])
 def test_bad_references_are_refused_naming_the_option(ref: str) -> None:
-    with pytest.raises(ImageError, match="^--image-cuda .* is not an image reference"):
+    with pytest.raises(ImageError, match=r"^--image-cuda .* is not an image reference"):
         check_reference(ref, "--image-cuda")
 
 
 @pytest.mark.parametrize("registry", ["http://127.0.0.1:5000", "reg/UPPER", "reg:port"])
 def test_bad_registries_are_refused(registry: str) -> None:
-    with pytest.raises(ImageError, match="^--registry .* is not a registry prefix"):
+    with pytest.raises(ImageError, match=r"^--registry .* is not a registry prefix"):
         in_registry("ghcr.io/polydistill/polydistill:0.1.0", registry)
 
 
