@@ -352,7 +352,7 @@ def test_built_image_has_no_compiler_test_tool_test_suite_or_pip_cache(built_ima
         for tool in gcc cc g++ c++ make pytest; do command -v "$tool" && echo "has $tool"; done
         find "$site" -type d -name tests | head -n 3
         for p in torch/test torch/include mlflow/server/js; do test -e "$site/$p" && echo "has $p"; done
-        ls "$site/torch/bin"
+        find "$site/torch/bin" -maxdepth 1 -type f -printf "%f\\n"
         for d in "$HOME/.cache/pip" /root/.cache/pip /tmp/pip-*; do test -e "$d" && echo "has $d"; done
         python -c "import torch, pandas, sklearn, scipy, pyarrow, mlflow; print('imports')"
     """).split()
