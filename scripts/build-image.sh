@@ -103,6 +103,7 @@ fill_wheelhouse() {
   mv "$reqs.new" "$reqs"; mv "$cons.new" "$cons"
   if [ "$(cat "$wheelhouse/.stamp" 2>/dev/null)" = "$stamp" ]; then
     say "wheelhouse $wheelhouse is current ($(ls "$wheelhouse"/*.whl | wc -l) wheels)"
+    if [ "$variant" = cuda ]; then check_cuda_wheels; fi
     return
   fi
   say "filling the wheelhouse $wheelhouse"
