@@ -8,6 +8,10 @@ the YAML under version control always matches the code: after changing a compone
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .images import Images
 
 COMPILED_DIR = Path(__file__).resolve().parent / "compiled"
 
@@ -17,8 +21,16 @@ def compiled_name(variant: str) -> str:
     return f"{variant}.yaml"
 
 
-def compile_pipeline(variant: str, path: str | Path) -> Path:
-    """Compile ``variant`` (a key of :data:`polydistill_kfp.pipeline.VARIANTS`) to ``path``."""
+def default_out_dir() -> Path:
+    """Where ``polydistill compile`` writes without ``--out``: the committed ``pipelines/compiled/`` in a
+    source checkout, ``./compiled`` for an installed package (never into site-packages)."""
+    in_checkout = (COMPILED_DIR.parent.parent / "pyproject.toml").is_file()
+    return COMPILED_DIR if in_checkout else Path("compiled")
+
+
+def compile_pipeline(variant: str, path: str | Path, images: Images | None = None) -> Path:
+    """Compile ``variant`` (a key of :data:`polydistill_kfp.pipeline.VARIANTS`) to ``path``, with every task
+    in ``images`` (default: the tags in ``components/IMAGE[_CUDA]``)."""
     from kfp import compiler
 
     from .pipeline import PIPELINES
@@ -27,15 +39,26 @@ def compile_pipeline(variant: str, path: str | Path) -> Path:
         raise ValueError(f"unknown pipeline variant {variant!r}; choose one of {', '.join(PIPELINES)}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(PIPELINES[variant], str(path))
+    if images is None:
+        compiler.Compiler().compile(PIPELINES[variant], str(path))
+        return path
+    from .images import retarget
+
+    # Compiled next to the target and moved there retargeted: a failure leaves any older file as it was.
+    tmp = path.with_name(f".{path.name}.compiling.yaml")
+    try:
+        compiler.Compiler().compile(PIPELINES[variant], str(tmp))
+        retarget(tmp, images).replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
-def compile_all(out_dir: str | Path = COMPILED_DIR) -> list[Path]:
+def compile_all(out_dir: str | Path = COMPILED_DIR, images: Images | None = None) -> list[Path]:
     """Compile every variant into ``out_dir``; returns the files written."""
     from .pipeline import VARIANTS
 
-    return [compile_pipeline(v, Path(out_dir) / compiled_name(v)) for v in VARIANTS]
+    return [compile_pipeline(v, Path(out_dir) / compiled_name(v), images) for v in VARIANTS]
 
 
 if __name__ == "__main__":

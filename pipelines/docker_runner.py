@@ -1,6 +1,6 @@
 """Every task of a local run in the project image (``polydistill run --runner docker``).
 
-kfp's ``DockerRunner`` starts one container per task from the image the component names (``images/IMAGE``, read
+kfp's ``DockerRunner`` starts one container per task from the image the component names (``components/IMAGE``, read
 by ``components/image.py``), so a local run exercises exactly what a cluster would pull. It is set up the way a
 pod runs the task:
 

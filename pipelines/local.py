@@ -53,9 +53,29 @@ class LocalRun:
     report_md: Path
     seconds: float
 
-    def mlflow_ui_command(self) -> str:
-        """The command that opens the MLflow UI on this run's tracking store."""
+    def mlflow_ui_command(self) -> str | None:
+        """The command that opens the MLflow UI on this run's tracking store; None for a tracking server,
+        which serves its own UI (:meth:`mlflow_ui_line`)."""
+        if _is_server(self.tracking_uri):
+            return None
         return f"mlflow ui --backend-store-uri {self.tracking_uri}"
+
+    def mlflow_ui_line(self) -> str:
+        """The last line of ``polydistill run``: where to look at the run in MLflow's UI. A tracking server
+        (``http(s)://``) is its own UI at its own address; a local store (SQLite, files) needs ``mlflow ui``,
+        which serves on MLflow's default port."""
+        command = self.mlflow_ui_command()
+        if command is None:
+            return f"MLflow UI: open {self.tracking_uri.rstrip('/')} (the run's tracking server)"
+        return f"MLflow UI: {command}   (then open http://127.0.0.1:{MLFLOW_UI_PORT})"
+
+
+#: The port ``mlflow ui`` serves on when none is given.
+MLFLOW_UI_PORT = 5000
+
+
+def _is_server(tracking_uri: str) -> bool:
+    return tracking_uri.split("://", 1)[0].lower() in ("http", "https")
 
 
 def default_run_dir(profile: str) -> Path:

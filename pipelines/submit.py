@@ -28,6 +28,7 @@ from polydistill.redaction import redact_uri
 
 from .compat import MINIMUM_BACKEND, MINIMUM_KUBEFLOW, parse_version, version_text
 from .compile import compile_pipeline, compiled_name
+from .images import Images
 
 #: Seconds to wait for the host's health endpoint before calling it unreachable.
 CONNECT_TIMEOUT_S = 10.0
@@ -388,14 +389,15 @@ def _pipeline_id(conn: Connection, name: str) -> str | None:
 
 
 def upload(conn: Connection, variant: str, pipeline_name: str | None = None,
-           version_name: str | None = None) -> Upload:
-    """Compile ``variant`` and upload it as pipeline ``pipeline_name`` (default: the variant's name) in the
-    connection's namespace, or as a new version ``version_name`` of it when it exists."""
+           version_name: str | None = None, images: Images | None = None) -> Upload:
+    """Compile ``variant`` (its tasks in ``images``, default the tags in ``components/IMAGE[_CUDA]``) and
+    upload it as pipeline ``pipeline_name`` (default: the variant's name) in the connection's namespace, or as
+    a new version ``version_name`` of it when it exists."""
     name = pipeline_name or variant
     version = version_name or default_version_name()
     host = conn.host
     with tempfile.TemporaryDirectory(prefix="polydistill-submit-") as tmp:
-        package = compile_pipeline(variant, Path(tmp) / compiled_name(variant))
+        package = compile_pipeline(variant, Path(tmp) / compiled_name(variant), images)
         pipeline_id = _pipeline_id(conn, name)
         if pipeline_id is None:
             try:
@@ -471,12 +473,13 @@ def submit(
     version_name: str | None = None,
     run_name: str | None = None,
     service_account: str | None = None,
+    images: Images | None = None,
 ) -> Submission:
     """Upload the pipeline (or a new version) and start one run with ``arguments`` (pipeline parameters),
     after checking the arguments, the host, its version and the namespace."""
     check_arguments(arguments)
     conn = target.connect()
-    up = upload(conn, variant, pipeline_name, version_name)
+    up = upload(conn, variant, pipeline_name, version_name, images)
     exp_id = _experiment_id(conn, experiment)
     name = run_name or f"{up.pipeline_name} {up.version_name}"
     try:
@@ -499,6 +502,7 @@ def schedule(
     job_name: str | None = None,
     max_concurrency: int = 1,
     service_account: str | None = None,
+    images: Images | None = None,
 ) -> Submission:
     """Upload the pipeline (or a new version) and create the recurring run ``job_name`` on ``cron``
     (validated first), replacing any recurring run of that name in the experiment.
@@ -516,7 +520,7 @@ def schedule(
     arguments = {**SCHEDULE_DEFAULTS, **arguments}
     check_arguments(arguments)
     conn = target.connect()
-    up = upload(conn, variant, pipeline_name, version_name)
+    up = upload(conn, variant, pipeline_name, version_name, images)
     exp_id = _experiment_id(conn, experiment)
     name = job_name or f"{up.pipeline_name} retraining"
     old = [j for j in _recurring_runs(conn, exp_id) if j.display_name == name]

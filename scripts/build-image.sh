@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the project image (images/Dockerfile, or images/Dockerfile.cuda with --cuda) and tag it as
-# images/IMAGE (images/IMAGE_CUDA) says, which is the tag the pipeline's components run in.
+# components/IMAGE (components/IMAGE_CUDA) says, which is the tag the pipeline's components run in.
 #
 #   bash scripts/build-image.sh                    # online: base python:3.11.13-slim-bookworm, PyPI + PyTorch index
 #   sudo bash scripts/build-image.sh --offline     # from a wheelhouse, built with --network none
@@ -13,7 +13,7 @@
 #   --cuda         the CUDA variant (torch 2.13.0 as PyPI publishes it for linux/amd64, with its nvidia-* wheels:
 #                  several GB).
 #   --base IMAGE   the base image (build argument PYTHON_IMAGE): Python 3.11 on Debian bookworm.
-#   --tag TAG      another tag than images/IMAGE[_CUDA] (the components and `polydistill run --runner docker`
+#   --tag TAG      another tag than components/IMAGE[_CUDA] (the components and `polydistill run --runner docker`
 #                  use that file's tag).
 #   --wheels-only  fill the wheelhouse and stop (implies --offline): to carry it to an air-gapped machine, whose
 #                  POLYDISTILL_CACHE_DIR/wheels/<variant>/ it then fills.
@@ -49,8 +49,8 @@ while [ $# -gt 0 ]; do
 done
 
 say() { echo "build-image: $*" >&2; }
-if [ "$variant" = cuda ]; then dockerfile=images/Dockerfile.cuda; tag_file=images/IMAGE_CUDA
-else dockerfile=images/Dockerfile; tag_file=images/IMAGE; fi
+if [ "$variant" = cuda ]; then dockerfile=images/Dockerfile.cuda; tag_file=components/IMAGE_CUDA
+else dockerfile=images/Dockerfile; tag_file=components/IMAGE; fi
 tag="${tag:-$(cat "$tag_file")}"
 
 # ---- the engine ----
@@ -103,6 +103,7 @@ fill_wheelhouse() {
   mv "$reqs.new" "$reqs"; mv "$cons.new" "$cons"
   if [ "$(cat "$wheelhouse/.stamp" 2>/dev/null)" = "$stamp" ]; then
     say "wheelhouse $wheelhouse is current ($(ls "$wheelhouse"/*.whl | wc -l) wheels)"
+    if [ "$variant" = cuda ]; then check_cuda_wheels; fi
     return
   fi
   say "filling the wheelhouse $wheelhouse"
@@ -120,9 +121,24 @@ fill_wheelhouse() {
     if ls "$wheelhouse"/torch-"$TORCH_VERSION"+cpu-*.whl >/dev/null 2>&1; then
       say "the CUDA wheelhouse holds a CPU torch wheel; remove it from $wheelhouse"; exit 1
     fi
+    check_cuda_wheels
   fi
   echo "$stamp" >"$wheelhouse/.stamp"
   say "wheelhouse filled in $((SECONDS - t0)) s: $(ls "$wheelhouse"/*.whl | wc -l) wheels, $(du -sh "$wheelhouse" | cut -f1)"
+}
+
+# Every wheel images/wheels-cuda.txt names (torch and the CUDA runtime it pins) is in the CUDA wheelhouse.
+check_cuda_wheels() {
+  local have want missing=()
+  have="$(ls "$wheelhouse" | grep '\.whl$' | cut -d- -f1 | tr 'A-Z_' 'a-z-' | sort -u)"
+  while read -r want; do
+    want="${want%%==*}"
+    grep -qx "$want" <<<"$have" || missing+=("$want")
+  done < <(grep -v '^#' images/wheels-cuda.txt)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    say "the CUDA wheelhouse $wheelhouse lacks ${missing[*]} (images/wheels-cuda.txt); empty it and fill it again"
+    exit 1
+  fi
 }
 
 build_args=(--build-arg "INSTALL=online" --network host)

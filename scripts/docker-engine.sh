@@ -3,7 +3,8 @@
 # docker.io daemon, as root, on its own socket, data root and exec root, with no bridge network (containers get
 # `--network none` or `--network host`) and no iptables rules. Stopped by its PID, never by name.
 #
-#   sudo bash scripts/docker-engine.sh install   # apt-get install docker.io (and debootstrap, for base images)
+#   sudo bash scripts/docker-engine.sh install   # apt-get install docker.io (and debootstrap, for base images;
+#                                                # docker-registry, for tests/test_registry.py's push)
 #   sudo bash scripts/docker-engine.sh start     # start the daemon unless it answers; prints DOCKER_HOST=...
 #   sudo bash scripts/docker-engine.sh stop      # stop the daemon this script started (by its pidfile)
 #   bash scripts/docker-engine.sh status         # exit 0 when it answers
@@ -32,14 +33,14 @@ need_root() {
 
 cmd_install() {
   need_root install
-  if command -v dockerd >/dev/null && command -v debootstrap >/dev/null; then
-    say "dockerd and debootstrap present"
+  if command -v dockerd >/dev/null && command -v debootstrap >/dev/null && command -v docker-registry >/dev/null; then
+    say "dockerd, debootstrap and docker-registry present"
     return
   fi
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   # The package's service does not start (no init system here); the daemon is started by `start` below.
-  apt-get install -y -qq docker.io debootstrap >/dev/null
+  apt-get install -y -qq docker.io debootstrap docker-registry >/dev/null
   say "installed $(dockerd --version)"
 }
 

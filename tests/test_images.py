@@ -8,7 +8,7 @@ the base and every pin are pinned and agree with pyproject, torch comes first an
 from the wheelhouse never meets PyPI's CUDA torch, an online one would), the user is numeric and non-root, no
 credential is baked in, and ``.dockerignore`` keeps run outputs and secrets out of the context.
 
-The built image itself (``images/IMAGE``; the CUDA one when built) is inspected and run, with no network: its
+The built image itself (``components/IMAGE``; the CUDA one when built) is inspected and run, with no network: its
 user, environment, writable directories, versions, and that the wheelhouse stayed in the builder stage. Without
 an engine or the image these tests skip, except on CI (``CI=true``), where they fail.
 """
@@ -24,6 +24,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "images"
+#: Where the tag files live (package data of polydistill_kfp.components, so an installed wheel has them).
+TAG_DIR = ROOT / "components"
 DOCKERFILES = {"cpu": IMAGES / "Dockerfile", "cuda": IMAGES / "Dockerfile.cuda"}
 TORCH_PIN = "torch==2.13.0"
 KFP_EXTRA = {"kfp==2.17.0", "kfp-kubernetes==2.17.0"}
@@ -211,7 +213,7 @@ def test_dockerignore(path, ignored):
 
 def test_image_tag_files_hold_one_tag_each():
     version = _pyproject()["project"]["version"]
-    texts = {name: (IMAGES / name).read_text() for name in ("IMAGE", "IMAGE_CUDA")}
+    texts = {name: (TAG_DIR / name).read_text() for name in ("IMAGE", "IMAGE_CUDA")}
     for name, text in texts.items():
         assert len(text.splitlines()) == 1 and text.strip() == text.splitlines()[0], (
             f"{name}: one line, no blanks"
@@ -281,7 +283,7 @@ def built_image(request, engine) -> tuple[str, str, dict]:
     """(variant, tag, attrs) of a built project image; CI builds the CPU one (the CUDA one may be missing)."""
     import docker
 
-    tag = (IMAGES / ("IMAGE" if request.param == "cpu" else "IMAGE_CUDA")).read_text().strip()
+    tag = (TAG_DIR / ("IMAGE" if request.param == "cpu" else "IMAGE_CUDA")).read_text().strip()
     try:
         image = engine.images.get(tag)
     except docker.errors.ImageNotFound:
@@ -340,3 +342,83 @@ print(torch.__version__, torch.version.cuda)"
     torch_version, cuda = out[3].split()
     assert torch_version.split("+")[0] == pins["torch"]
     assert (cuda == "None") is (variant == "cpu"), f"{variant} image has torch {torch_version}, CUDA {cuda}"
+
+
+def test_built_image_has_no_compiler_test_tool_test_suite_or_pip_cache(built_image, engine):
+    """What the runtime never needs stays out (images/README.md, "What the image is made of")."""
+    _, tag, _ = built_image
+    out = _run_in(engine, tag, """set -e
+        site="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+        for tool in gcc cc g++ c++ make pytest; do command -v "$tool" && echo "has $tool"; done
+        find "$site" -type d -name tests | head -n 3
+        for p in torch/test torch/include mlflow/server/js; do test -e "$site/$p" && echo "has $p"; done
+        find "$site/torch/bin" -maxdepth 1 -type f -printf "%f\\n"
+        for d in "$HOME/.cache/pip" /root/.cache/pip /tmp/pip-*; do test -e "$d" && echo "has $d"; done
+        python -c "import torch, pandas, sklearn, scipy, pyarrow, mlflow; print('imports')"
+    """).split()
+    assert out == ["torch_shm_manager", "imports"], out
+
+
+# ------------------------------------------------------------------------------ the CUDA variant, unbuilt
+
+CUDA_WHEELS = IMAGES / "wheels-cuda.txt"
+#: The CUDA pieces torch 2.13.0's linux wheel on PyPI pins exactly (its METADATA's Requires-Dist for Linux).
+TORCH_CUDA_PINS = {"cuda-toolkit": "13.0.3", "nvidia-cudnn-cu13": "9.20.0.48", "nvidia-cusparselt-cu13": "0.8.1",
+                   "nvidia-nccl-cu13": "2.29.7", "nvidia-nvshmem-cu13": "3.4.5", "triton": "3.7.1"}
+
+
+def _wheel_list() -> dict[str, str]:
+    rows = [line.split("==") for line in CUDA_WHEELS.read_text().splitlines() if line and not line.startswith("#")]
+    return {name: version for name, version in rows}
+
+
+def _wheelhouse_names(variant: str) -> dict[str, str] | None:
+    """name -> version of a filled wheelhouse under POLYDISTILL_CACHE_DIR, or None when it is not filled."""
+    where = Path(os.environ.get("POLYDISTILL_CACHE_DIR", "/var/cache/polydistill")) / "wheels" / variant
+    wheels = sorted(where.glob("*.whl"))
+    if not wheels:
+        return None
+    return {w.name.split("-")[0].lower().replace("_", "-"): w.name.split("-")[1] for w in wheels}
+
+
+def test_the_cuda_wheel_set_is_torch_with_its_cuda_runtime():
+    wheels = _wheel_list()
+    assert wheels["torch"] == TORCH_PIN.split("==")[1], "the CUDA torch must be the pinned version, no +cpu"
+    for name, version in TORCH_CUDA_PINS.items():
+        assert wheels.get(name, "").startswith(version), f"{name}=={version} (torch's pin) missing from {CUDA_WHEELS}"
+    assert all(n.startswith(("torch", "triton", "nvidia-", "cuda-")) for n in wheels), sorted(wheels)
+    assert not any("+cpu" in v for v in wheels.values())
+
+
+def test_a_filled_cuda_wheelhouse_is_the_cpu_one_plus_the_cuda_set():
+    """Same layout as the CPU image: the same packages, with the CUDA torch and its runtime added."""
+    cuda = _wheelhouse_names("cuda")
+    if cuda is None:
+        pytest.skip("no CUDA wheelhouse filled here (bash scripts/build-image.sh --wheels-only --cuda)")
+    wheels = _wheel_list()
+    assert set(wheels) <= set(cuda), sorted(set(wheels) - set(cuda))
+    # torch and what it pins exactly are the listed versions; the rest (cuda-bindings>=13.0.3,<14) may move on.
+    for name in ("torch", *TORCH_CUDA_PINS):
+        assert cuda[name] == wheels[name], (name, cuda[name], wheels[name])
+    cpu = _wheelhouse_names("cpu")
+    if cpu is not None:
+        assert set(cuda) - set(wheels) == set(cpu) - {"torch"}, set(cuda) ^ set(cpu)
+        assert cpu["torch"].endswith("+cpu")
+
+
+def test_the_cuda_dockerfile_is_the_cpu_one_with_the_cuda_torch():
+    """Same stages, wheelhouse, user and smoke test; only torch's index, the labels and the NVIDIA variables
+    differ, and offline the torch install reads the same /wheelhouse (no index can override pip.conf)."""
+    cpu, cuda = (_instructions(DOCKERFILES[v]) for v in ("cpu", "cuda"))
+    assert [k for k, _ in cpu] == [k for k, _ in cuda if k != "ARG" or "TORCH_CUDA" not in _]
+    differ = [(a, b) for a, b in zip(cpu, [i for i in cuda if not (i[0] == "ARG" and "TORCH_CUDA" in i[1])],
+                                     strict=True) if a != b]
+    kinds = {a[0] for a, _ in differ}
+    assert kinds <= {"RUN", "LABEL", "ENV"}, differ
+    torch_runs = [b[1] for a, b in differ if a[0] == "RUN" and TORCH_PIN in b[1]]
+    assert len(torch_runs) == 1 and "download.pytorch.org/whl/${TORCH_CUDA}" in torch_runs[0]
+    assert "+cpu" not in CUDA_WHEELS.read_text() and "whl/cpu" not in DOCKERFILES["cuda"].read_text()
+    env = " ".join(rest for k, rest in _final_stage(cuda) if k == "ENV")
+    assert "NVIDIA_VISIBLE_DEVICES=all" in env and "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in env
+    smoke = [rest for k, rest in _final_stage(cuda) if k == "RUN" and "pip check" in rest]
+    assert smoke and "torch.version.cuda" in smoke[-1]

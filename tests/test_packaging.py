@@ -131,3 +131,26 @@ def test_installed_cli_runs_real_stages(wheel_venv, tmp_path):
                str(tmp_path / "report"), cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "Pong" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_the_wheel_is_whole_in_use_outside_the_checkout(wheel_venv, tmp_path):
+    """Issue #31: what the pipeline commands read (the image tags, the compiled YAML) ships in the wheel, so
+    compile, run --help and submit --help work from a directory with no checkout in sight."""
+    wheel, venv = wheel_venv
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {"polydistill_kfp/components/IMAGE", "polydistill_kfp/components/IMAGE_CUDA"} <= set(names)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    assert not any((parent / "pyproject.toml").exists() for parent in (work, *work.parents))
+    out = _run(venv, "polydistill", "compile", cwd=work)
+    assert out.returncode == 0, out.stderr[-2000:]
+    # Outside a checkout the default --out is ./compiled, never the installed package's directory.
+    written = sorted(p.name for p in (work / "compiled").glob("*.yaml"))
+    assert written == ["polydistill-paper.yaml", "polydistill.yaml"], out.stdout
+    images = (ROOT / "components" / "IMAGE").read_text().strip()
+    assert f"image: {images}" in (work / "compiled" / "polydistill.yaml").read_text()
+    for args in (("run", "--profile", "smoke", "--help"), ("submit", "--help")):
+        out = _run(venv, "polydistill", *args, cwd=work)
+        assert out.returncode == 0, f"polydistill {' '.join(args)}: {out.stderr[-2000:]}"
+        assert out.stdout.startswith(f"Usage: polydistill {args[0]}"), out.stdout[:200]
+    assert "--image" in out.stdout and "--registry" in out.stdout

@@ -181,6 +181,18 @@ def test_every_dag_edge(variant: str) -> None:
 
 
 def test_gpus_only_in_the_paper_variant() -> None:
+    """The paper variant's teacher, autoencoder and distill tasks run in the CUDA image with one GPU each;
+    evaluation, export, encoding and the report stay on CPU, and the CPU variant asks for none.
+
+    The backend reads the accelerator as the driver does (``backend/src/v2/driver/driver.go`` at 2.15.0,
+    ``initPodSpecPatch``): ``resourceType``/``resourceCount`` when set, else ``type``/``count``, and puts
+    ``limits[<type>] = <count>`` into the pod spec patch, which is where the pod's image and resources come
+    from (``backend/src/v2/compiler/argocompiler/container.go``: "PodSpecPatch input param is where actual
+    image, command and args come from"). kfp 2.17 writes both forms."""
+    from polydistill_kfp.components.image import IMAGE, IMAGE_CUDA
+
+    assert set(TRAINING_TASKS) == {"train-teacher", "train-autoencoder", "distill"}
+    seen_gpu = set()
     for variant, want_gpu in (("polydistill", False), ("polydistill-paper", True)):
         spec, _ = _load(variant)
         executors = spec["deploymentSpec"]["executors"]
@@ -192,12 +204,30 @@ def test_gpus_only_in_the_paper_variant() -> None:
                 if want_gpu and component in TRAINING_TASKS:
                     want = {"count": "1", "resourceCount": "1", "resourceType": GPU, "type": GPU}
                     assert accelerator == want, (variant, component, accelerator)
-                    assert container["image"].endswith("-cuda"), (variant, component)
+                    assert container["image"] == IMAGE_CUDA, (variant, component)
+                    seen_gpu.add(component)
                 else:
                     assert accelerator is None, (variant, component)
-                    assert not container["image"].endswith("-cuda"), (variant, component)
+                    assert container["image"] == IMAGE, (variant, component)
                 assert container["resources"]["resourceCpuRequest"], (variant, component)
                 assert container["resources"]["resourceMemoryRequest"], (variant, component)
+    assert seen_gpu == set(TRAINING_TASKS)
+
+
+def test_the_report_task_outputs_a_markdown_table_the_run_page_renders() -> None:
+    """The results table is a ``system.Markdown`` output of the report task (and the page a ``system.HTML``
+    one): the KFP UI's run page renders both kinds in its visualization panel
+    (``frontend/src/components/viewers/MetricsVisualizations.tsx`` at 2.15.0 filters linked artifacts by
+    ``system.HTML`` and ``system.Markdown``)."""
+    for variant in VARIANTS:
+        spec, _ = _load(variant)
+        tasks = {t: s for dag in _dags(spec).values() for t, s in dag["tasks"].items()}
+        component = spec["components"][tasks["report"]["componentRef"]["name"]]
+        outputs = component["outputDefinitions"]["artifacts"]
+        assert outputs["report_md"]["artifactType"] == {"schemaTitle": "system.Markdown", "schemaVersion": "0.0.1"}
+        assert outputs["report_html"]["artifactType"]["schemaTitle"] == "system.HTML"
+        executor = spec["deploymentSpec"]["executors"][component["executorLabel"]]
+        assert "rt.copy_file(files[\"markdown\"], report_md.path)" in "".join(executor["container"]["command"])
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

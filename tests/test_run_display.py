@@ -128,3 +128,27 @@ def test_a_failed_task_shows_the_end_of_its_own_output(tmp_path: Path) -> None:
 def test_results_text_keeps_the_tables_and_drops_the_notes() -> None:
     md = "# T\n\n| a |\n| --- |\n| 1 |\n\n1. a note\n2. another\n\n## S\n\n| b |\n\n1. note\n"
     assert results_text(md) == "# T\n| a |\n| 1 |\n## S\n| b |"
+
+
+def _local_run(tmp_path: Path, tracking_uri: str):
+    from polydistill_kfp.local import LocalRun
+
+    return LocalRun(run_dir=tmp_path, store_uri=f"file://{tmp_path}/store", tracking_uri=tracking_uri,
+                    report_dir=tmp_path / "report", report_md=tmp_path / "report" / "report.md", seconds=1.0)
+
+
+def test_the_last_line_names_a_tracking_servers_own_address(tmp_path: Path) -> None:
+    """Issue #31: with --tracking-uri http://127.0.0.1:5055 the run ends by naming that server, not
+    `mlflow ui --backend-store-uri http://...` on port 5000 (a server is its own UI)."""
+    for uri in ("http://127.0.0.1:5055", "http://127.0.0.1:5055/", "HTTPS://mlflow.example:8443"):
+        run = _local_run(tmp_path, uri)
+        line = run.mlflow_ui_line()
+        assert run.mlflow_ui_command() is None
+        assert line == f"MLflow UI: open {uri.rstrip('/')} (the run's tracking server)", line
+        assert "5000" not in line and "mlflow ui" not in line
+
+
+def test_the_last_line_opens_a_local_store_with_mlflow_ui(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    line = _local_run(tmp_path, uri).mlflow_ui_line()
+    assert line == f"MLflow UI: mlflow ui --backend-store-uri {uri}   (then open http://127.0.0.1:5000)"

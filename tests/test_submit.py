@@ -421,6 +421,45 @@ def test_second_submit_uploads_a_new_version_and_runs_it(kfp_api: StandInKfp) ->
     assert len(kfp_api.experiments) == 1  # the existing experiment is reused
 
 
+def _gpu_tasks(spec: dict[str, Any]) -> dict[str, tuple[str, Any]]:
+    """Executor label -> (image, accelerator) of an uploaded pipeline spec."""
+    return {label: (ex["container"]["image"], ex["container"].get("resources", {}).get("accelerator"))
+            for label, ex in spec["deploymentSpec"]["executors"].items()}
+
+
+def test_submit_profile_paper_uploads_the_gpu_variant_in_the_images_given(kfp_api: StandInKfp) -> None:
+    """Issue #31: --profile paper picks the GPU variant; --image/--image-cuda reach every task."""
+    cpu = "127.0.0.1:5000/polydistill@sha256:" + "1" * 64
+    cuda = "127.0.0.1:5000/polydistill@sha256:" + "2" * 64
+    res = _invoke("submit", "--host", kfp_api.url, "--profile", "paper", "--image", cpu, "--image-cuda", cuda)
+    assert res.exit_code == 0, res.output
+    (upload,) = kfp_api.calls("POST", "/pipelines/upload")
+    spec = _uploaded_yaml(upload)
+    assert spec["pipelineInfo"]["name"] == "polydistill-paper"
+    tasks = _gpu_tasks(spec)
+    gpu = {label for label, (_, acc) in tasks.items() if acc}
+    assert {label.removeprefix("exec-") for label in gpu} == {"train-teacher", "train-autoencoder", "distill"}
+    assert all(image == (cuda if label in gpu else cpu) for label, (image, _) in tasks.items()), tasks
+    assert kfp_api.runs[0]["runtime_config"]["parameters"] == {"profile": "paper"}
+
+
+def test_submit_profile_cpu_stays_on_the_cpu_variant(kfp_api: StandInKfp) -> None:
+    res = _invoke("submit", "--host", kfp_api.url, "--profile", "smoke", "--registry", "127.0.0.1:5000/team")
+    assert res.exit_code == 0, res.output
+    spec = _uploaded_yaml(kfp_api.calls("POST", "/pipelines/upload")[0])
+    assert spec["pipelineInfo"]["name"] == "polydistill"
+    tasks = _gpu_tasks(spec)
+    assert {image for image, _ in tasks.values()} == {"127.0.0.1:5000/team/polydistill:0.1.0"}
+    assert not any(acc for _, acc in tasks.values())
+
+
+def test_a_bad_image_fails_before_anything_reaches_the_server(kfp_api: StandInKfp) -> None:
+    res = CliRunner().invoke(main, ["submit", "--host", kfp_api.url, "--image", "Not An/Image"])
+    assert res.exit_code == 2, res.output
+    assert "--image 'Not An/Image' is not an image reference" in res.output
+    assert kfp_api.requests == []
+
+
 def test_schedule_sends_cron_and_parameters(kfp_api: StandInKfp) -> None:
     res = _invoke("schedule", "--host", kfp_api.url, "--cron", "0 30 2 * * MON-FRI", "--profile", "cpu",
                   "--latent-dim", "128", "--job-name", "weekday retrain", "--max-concurrency", "2")

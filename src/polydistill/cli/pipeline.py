@@ -99,7 +99,7 @@ def _import_kfp() -> None:
               help="Directory for everything this run writes [runs/<time>-<profile>].")
 @click.option("--runner", type=click.Choice(["subprocess", "docker"]), default="subprocess", show_default=True,
               help="Where each task runs: a subprocess of this Python, or a container of the project image "
-                   "(images/IMAGE; its user, no network, the run's directories mounted at their own paths).")
+                   "(components/IMAGE; its user, no network, the run's directories mounted at their own paths).")
 @click.option("--verbose", "stream_logs", is_flag=True, default=False,
               help="Also stream every task's raw output (kfp's executor logs), which otherwise only goes to "
                    "RUN_DIR/logs/<task>[-<game>].log.")
@@ -140,27 +140,55 @@ def run_cmd(profile: str, run_dir: str | None, runner: str, stream_logs: bool, g
     click.echo(results_text(result.report_md.read_text()))
     click.echo(f"Finished in {result.seconds / 60:.1f} min. Everything is under {result.run_dir}: report/ "
                f"(report.md with the tables' notes, .html, .json), kfp/ (outputs), logs/, store {result.store_uri}")
-    click.echo(f"MLflow UI: {result.mlflow_ui_command()}   (then open http://127.0.0.1:5000)")
+    click.echo(result.mlflow_ui_line())
+
+
+def image_options(fn: Callable) -> Callable:
+    """--image, --image-cuda and --registry (compile, submit, schedule): the images written into every task;
+    the command receives ``images`` (``polydistill_kfp.images.Images`` or None for the defaults), checked
+    before anything is compiled or contacted."""
+    fn = click.option("--registry", default=None, metavar="HOST[:PORT][/PATH]",
+                      help="Registry the default images were pushed to under their own names and tags "
+                           "(ghcr.io/polydistill/polydistill:0.1.0 -> REGISTRY/polydistill:0.1.0); "
+                           "--image and --image-cuda win over it.")(fn)
+    fn = click.option("--image-cuda", envvar="POLYDISTILL_IMAGE_CUDA", default=None,
+                      help="Image of the GPU tasks (the paper variant's training tasks) "
+                           "[$POLYDISTILL_IMAGE_CUDA; else components/IMAGE_CUDA].")(fn)
+    fn = click.option("--image", envvar="POLYDISTILL_IMAGE", default=None,
+                      help="Image of every CPU task, e.g. REGISTRY/polydistill@sha256:DIGEST "
+                           "[$POLYDISTILL_IMAGE, which scripts/push-image.sh records in images/pushed.env; "
+                           "else components/IMAGE].")(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        image, image_cuda, registry = kwargs.pop("image"), kwargs.pop("image_cuda"), kwargs.pop("registry")
+        _import_kfp()
+        from polydistill_kfp.images import Images
+
+        chosen = Images.choose(image, image_cuda, registry) if image or image_cuda or registry else None
+        return fn(*args, images=chosen, **kwargs)
+
+    return wrapper
 
 
 @main.command("compile")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Directory for the YAML files [the package's pipelines/compiled/].")
+              help="Directory for the YAML files [in a source checkout pipelines/compiled/, else ./compiled].")
 @click.option("--check", "backend", default=None, metavar="VERSION",
               help="Then check each file against what a KFP backend of VERSION runs (e.g. 2.15.0, the minimum); "
                    "fail naming every construct it would break or reject.")
-def compile_cmd(out_dir: str | None, backend: str | None) -> None:
+@image_options
+def compile_cmd(out_dir: str | None, backend: str | None, images: Any) -> None:
     """Compile the pipeline variants to KFP YAML: polydistill.yaml (CPU) and polydistill-paper.yaml (GPUs)."""
-    _import_kfp()
     from polydistill_kfp import compat
-    from polydistill_kfp.compile import COMPILED_DIR, compile_all
+    from polydistill_kfp.compile import compile_all, default_out_dir
 
     try:
         target = compat.parse_version(backend) if backend else None
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--check") from None
     problems = 0
-    for path in compile_all(Path(out_dir) if out_dir else COMPILED_DIR):
+    for path in compile_all(Path(out_dir) if out_dir else default_out_dir(), images):
         click.echo(str(path))
         for finding in compat.check_file(path, target) if target else []:
             problems += 1
@@ -181,9 +209,9 @@ def kubeflow_options(fn: Callable) -> Callable:
     decorators = [
         click.option("--profile", type=click.Choice(C.PROFILES), default=None,
                      help="Profile [the variant's: cpu for polydistill, paper for polydistill-paper]."),
-        click.option("--variant", type=click.Choice(["polydistill", "polydistill-paper"]),
-                     default="polydistill", show_default=True,
-                     help="Compiled variant: CPU only, or GPUs for the training tasks."),
+        click.option("--variant", type=click.Choice(["polydistill", "polydistill-paper"]), default=None,
+                     help="Compiled variant: CPU only, or GPUs (and the CUDA image) for the training tasks "
+                          "[polydistill-paper for --profile paper, else polydistill]."),
         click.option("--pipeline-name", default=None, help="Pipeline name in Kubeflow [the variant's name]."),
         click.option("--version", "version_name", default=None,
                      help="Name of the uploaded pipeline version [<package version>-<UTC time>]."),
@@ -205,7 +233,7 @@ def kubeflow_options(fn: Callable) -> Callable:
     ]
     for d in reversed(decorators):
         fn = d(fn)
-    return fn
+    return image_options(fn)
 
 
 def _arguments(profile: str | None, games: list[str], store_uri: str | None, tracking_uri: str | None,
@@ -227,6 +255,11 @@ def _profile_for(variant: str, profile: str | None) -> str:
     return profile or ("paper" if variant == "polydistill-paper" else "cpu")
 
 
+def _variant_for(variant: str | None, profile: str | None) -> str:
+    """The variant given, else the one the profile is sized for: the paper profile trains on GPUs."""
+    return variant or ("polydistill-paper" if profile == "paper" else "polydistill")
+
+
 def _target(host: str, namespace: str | None, token: str | None, token_file: str | None, cookies: str | None,
             skip_version_check: bool) -> Any:
     from polydistill_kfp.submit import Target, resolve_credentials
@@ -239,25 +272,25 @@ def _target(host: str, namespace: str | None, token: str | None, token_file: str
 @host_option
 @click.option("--run-name", default=None, help="Name of the run [<pipeline> <version>].")
 @kubeflow_options
-def submit_cmd(host: str, profile: str | None, variant: str, pipeline_name: str | None,
+def submit_cmd(host: str, profile: str | None, variant: str | None, pipeline_name: str | None,
                version_name: str | None, minio_endpoint: str | None, service_account: str | None,
                namespace: str | None, token: str | None, token_file: str | None, cookies: str | None,
                skip_version_check: bool, run_name: str | None, games: list[str], store_uri: str | None,
-               tracking_uri: str | None, experiment: str | None, params: dict[str, Any]) -> None:
+               tracking_uri: str | None, experiment: str | None, params: dict[str, Any], images: Any) -> None:
     """Upload the pipeline (or a new version of it) to Kubeflow and start a run.
 
     The host is checked first: its health, a login page in the way, its KFP version (2.15 or newer), and on a
     multi-user Kubeflow the namespace; then every call goes to that namespace."""
+    variant = _variant_for(variant, profile)
     games = _check_games(games)
     _check_params(_profile_for(variant, profile), params)
-    _import_kfp()
     from polydistill_kfp.submit import submit
 
     target = _target(host, namespace, token, token_file, cookies, skip_version_check)
     args = _arguments(profile, games, store_uri, tracking_uri, minio_endpoint, experiment, params)
     sub = submit(target, args, experiment=experiment or "polydistill", variant=variant,
                  pipeline_name=pipeline_name, version_name=version_name, run_name=run_name,
-                 service_account=service_account)
+                 service_account=service_account, images=images)
     up = sub.upload
     click.echo(f"{'uploaded pipeline' if up.created_pipeline else 'uploaded version'} "
                f"{up.pipeline_name!r} version {up.version_name!r}")
@@ -277,12 +310,12 @@ def submit_cmd(host: str, profile: str | None, variant: str, pipeline_name: str 
 @click.option("--delete", "delete_name", default=None, metavar="NAME",
               help="Delete the recurring run NAME (or id) and exit.")
 @kubeflow_options
-def schedule_cmd(host: str, profile: str | None, variant: str, pipeline_name: str | None,
+def schedule_cmd(host: str, profile: str | None, variant: str | None, pipeline_name: str | None,
                  version_name: str | None, minio_endpoint: str | None, service_account: str | None,
                  namespace: str | None, token: str | None, token_file: str | None, cookies: str | None,
                  skip_version_check: bool, cron: str | None, job_name: str | None, max_concurrency: int,
                  list_only: bool, delete_name: str | None, games: list[str], store_uri: str | None,
-                 tracking_uri: str | None, experiment: str | None, params: dict[str, Any]) -> None:
+                 tracking_uri: str | None, experiment: str | None, params: dict[str, Any], images: Any) -> None:
     """Upload the pipeline (or a new version of it) and create a recurring run on a cron schedule,
     replacing the recurring run of the same name; --list and --delete manage them.
 
@@ -306,6 +339,7 @@ def schedule_cmd(host: str, profile: str | None, variant: str, pipeline_name: st
         return
     if not cron:
         raise click.UsageError("--cron is required to create a schedule (or pass --list / --delete NAME)")
+    variant = _variant_for(variant, profile)
     games = _check_games(games)
     _check_params(_profile_for(variant, profile), params)
     try:
@@ -316,7 +350,7 @@ def schedule_cmd(host: str, profile: str | None, variant: str, pipeline_name: st
     args = _arguments(profile, games, store_uri, tracking_uri, minio_endpoint, experiment, params)
     sub = schedule(target, cron, args, experiment=experiment or "polydistill", variant=variant,
                    pipeline_name=pipeline_name, version_name=version_name, job_name=job_name,
-                   max_concurrency=max_concurrency, service_account=service_account)
+                   max_concurrency=max_concurrency, service_account=service_account, images=images)
     up = sub.upload
     click.echo(f"{'uploaded pipeline' if up.created_pipeline else 'uploaded version'} "
                f"{up.pipeline_name!r} version {up.version_name!r}")
