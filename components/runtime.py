@@ -427,6 +427,22 @@ def fetch_dir(uri: str) -> Path:
     return dest
 
 
+def fetch_file(uri: str) -> Path:
+    """A local copy of the one file at ``uri``: the file itself for a path or ``file://`` URI, a fresh
+    temporary download for ``s3://bucket/prefix/name`` (an imported teacher's checkpoint)."""
+    if "://" not in uri:
+        return Path(uri)
+    parent, _, name = uri.rstrip("/").rpartition("/")
+    local = _local_dir(parent)
+    if local is not None:
+        return local / name
+    from polydistill.store import open_store
+
+    dest = Path(tempfile.mkdtemp(prefix="polydistill-fetch-")) / name
+    open_store(parent, create=False).get_file(name, dest)
+    return dest
+
+
 def manifest_digest(uri: str) -> str:
     """sha256 (hex) of the dataset manifest stored at ``uri``: names one exact version of the dataset."""
     import hashlib

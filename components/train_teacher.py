@@ -21,6 +21,7 @@ def train_teacher(
     curve: Output[HTML],
     metrics: Output[Metrics],
     warm_starts: dict = {},  # noqa: B006 - KFP reads the default from the signature; {} = no warm start
+    import_config: dict = {},  # noqa: B006 - the resolved import config; {} or no entry for game = train
 ):
     """Train a teacher on ``game`` with the resolved teacher ``config``.
 
@@ -32,12 +33,17 @@ def train_teacher(
     ``warm_starts`` maps a game to the teacher checkpoint it starts from (``polydistill.warm_start.plan``:
     the champion's pipeline run's teacher, by store URI and digest); a game it lacks starts from scratch.
     The source is verified and tagged on the stage run (``polydistill.warm_start.*``).
+
+    A game named in ``import_config["teachers"]`` (game -> checkpoint path or store URI) is not trained: its
+    SB3 or CleanRL checkpoint is imported and records its states with this task's teacher config
+    (``polydistill.teacher_import``, ``ImportConfig.recording_for``); the outputs are the same.
     """
     from polydistill_kfp.components import runtime as rt
 
     from polydistill import config as C
     from polydistill import stages as S
     from polydistill.teacher import train_teacher as train
+    from polydistill.teacher_import import import_teacher
     from polydistill.tracking import StageRun
     from polydistill.tracking import names as N
     from polydistill.warm_start import verify
@@ -48,13 +54,20 @@ def train_teacher(
         rt.work_dir(rt.data_uri(run_root, "work/teacher", game)) as work,
         StageRun(tracking_uri, parent_run_id, S.TRAIN_TEACHER, game, experiment=experiment) as run,
     ):
-        run.log_config(cfg.model_dump(mode="json"))
-        source = (warm_starts or {}).get(game)
-        init = verify(source, rt.fetch_dir(source["uri"])) if source else None
-        if source:
-            run.set_tags({N.TAG_WARM_SOURCE_RUN: source["source_run_id"], N.TAG_WARM_CHECKPOINT: source["uri"],
-                          N.TAG_WARM_SHA256: source["sha256"], N.TAG_WARM_VERSION: source["model_version"]})
-        res = train(game, cfg, work.path, on_metrics=rt.chain(run, work.maybe_sync), init_from=init)
+        imported = ((import_config or {}).get("teachers") or {}).get(game)
+        source = None if imported else (warm_starts or {}).get(game)
+        if imported:
+            icfg = C.from_dict("import", import_config).recording_for(cfg)
+            run.log_config(icfg.model_dump(mode="json"))
+            run.set_tags({N.TAG_IMPORTED_FROM: imported})
+            res = import_teacher("auto", rt.fetch_file(imported), game, icfg, work.path / "imported")
+        else:
+            run.log_config(cfg.model_dump(mode="json"))
+            init = verify(source, rt.fetch_dir(source["uri"])) if source else None
+            if source:
+                run.set_tags({N.TAG_WARM_SOURCE_RUN: source["source_run_id"], N.TAG_WARM_CHECKPOINT: source["uri"],
+                              N.TAG_WARM_SHA256: source["sha256"], N.TAG_WARM_VERSION: source["model_version"]})
+            res = train(game, cfg, work.path, on_metrics=rt.chain(run, work.maybe_sync), init_from=init)
         rt.copy_dir(res.checkpoint_dir, teacher.path)
         store_uri = rt.publish_dir(res.checkpoint_dir, rt.data_uri(run_root, "teachers", game))
         rt.copy_dir(res.out_dir / "dataset", experience.path)
@@ -68,3 +81,4 @@ def train_teacher(
     teacher.metadata.update({"game": game, "store_uri": store_uri, **rt.finite(summary),
                              "warm_start": source["uri"] if source else ""})
     experience.metadata.update({"game": game, "uri": experience.uri, "steps": cfg.record_steps})
+    teacher.metadata["imported_from"] = imported or ""

@@ -337,6 +337,16 @@ class ImportConfig(_Model):
         })
 
 
+def check_teacher_sources(teachers: Mapping[str, str], games: list[str]) -> dict[str, str]:
+    """``teachers`` with canonical game names, each one of ``games``; anything else is a :class:`ConfigError`."""
+    out = parse_teacher_sources([f"{g}={p}" for g, p in teachers.items()])
+    stray = sorted(set(out) - set(games))
+    if stray:
+        raise ConfigError(f"teachers names {', '.join(stray)}, not among this run's games ({', '.join(games)}); "
+                          f"add the game to --games or drop its --teacher")
+    return out
+
+
 def parse_teacher_sources(items: list[str] | tuple[str, ...]) -> dict[str, str]:
     """``["Breakout=runs/sb3/model.zip", ...]`` (``--teacher GAME=PATH``) -> ``{"Breakout": PATH}``, games in
     canonical spelling; a malformed item or a game named twice is a :class:`ConfigError`."""
@@ -529,6 +539,10 @@ def resolve(
 ) -> EvalConfig: ...
 @overload
 def resolve(
+    stage: Literal["import"], profile: str = ..., file: PathArg = ..., overrides: Overrides = ...
+) -> ImportConfig: ...
+@overload
+def resolve(
     stage: str, profile: str = ..., file: PathArg = ..., overrides: Overrides = ...
 ) -> _Model: ...
 
@@ -679,6 +693,8 @@ def from_dict(stage: Literal["autoencoder"], data: Mapping[str, Any]) -> Autoenc
 def from_dict(stage: Literal["distill"], data: Mapping[str, Any]) -> DistillConfig: ...
 @overload
 def from_dict(stage: Literal["evaluate"], data: Mapping[str, Any]) -> EvalConfig: ...
+@overload
+def from_dict(stage: Literal["import"], data: Mapping[str, Any]) -> ImportConfig: ...
 @overload
 def from_dict(stage: str, data: Mapping[str, Any]) -> _Model: ...
 
