@@ -9,6 +9,7 @@ same 100 observations, every one of them.
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from polydistill.config import resolve
 from polydistill.envs import make_vector_env
 from polydistill.export import export_buffer
 from polydistill.networks import NatureQNetwork
-from polydistill.teacher_import import import_teacher
+from polydistill.teacher_import import TeacherImportError, import_teacher
 
 sb3 = pytest.importorskip("stable_baselines3")
 minari = pytest.importorskip("minari")
@@ -140,7 +141,7 @@ def test_a_cleanrl_qnetwork_imports_and_agrees_with_its_source(
     assert _agreement(res.checkpoint_dir, "Pong", obs, source_q) == 100
     # The same import again reuses the directory; another one into it is refused.
     assert import_teacher("cleanrl", path, "Pong", _cfg(), tmp_path / "Pong").out_dir == res.out_dir
-    with pytest.raises(Exception, match="already exists and is not this import"):
+    with pytest.raises(TeacherImportError, match="already exists and is not this import"):
         import_teacher("cleanrl", path, "Pong", _cfg(epsilon=0.2), tmp_path / "Pong")
 
 
@@ -197,7 +198,8 @@ def test_an_sb3_archive_of_another_algorithm_is_refused(sb3_model: tuple[Path, A
     with zipfile.ZipFile(qr, "w") as z:
         for n, b in members.items():
             z.writestr(n, json.dumps(data) if n == "data" else b)
-    with pytest.raises(Exception, match="a sb3_contrib.qrdqn.policies policy; only Stable-Baselines3 DQN"):
+    refused = re.escape("a sb3_contrib.qrdqn.policies policy; only Stable-Baselines3 DQN")
+    with pytest.raises(TeacherImportError, match=refused):
         import_teacher("sb3", qr, "Breakout", _cfg(), tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -207,6 +209,19 @@ def test_the_nature_network_maps_cleanrl_layers_one_to_one(cleanrl_model: tuple[
     _, net = cleanrl_model
     ours = NatureQNetwork(6)
     assert [p.shape for p in ours.parameters()] == [p.shape for p in net.parameters()]
+
+
+def test_a_student_initialised_from_an_imported_teacher_copies_its_torso_only() -> None:
+    # The Nature-DQN head does not fit the student's Dueling head; the torso does, and is copied exactly.
+    from polydistill.config import DistillConfig
+    from polydistill.distill import build_student, plan_layout
+
+    torch.manual_seed(0)
+    teacher = NatureQNetwork(6)
+    layout = plan_layout("per-game", {"Pong": ["a"] * 6})
+    student = build_student(layout, DistillConfig(init="teacher:Pong", width=1.0), {"Pong": teacher})
+    assert all(torch.equal(a, b) for a, b in zip(student.torso.state_dict().values(),
+                                                   teacher.torso.state_dict().values(), strict=True))
 
 
 def _dataset_rows(uri: str) -> dict[str, np.ndarray]:
