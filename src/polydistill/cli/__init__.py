@@ -32,7 +32,7 @@ def main(verbose: int, debug: bool) -> None:
 
     Stages: train-teacher (or import-teacher), export-buffer, buffer-info, train-autoencoder, encode-buffer,
     distill, evaluate, report. Pipeline: run (whole DAG locally), compile, submit, schedule. MLflow: compare.
-    Minari: export-minari, import-minari.
+    Minari: export-minari.
 
     Errors: bad input is one line (polydistill: error: ...) and exit status 2; anything unexpected is one
     line naming the file its traceback went to, status 1 (--debug: the traceback).
