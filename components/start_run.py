@@ -39,6 +39,7 @@ def start_run(
     warm_start: str,
     seeds: str,
     keep_runs: int,
+    teachers: dict,
     # tracking.names.REGISTERED_MODEL: KFP runs this function's source alone, so its default is a literal
     # (tests/test_pipeline.py checks that they agree).
     registered_model: str = "polydistill-student",
@@ -53,6 +54,7 @@ def start_run(
         ("evaluate_config", dict),
         ("retraining_config", dict),
         ("warm_starts", dict),
+        ("import_config", dict),
         ("run_root", str),
         ("tracking_uri", str),
         ("parent_run_id", str),
@@ -69,6 +71,9 @@ def start_run(
     run id (``config.derive_seeds``); with ``warm_start=champion`` the champion of ``registered_model``
     names each game's starting teacher (``warm_starts``, ``polydistill.warm_start.plan``); the run is added
     to the store's run index (``polydistill.retention``) for ``keep_runs``.
+
+    ``teachers`` (game -> checkpoint URI) names the games whose teacher is imported, not trained
+    (``import_config``, read by train-teacher); a game outside the run's games is refused here.
     """
     arguments = dict(locals())  # first statement: exactly the arguments
     import collections
@@ -86,10 +91,12 @@ def start_run(
     params = {name: arguments[name] for name in C.PIPELINE_PARAMETERS}
     configs = C.derive_seeds(C.resolve_pipeline(profile, params), kfp_run_id)
     game_list = list(dict.fromkeys(canonical_game(g) for g in games)) or C.default_games(profile)
+    configs["import"]["teachers"] = C.check_teacher_sources(configs["import"]["teachers"], game_list)
     store_uri = store_uri or rt.default_store_uri()
     root = rt.run_root(store_uri, kfp_run_id)
     uri = resolve_tracking_uri(tracking_uri or None, None)  # "" -> $MLFLOW_TRACKING_URI (cluster ConfigMap)
-    explicit = {k: v for k, v in params.items() if v != "" and not (isinstance(v, int | float) and v < 0)}
+    explicit = {k: v for k, v in params.items()
+                if v not in ("", {}) and not (isinstance(v, int | float) and v < 0)}
     log = logging.getLogger("polydistill.pipeline")
     starts: dict = {}
     if configs["retraining"]["warm_start"] == "champion":
@@ -116,7 +123,7 @@ def start_run(
         log.info("%s config: %s", stage, cfg)
     RunSetup = collections.namedtuple("RunSetup", [
         "games", "teacher_config", "export_config", "autoencoder_config", "distill_config", "evaluate_config",
-        "retraining_config", "warm_starts", "run_root", "tracking_uri", "parent_run_id",
+        "retraining_config", "warm_starts", "import_config", "run_root", "tracking_uri", "parent_run_id",
     ])
     return RunSetup(game_list, configs["teacher"], configs["export"], configs["autoencoder"], configs["distill"],
-                    configs["evaluate"], configs["retraining"], starts, root, uri, parent or "")
+                    configs["evaluate"], configs["retraining"], starts, configs["import"], root, uri, parent or "")

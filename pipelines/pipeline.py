@@ -157,7 +157,8 @@ VARIANTS: dict[str, Variant] = {
 
 def parameter_sentinel(name: str) -> tuple[type, Any]:
     """The pipeline parameter type and "use the profile's value" default of a ``PIPELINE_PARAMETERS`` name,
-    derived from the config field it sets: -1 for ints, -1.0 for floats, "" for strings and choices."""
+    derived from the config field it sets: -1 for ints, -1.0 for floats, "" for strings and choices, {} for
+    mappings (``teachers``: no imported teacher)."""
     stage, key = C.PIPELINE_PARAMETERS[name]
     model: Any = C.STAGES[stage]
     *parents, leaf = key.split(".")
@@ -170,6 +171,8 @@ def parameter_sentinel(name: str) -> tuple[type, Any]:
         return float, -1.0
     if ann is str or typing.get_origin(ann) is typing.Literal:
         return str, ""
+    if typing.get_origin(ann) is dict:
+        return dict, {}
     raise TypeError(f"pipeline parameter {name!r} maps to {stage}.{key} of type {ann!r}: give it a sentinel")
 
 
@@ -236,6 +239,7 @@ def _make_pipeline(variant: Variant) -> Callable[..., Any]:
         autoencoder_config: dict,
         evaluate_config: dict,
         warm_starts: dict,
+        import_config: dict,
         run_root: str,
         tracking_uri: str,
         parent_run_id: str,
@@ -249,8 +253,10 @@ def _make_pipeline(variant: Variant) -> Callable[..., Any]:
         common = {"tracking_uri": tracking_uri, "parent_run_id": parent_run_id, "experiment": experiment}
         store = {"run_root": run_root, "minio_endpoint": minio_endpoint, **common}
         with dsl.ParallelFor(games, name="games") as game:
+            # An imported teacher (import_config["teachers"] names its game) is made by this same task, not by
+            # a dsl.If branch or an importer: one task per game keeps every edge below unconditional.
             teacher = configure(comps[S.TRAIN_TEACHER](game=game, config=teacher_config, warm_starts=warm_starts,
-                                                        **store))
+                                                        import_config=import_config, **store))
             buffer = configure(comps[S.EXPORT_BUFFER](
                 game=game, experience=teacher.outputs["experience"], teacher=teacher.outputs["teacher"],
                 config=export_config, **store))
@@ -324,7 +330,8 @@ def _make_pipeline(variant: Variant) -> Callable[..., Any]:
             loop = per_game(
                 games=out["games"], teacher_config=out["teacher_config"], export_config=out["export_config"],
                 autoencoder_config=out["autoencoder_config"], evaluate_config=out["evaluate_config"],
-                warm_starts=out["warm_starts"], run_root=out["run_root"], minio_endpoint=minio_endpoint, **common)
+                warm_starts=out["warm_starts"], import_config=out["import_config"], run_root=out["run_root"],
+                minio_endpoint=minio_endpoint, **common)
             trained = students_dag(
                 students=STUDENTS, games=out["games"], game_records=loop.outputs["game_records"],
                 distill_config=out["distill_config"], evaluate_config=out["evaluate_config"],

@@ -102,6 +102,7 @@ def test_start_run_uses_the_profile_games_when_none_are_given(tmp_path: Path) ->
         (["Pongg"], {}, "Pongg"),
         ([], {"tau": 0.0}, "tau"),
         ([], {"autoencoder_loss": "l1"}, "loss"),
+        ([], {"teachers": {"Atlantis": "s3://b/dqn.zip"}}, "teachers names Atlantis, not among this run's games"),
     ],
 )
 def test_start_run_rejects_bad_input_before_anything_runs(tmp_path: Path, games: list[str],
@@ -506,6 +507,18 @@ def test_publish_and_fetch_a_checkpoint_through_s3(s3_env: str, tmp_path: Path,
     assert sorted(p.relative_to(got).as_posix() for p in got.rglob("*") if p.is_file()) == [
         "metadata.json", "model.pt", "sub/extra.json"]
     assert (got / "model.pt").read_bytes() == b"weights"
+
+
+def test_fetch_file_gets_an_imported_teachers_checkpoint_by_uri(s3_env: str, tmp_path: Path) -> None:
+    """How train-teacher gets an SB3/CleanRL checkpoint named by ``teachers`` on a cluster: one object."""
+    from polydistill.store import open_store
+
+    open_store(f"{s3_env}/zoo", create_bucket=True).put_bytes("dqn.zip", b"zip bytes")
+    got = rt.fetch_file(f"{s3_env}/zoo/dqn.zip")
+    assert got.name == "dqn.zip" and got.read_bytes() == b"zip bytes"
+    local = tmp_path / "model.cleanrl_model"
+    local.write_bytes(b"x")
+    assert rt.fetch_file(str(local)) == local and rt.fetch_file(local.as_uri()) == local
 
 
 def test_work_dir_context_syncs_on_failure_and_cleans_up_on_success(s3_env: str) -> None:

@@ -30,7 +30,7 @@ from polydistill.errors import PolydistillError
 
 from .checkpoint import CheckpointError, load_checkpoint, read_metadata
 from .envs import action_meanings, canonical_game
-from .networks import DuelingQNetwork, pick_device
+from .networks import QNetwork, pick_device
 
 KINDS = ("teacher", "student", "random")
 
@@ -143,7 +143,7 @@ class TeacherAgent(Agent):
     kind = "teacher"
     label = "teacher"
 
-    def __init__(self, model: DuelingQNetwork, meta: dict[str, Any], device: torch.device, path: str) -> None:
+    def __init__(self, model: QNetwork, meta: dict[str, Any], device: torch.device, path: str) -> None:
         super().__init__([canonical_game(meta["game"])], device, path, meta)
         self.model = model
         self._meanings = list(meta["action_meanings"][0])
@@ -164,7 +164,7 @@ class StudentAgent(Agent):
 
     kind = "student"
 
-    def __init__(self, model: DuelingQNetwork, meta: dict[str, Any], device: torch.device, path: str) -> None:
+    def __init__(self, model: QNetwork, meta: dict[str, Any], device: torch.device, path: str) -> None:
         games = [canonical_game(g) for g in meta["games"]]
         super().__init__(games, device, path, meta)
         self.model = model
@@ -214,8 +214,8 @@ def load_agent(path: str | Path, device: str | torch.device = "cpu") -> Agent:
     if kind not in ("teacher", "student"):
         raise AgentError(f"{d} holds a {kind!r} checkpoint; agents are teacher or student checkpoints")
     model, meta = load_checkpoint(d, dev)
-    if not isinstance(model, DuelingQNetwork):
-        raise AgentError(f"{d}: a {kind} checkpoint must hold a Dueling Q-network")
+    if not isinstance(model, QNetwork):
+        raise AgentError(f"{d}: a {kind} checkpoint must hold a Q-network")
     model.requires_grad_(False)
     return (
         TeacherAgent(model, meta, dev, str(d))

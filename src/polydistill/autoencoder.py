@@ -79,7 +79,7 @@ from .codecs import LATENT_DTYPES, dequantize_latents, quantize_latents
 from .config import AutoencoderConfig
 from .networks import (
     ConvAutoencoder,
-    DuelingQNetwork,
+    QNetwork,
     make_adam,
     pick_device,
     scheduled_lr,
@@ -207,7 +207,7 @@ def reconstruct(model: ConvAutoencoder, states: np.ndarray | torch.Tensor, code_
         return model.decode(roundtrip_codes(model.encode(x), code_dtype))
 
 
-def teacher_feature_error(teacher: DuelingQNetwork, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def teacher_feature_error(teacher: QNetwork, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The teacher's convolutional features of ``recon`` against those of ``target`` (both [0, 1] floats):
     ``mean((f(recon) - f(target))^2) / mean(f(target)^2)``, a relative squared error (0 = the teacher sees
     the same thing; 1 = as far off as all-zero features). Differentiable in ``recon``; ``target``'s features
@@ -223,7 +223,7 @@ def evaluate_reconstruction(
     model: ConvAutoencoder,
     batches: Iterable[np.ndarray],
     code_dtype: str = "float32",
-    teacher: DuelingQNetwork | None = None,
+    teacher: QNetwork | None = None,
 ) -> dict[str, float]:
     """Held-out reconstruction metrics over uint8 state batches (B, F, 84, 84), pooled over all pixels.
 
@@ -486,7 +486,7 @@ def _run_record(
 
 def _load_matching_teacher(
     teacher: str | Path | None, ds: ExperienceDataset, cfg: AutoencoderConfig
-) -> tuple[DuelingQNetwork | None, str | None]:
+) -> tuple[QNetwork | None, str | None]:
     """The frozen teacher for the teacher-feature term and metrics and its sha256, checked against the dataset
     first."""
     if teacher is None:

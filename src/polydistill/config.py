@@ -305,6 +305,85 @@ class RetrainingConfig(_Model):
     )
 
 
+#: Where an imported teacher's checkpoint comes from (``import-teacher --from``); ``auto`` tells them apart by
+#: content (a zip archive is Stable-Baselines3's, a bare state_dict CleanRL's).
+TEACHER_SOURCES = ("sb3", "cleanrl")
+
+
+class ImportConfig(_Model):
+    """A teacher imported from Stable-Baselines3 or CleanRL instead of trained (``import-teacher``;
+    docs/IMPORT.md): what the source's checkpoint does not say about its preprocessing, and how the imported
+    teacher plays to record its states.
+
+    In the pipeline, ``teachers`` names the imported teachers and the recording follows the teacher config
+    (:meth:`recording_for`), so an imported teacher records as many steps, as many envs and as seeded as a
+    trained one would.
+    """
+
+    teachers: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Pipeline: game -> checkpoint (a path, file:// or s3:// URI of an SB3 .zip or a CleanRL state_dict) "
+            "imported in place of training that game's teacher; empty = train every teacher."
+        ),
+    )
+    source_frame_skip: int = Field(
+        4, ge=1, description="Frame skip the source was trained with (SB3 AtariWrapper and CleanRL default 4)."
+    )
+    source_noop_max: int = Field(
+        30, ge=0, description="No-op starts the source was trained with (SB3 AtariWrapper and CleanRL: 30)."
+    )
+    source_sticky_actions: float = Field(
+        0.0, ge=0.0, le=1.0, description="Sticky-action probability of the source's env (NoFrameskip-v4: 0)."
+    )
+    epsilon: float = Field(
+        0.01, ge=0, le=1, description="Exploration epsilon of the imported teacher while it records its states."
+    )
+    record_steps: int = Field(1_000_000, ge=1, description="Agent steps played and recorded as the dataset.")
+    num_envs: int = Field(1, ge=1, description="Parallel environments while recording.")
+    seed: int = Field(1, description="Seed of the recording's environments and exploration.")
+    device: str = Field("auto", description="torch device: auto, cpu, cuda, cuda:N.")
+    env: EnvConfig = Field(default_factory=EnvConfig)
+
+    def recording_for(self, teacher: TeacherConfig) -> ImportConfig:
+        """This config with the recording settings of ``teacher`` (steps, envs, seed, device, env, and its
+        final epsilon ``end_e``): what the pipeline's train-teacher task uses for an imported teacher."""
+        return self.model_copy(update={
+            "record_steps": teacher.record_steps, "num_envs": teacher.num_envs, "seed": teacher.seed,
+            "device": teacher.device, "env": teacher.env.model_copy(), "epsilon": teacher.end_e,
+        })
+
+
+def check_teacher_sources(teachers: Mapping[str, str], games: list[str]) -> dict[str, str]:
+    """``teachers`` with canonical game names, each one of ``games``; anything else is a :class:`ConfigError`."""
+    out = parse_teacher_sources([f"{g}={p}" for g, p in teachers.items()])
+    stray = sorted(set(out) - set(games))
+    if stray:
+        raise ConfigError(f"teachers names {', '.join(stray)}, not among this run's games ({', '.join(games)}); "
+                          f"add the game to --games or drop its --teacher")
+    return out
+
+
+def parse_teacher_sources(items: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """``["Breakout=runs/sb3/model.zip", ...]`` (``--teacher GAME=PATH``) -> ``{"Breakout": PATH}``, games in
+    canonical spelling; a malformed item or a game named twice is a :class:`ConfigError`."""
+    from .envs import UnknownGameError, canonical_game
+
+    out: dict[str, str] = {}
+    for item in items:
+        game, sep, path = item.partition("=")
+        if not sep or not game.strip() or not path.strip():
+            raise ConfigError(f"--teacher {item!r}: expected GAME=PATH (e.g. Breakout=runs/sb3/dqn.zip)")
+        try:
+            g = canonical_game(game)
+        except UnknownGameError as e:
+            raise ConfigError(f"--teacher {item!r}: {e}") from None
+        if g in out:
+            raise ConfigError(f"--teacher names {g} twice ({out[g]} and {path.strip()}); give one checkpoint per game")
+        out[g] = path.strip()
+    return out
+
+
 STAGES: dict[str, type[_Model]] = {
     "teacher": TeacherConfig,
     "export": ExportConfig,
@@ -312,6 +391,7 @@ STAGES: dict[str, type[_Model]] = {
     "distill": DistillConfig,
     "evaluate": EvalConfig,
     "retraining": RetrainingConfig,
+    "import": ImportConfig,
 }
 
 #: Every config model by name: the pipeline's stages plus the commands whose settings the pipeline derives
@@ -334,6 +414,7 @@ PROFILE_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
             "record_steps": 1_500,
             "checkpoint_every": 1_000,
         },
+        "import": {"record_steps": 1_500, "num_envs": 4},
         "export": {"shard_steps": 500},
         "autoencoder": {"epochs": 1, "batch_size": 32, "max_train_states": 512},
         "distill": {"steps": 60, "batch_size": 16, "eval_every": 30, "checkpoint_every": 30},
@@ -356,6 +437,7 @@ PROFILE_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
             "record_steps": 100_000,
             "checkpoint_every": 50_000,
         },
+        "import": {"record_steps": 100_000, "num_envs": 4},
         "export": {"shard_steps": 5_000},
         "autoencoder": {
             # The latent student learns from reconstructions and plays on real frames: how well the code keeps
@@ -482,6 +564,10 @@ def resolve(
 ) -> EvalConfig: ...
 @overload
 def resolve(
+    stage: Literal["import"], profile: str = ..., file: PathArg = ..., overrides: Overrides = ...
+) -> ImportConfig: ...
+@overload
+def resolve(
     stage: str, profile: str = ..., file: PathArg = ..., overrides: Overrides = ...
 ) -> _Model: ...
 
@@ -555,6 +641,7 @@ PIPELINE_PARAMETERS: dict[str, tuple[str, str]] = {
     "warm_start": ("retraining", "warm_start"),
     "seeds": ("retraining", "seeds"),
     "keep_runs": ("retraining", "keep_runs"),
+    "teachers": ("import", "teachers"),
 }
 
 #: What ``polydistill schedule`` sets unless given: a recurring run improves on the last instead of repeating it.
@@ -631,6 +718,8 @@ def from_dict(stage: Literal["encode"], data: Mapping[str, Any]) -> EncodeConfig
 def from_dict(stage: Literal["distill"], data: Mapping[str, Any]) -> DistillConfig: ...
 @overload
 def from_dict(stage: Literal["evaluate"], data: Mapping[str, Any]) -> EvalConfig: ...
+@overload
+def from_dict(stage: Literal["import"], data: Mapping[str, Any]) -> ImportConfig: ...
 @overload
 def from_dict(stage: str, data: Mapping[str, Any]) -> _Model: ...
 

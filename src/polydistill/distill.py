@@ -64,7 +64,7 @@ from .checkpoint import (
 )
 from .config import DistillConfig
 from .envs import FULL_ACTION_MEANINGS, UnknownGameError, canonical_game
-from .networks import DuelingQNetwork, count_parameters, make_adam, pick_device, scheduled_lr, set_lr
+from .networks import DuelingQNetwork, QNetwork, count_parameters, make_adam, pick_device, scheduled_lr, set_lr
 from .progress import MetricsCallback, progress
 from .rundir import RunDir
 from .sampling import Batch, StreamingSampler, batch_from_rows
@@ -231,7 +231,7 @@ def _check_init(
 def build_student(
     layout: StudentLayout,
     cfg: DistillConfig,
-    teachers: Mapping[str, DuelingQNetwork] | None = None,
+    teachers: Mapping[str, QNetwork] | None = None,
     frame_stack: int = 4,
 ) -> DuelingQNetwork:
     """A student network for ``layout``, seeded by ``cfg.seed``.
@@ -250,7 +250,8 @@ def build_student(
         student.torso.load_state_dict(teacher.torso.state_dict())
         copied = []
         for h, size in enumerate(layout.head_sizes):
-            if size == teacher.num_actions[0]:
+            # An imported (Nature-DQN) teacher's head has another layout: only its torso is copied.
+            if size == teacher.num_actions[0] and isinstance(teacher, DuelingQNetwork):
                 student.heads[h].load_state_dict(teacher.heads[0].state_dict())
                 copied.append(h)
         log.info("student initialised from the %s teacher (torso and heads %s)", init_game, copied)
@@ -321,7 +322,7 @@ class _Game:
     teacher_meta: dict[str, Any]
     dataset_uri: str
     dataset: ExperienceDataset
-    teacher: DuelingQNetwork | None = None
+    teacher: QNetwork | None = None
     decoder: Any = None
     sampler: StreamingSampler | None = None
     val_inputs: list[Any] = field(default_factory=list)  # uint8 states tensors or latent arrays
@@ -685,7 +686,7 @@ class _Trainer:
             # The teacher network is needed for targets the dataset lacks, for features, or to copy its weights.
             if self.need_features or not g.dataset.has_q or g.game == init_game:
                 net, _ = load_checkpoint(g.teacher_dir, device)
-                assert isinstance(net, DuelingQNetwork)  # _prepare_games checked the kind
+                assert isinstance(net, QNetwork)  # _prepare_games checked the kind
                 g.teacher = net.requires_grad_(False)
             _load_validation(g, cfg, device)
         frame_stack = games[0].dataset.manifest.frame_stack

@@ -54,7 +54,7 @@ from .autoencoder import (
 from .buffer import MANIFEST, DatasetError, DatasetWriter, ExperienceDataset, Manifest, manifest_digest
 from .checkpoint import METADATA_FILE, MODEL_FILE, CheckpointError
 from .config import EncodeConfig
-from .networks import FRAME_SIZE, ConvAutoencoder, DuelingQNetwork, build_network, pick_device, subpixel_decoder
+from .networks import FRAME_SIZE, ConvAutoencoder, QNetwork, build_network, pick_device, subpixel_decoder
 from .progress import progress
 from .store import ObjectNotFoundError, open_store, redact
 
@@ -201,7 +201,7 @@ def _check_settings(code_dtype: str | None, shard_steps: int, q_dtype: str, batc
 
 def _load_models(
     src: ExperienceDataset, ae_dir: Path, teacher_dir: str | Path, dev: torch.device
-) -> tuple[ConvAutoencoder, dict[str, Any], DuelingQNetwork, dict[str, Any]]:
+) -> tuple[ConvAutoencoder, dict[str, Any], QNetwork, dict[str, Any]]:
     """The autoencoder and the teacher, refused unless both are for the dataset's game and shapes."""
     from .teacher import load_teacher
 

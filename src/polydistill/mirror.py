@@ -259,3 +259,19 @@ def fetch_dir(uri: str) -> Path:
         raise NotPublishedError(f"nothing published at {uri} (no {INDEX_KEY}); publish the directory first")
     _download(store, keys, dest)
     return dest
+
+
+def fetch_file(uri: str) -> Path:
+    """A local copy of the one file at ``uri`` (an imported teacher's checkpoint): the file itself for a path
+    or ``file://`` URI, a fresh temporary download for ``s3://bucket/prefix/name``."""
+    if "://" not in uri:
+        return Path(uri)
+    parent, _, name = uri.rstrip("/").rpartition("/")
+    local = local_dir(parent)
+    if local is not None:
+        return local / name
+    from .store import open_store
+
+    dest = Path(tempfile.mkdtemp(prefix="polydistill-fetch-")) / name
+    open_store(parent, create=False).get_file(name, dest)
+    return dest

@@ -1,4 +1,5 @@
-"""Neural networks: the Dueling Q-network (teachers and students) and the state autoencoder.
+"""Neural networks: the Dueling Q-network (teachers and students), the plain Nature-DQN Q-network (imported
+teachers) and the state autoencoder.
 
 Inputs are uint8 state stacks of shape (B, frame_stack, 84, 84); networks scale them to [0, 1] themselves so
 callers never hold float copies of a batch of frames.
@@ -91,8 +92,22 @@ class DuelingHead(nn.Module):
         return v + a - a.mean(dim=1, keepdim=True)
 
 
-class DuelingQNetwork(nn.Module):
-    """A Dueling Q-network with one or more heads over a shared Nature-DQN torso.
+class NatureHead(nn.Module):
+    """Nature-DQN's fully connected layers: a hidden ReLU layer, then one value per action (Mnih et al. 2015).
+
+    The layout of Stable-Baselines3's and CleanRL's DQN Q-networks, so their weights map one to one.
+    """
+
+    def __init__(self, in_dim: int, num_actions: int, hidden: int = 512) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, num_actions))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features)
+
+
+class QNetwork(nn.Module):
+    """A Q-network with one or more heads over a shared Nature-DQN torso; subclasses choose the head.
 
     A teacher has one head. A multi-task student has one head per game (``per-game``), or a single head
     shared by all games (``shared``, equal action counts; ``union``, the 18 ALE actions).
@@ -102,6 +117,9 @@ class DuelingQNetwork(nn.Module):
         width: channel/hidden multiplier against the teacher (1.0 = Nature-DQN size).
         frame_stack: frames per state.
     """
+
+    #: The ``architecture()["type"]`` of the subclass, read by :func:`build_network`.
+    kind: str = ""
 
     def __init__(self, num_actions: int | Sequence[int], width: float = 1.0, frame_stack: int = 4) -> None:
         super().__init__()
@@ -113,7 +131,10 @@ class DuelingQNetwork(nn.Module):
         self.frame_stack = frame_stack
         self.torso = NatureTorso(frame_stack, width)
         hidden = _scaled(512, width)
-        self.heads = nn.ModuleList(DuelingHead(self.torso.out_dim, a, hidden) for a in heads)
+        self.heads = nn.ModuleList(self._head(self.torso.out_dim, a, hidden) for a in heads)
+
+    def _head(self, in_dim: int, num_actions: int, hidden: int) -> nn.Module:
+        raise NotImplementedError
 
     @property
     def feature_dim(self) -> int:
@@ -132,11 +153,34 @@ class DuelingQNetwork(nn.Module):
     def architecture(self) -> dict[str, Any]:
         """JSON description from which :func:`build_network` rebuilds this network."""
         return {
-            "type": "dueling_dqn",
+            "type": self.kind,
             "num_actions": list(self.num_actions),
             "width": self.width,
             "frame_stack": self.frame_stack,
         }
+
+
+class DuelingQNetwork(QNetwork):
+    """The Dueling Q-network (Wang et al. 2016) of polydistill's teachers and of every student."""
+
+    kind = "dueling_dqn"
+
+    def _head(self, in_dim: int, num_actions: int, hidden: int) -> nn.Module:
+        return DuelingHead(in_dim, num_actions, hidden)
+
+
+class NatureQNetwork(QNetwork):
+    """The plain Nature-DQN Q-network (Mnih et al. 2015): the network of an imported Stable-Baselines3 or
+    CleanRL DQN teacher (:mod:`polydistill.teacher_import`). polydistill never trains one."""
+
+    kind = "nature_dqn"
+
+    def _head(self, in_dim: int, num_actions: int, hidden: int) -> nn.Module:
+        return NatureHead(in_dim, num_actions, hidden)
+
+
+#: Q-network classes by ``architecture()["type"]``.
+Q_NETWORKS: dict[str, type[QNetwork]] = {c.kind: c for c in (DuelingQNetwork, NatureQNetwork)}
 
 
 class ConvAutoencoder(nn.Module):
@@ -231,8 +275,8 @@ def subpixel_decoder(model: ConvAutoencoder) -> Callable[[torch.Tensor], torch.T
 def build_network(arch: dict[str, Any]) -> nn.Module:
     """Rebuild a network from its :meth:`architecture` description."""
     kind = arch.get("type")
-    if kind == "dueling_dqn":
-        return DuelingQNetwork(arch["num_actions"], arch.get("width", 1.0), arch.get("frame_stack", 4))
+    if kind in Q_NETWORKS:
+        return Q_NETWORKS[kind](arch["num_actions"], arch.get("width", 1.0), arch.get("frame_stack", 4))
     if kind == "conv_autoencoder":
         return ConvAutoencoder(arch["latent_dim"], arch.get("frame_stack", 4), arch.get("width", 1.0))
     raise ValueError(f"unknown network type {kind!r} in checkpoint metadata")

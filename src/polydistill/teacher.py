@@ -51,7 +51,7 @@ from .checkpoint import (
 )
 from .config import TeacherConfig
 from .envs import EpisodeStats, action_meanings, canonical_game, make_vector_env, observation_spec
-from .networks import DeviceError, DuelingQNetwork, make_adam, pick_device
+from .networks import DeviceError, DuelingQNetwork, QNetwork, make_adam, pick_device
 from .progress import MetricsCallback, progress
 from .replay import FrameReplay, StepRecorder, check_memory, replay_bytes
 from .rundir import RunDir
@@ -465,8 +465,9 @@ def _result_from_disk(out: Path, game: str, cfg: TeacherConfig) -> TeacherResult
     )
 
 
-def load_teacher(directory: str | Path, device: str | torch.device = "cpu") -> tuple[DuelingQNetwork, dict[str, Any]]:
-    """Load a teacher checkpoint (a run directory or its ``checkpoint/`` subdirectory)."""
+def load_teacher(directory: str | Path, device: str | torch.device = "cpu") -> tuple[QNetwork, dict[str, Any]]:
+    """Load a teacher checkpoint (a run directory or its ``checkpoint/`` subdirectory): a trained teacher's
+    Dueling network, or an imported teacher's Nature-DQN network (:mod:`polydistill.teacher_import`)."""
     from .checkpoint import load_checkpoint
 
     d = Path(directory)

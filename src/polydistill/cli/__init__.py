@@ -18,7 +18,7 @@ from .. import __version__
 from .handler import PolydistillGroup
 
 # Modules that register subcommands on :data:`main`, imported below (after main exists: they decorate it).
-COMMAND_MODULES = ("teacher", "buffer", "autoencoder", "distill", "evaluate", "tracking", "pipeline")
+COMMAND_MODULES = ("teacher", "interop", "buffer", "autoencoder", "distill", "evaluate", "tracking", "pipeline")
 
 
 @click.group(cls=PolydistillGroup,
@@ -30,8 +30,9 @@ COMMAND_MODULES = ("teacher", "buffer", "autoencoder", "distill", "evaluate", "t
 def main(verbose: int, debug: bool) -> None:
     """Multi-task policy distillation for Atari, from teachers to one student, as a Kubeflow pipeline.
 
-    Stages: train-teacher, export-buffer, buffer-info, train-autoencoder, encode-buffer, distill, evaluate,
-    report. Pipeline: run (whole DAG locally), compile, submit, schedule. MLflow: compare.
+    Stages: train-teacher (or import-teacher), export-buffer, buffer-info, train-autoencoder, encode-buffer,
+    distill, evaluate, report. Pipeline: run (whole DAG locally), compile, submit, schedule. MLflow: compare.
+    Minari: export-minari.
 
     Errors: bad input is one line (polydistill: error: ...) and exit status 2; anything unexpected is one
     line naming the file its traceback went to, status 1 (--debug: the traceback).

@@ -43,7 +43,11 @@ def _param_type(name: str) -> tuple[Any, str]:
 def pipeline_options(fn: Callable) -> Callable:
     """Options shared by run/submit/schedule: profile, games, store, tracking, and one flag per pipeline
     hyperparameter (``config.PIPELINE_PARAMETERS``); the command receives them as ``params``."""
-    names = list(C.PIPELINE_PARAMETERS)
+    names = [n for n in C.PIPELINE_PARAMETERS if n != "teachers"]  # a mapping: --teacher GAME=PATH below
+    fn = click.option("--teacher", "teacher_items", multiple=True, metavar="GAME=PATH",
+                      help="Import GAME's teacher from an SB3 .zip or CleanRL state_dict (a path, file:// or "
+                           "s3:// URI; submit/schedule: a URI the cluster reads) instead of training it; "
+                           "repeat per game [import.teachers].")(fn)
     for name in reversed(names):
         kind, help_text = _param_type(name)
         fn = click.option(f"--{name.replace('_', '-')}", f"hp__{name}", type=kind, default=None,
@@ -64,10 +68,28 @@ def pipeline_options(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         params = {n: kwargs.pop(f"hp__{n}") for n in names}
+        params["teachers"] = _teacher_sources(kwargs.pop("teacher_items")) or None
         kwargs["games"] = list(kwargs["games"])
         return fn(*args, params={k: v for k, v in params.items() if v is not None}, **kwargs)
 
     return wrapper
+
+
+def _teacher_sources(items: tuple[str, ...]) -> dict[str, str]:
+    """``--teacher GAME=PATH`` items as the ``teachers`` parameter; local paths made absolute (the tasks run
+    elsewhere) and required to exist now, not when the task starts."""
+    try:
+        sources = C.parse_teacher_sources(items)
+    except C.ConfigError as e:
+        raise click.UsageError(str(e)) from None
+    for game, where in sources.items():
+        if "://" in where:
+            continue
+        path = Path(where).expanduser()
+        if not path.is_file():
+            raise click.UsageError(f"--teacher {game}={where}: no such file; pass an SB3 .zip or CleanRL checkpoint")
+        sources[game] = str(path.resolve())
+    return sources
 
 
 def _check_games(games: list[str]) -> list[str]:
@@ -120,6 +142,10 @@ def run_cmd(profile: str, run_dir: str | None, runner: str, stream_logs: bool, g
 
     games = _check_games(games)
     _check_params(profile, params)
+    try:
+        C.check_teacher_sources(params.get("teachers", {}), games or C.default_games(profile))
+    except C.ConfigError as e:
+        raise click.UsageError(str(e)) from None
     _import_kfp()
     from polydistill_kfp.local import default_run_dir, run_local
 

@@ -99,3 +99,5 @@ TAG_WARM_SOURCE_RUN = "polydistill.warm_start.source_run_id"
 TAG_WARM_CHECKPOINT = "polydistill.warm_start.checkpoint"
 TAG_WARM_SHA256 = "polydistill.warm_start.sha256"
 TAG_WARM_VERSION = "polydistill.warm_start.model_version"
+#: On a train-teacher child run whose teacher was imported (SB3 / CleanRL), not trained: the checkpoint's URI.
+TAG_IMPORTED_FROM = "polydistill.teacher.imported_from"

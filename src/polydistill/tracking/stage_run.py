@@ -59,7 +59,7 @@ def _all_heads(model: Any) -> Any:
     from torch import nn
 
     class AllHeadsQ(nn.Module):
-        def __init__(self, net: Any) -> None:  # a DuelingQNetwork
+        def __init__(self, net: Any) -> None:  # a teacher QNetwork
             super().__init__()
             self.net = net
 
