@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from polydistill.mirror import INDEX_KEY, SYNC_SECONDS_ENV, WorkDir, fetch_dir, fetch_file, publish_dir, work_dir
+from polydistill.mirror import INDEX_KEY, SYNC_SECONDS_ENV, WorkDir, fetch_dir, publish_dir, work_dir
 from polydistill.progress import MetricsCallback
 from polydistill.run_layout import (
     GAME_RECORD_FIELDS,
