@@ -83,6 +83,36 @@ def test_champion_decision_rules() -> None:
     assert decide(cand("0.1"), {k: v for k, v in champ.items() if k != "polydistill.mean_hns"}).promote
 
 
+def test_hns_of_cut_episodes_is_marked_not_comparable() -> None:
+    """#30: HNS is defined on whole episodes of at least 5 minutes (the published scores'); the smoke profile's
+    200-step cycles cut them (Pong's random play read HNS 0.47 there), so such columns say so."""
+    assert hns.not_comparable({"protocol": "episodes", "max_episode_frames": 18_000}) is None
+    assert hns.not_comparable({"protocol": "episodes", "max_episode_frames": 108_000}) is None
+    assert "cut at 4,000 frames" in (hns.not_comparable({"protocol": "episodes", "max_episode_frames": 4000}) or "")
+    assert "cycles protocol" in (hns.not_comparable({"protocol": "cycles", "cycle_steps": 200}) or "")
+    assert hns.not_comparable(None) and hns.not_comparable({"protocol": "episodes"})  # nothing recorded: not
+    cut = build_table([_result("random", {"Pong": -20.7}), _result("teacher", {"Pong": -3.05})])
+    assert cut["hns_not_comparable"]["teacher"] and any("not comparable" in w for w in cut["warnings"])
+    md = render_markdown(cut).split("## Human-normalised score")[1]
+    assert "Teacher (not comparable)" in md and "cycles protocol scores episodes cut" in md
+    whole = {"protocol": "episodes", "episodes": 64, "max_episode_frames": 18_000, "seed": 1}
+    ok = build_table([{**_result("teacher", {"Pong": -3.05}), "protocol": "episodes", "config": whole}])
+    assert ok["hns_not_comparable"] == {"teacher": None} and "not comparable" not in render_markdown(ok)
+
+
+def test_champion_decision_says_when_it_compared_cut_episodes() -> None:
+    def tags(value: str, evaluation: dict) -> dict[str, str]:
+        return {"polydistill.games": "Pong", "polydistill.mean_hns": value,
+                "polydistill.evaluation": json.dumps(evaluation)}
+
+    smoke = {"protocol": "cycles", "cycles": 2, "cycle_steps": 200, "seed": 1}
+    decision = decide(tags("0.6", smoke), tags("0.5", smoke))
+    assert decision.promote and "not comparable with published scores" in decision.reason
+    whole = {"protocol": "episodes", "episodes": 64, "max_episode_frames": 18_000, "seed": 1}
+    decision = decide(tags("0.4", whole), tags("0.5", whole))
+    assert not decision.promote and "not comparable" not in decision.reason
+
+
 # ------------------------------------------------------------------------------------------- seeds
 
 

@@ -7,8 +7,15 @@ different runs (different teachers) compare on it.
 Reference scores: the standard Atari-57 random and human scores of Mnih et al. 2015 ("Human-level control
 through deep reinforcement learning", Nature 518, Extended Data Table 2) extended to all 57 games by Badia et
 al. 2020 ("Agent57: Outperforming the Atari Human Benchmark", Appendix H, the table of human and random
-scores); the values are as transcribed in DeepMind's DQN Zoo (``dqn_zoo/atari_data.py``). Both agents were
-scored with up to 30 no-op starts and episodes capped at 108,000 frames (30 minutes).
+scores); the values are as transcribed in DeepMind's DQN Zoo (``dqn_zoo/atari_data.py``). The references are
+scores of whole episodes of at least 5 minutes of play (18,000 frames: Mnih et al. 2015's human testers and
+evaluation; Badia et al. 2020 cap at 108,000), with up to 30 no-op starts.
+
+An HNS is therefore only comparable with the published scores when it comes from the same kind of play:
+whole episodes under a cap of at least 18,000 frames. A score of episodes cut earlier (the seed's ``cycles``
+protocol cuts the episode running at each cycle's end; the smoke profile's 200-step cycles cut nearly every
+one) still ranks agents scored the same way against each other, but not against humans:
+:func:`not_comparable` says why, and the report and the champion decision say so.
 
 A game without a reference here gets no HNS (``None``, reported as missing), never an invented one.
 """
@@ -19,6 +26,7 @@ import math
 import re
 import statistics
 from collections.abc import Mapping
+from typing import Any
 
 #: ``GAME: (random score, human score)`` in raw game points, by polydistill's CamelCase game name.
 REFERENCE_SCORES: dict[str, tuple[float, float]] = {
@@ -81,6 +89,9 @@ REFERENCE_SCORES: dict[str, tuple[float, float]] = {
     "Zaxxon": (32.5, 9173.3),
 }
 
+#: The shortest episode cap of the published reference scores, in emulator frames (5 minutes at 60 Hz).
+STANDARD_MIN_EPISODE_FRAMES = 18_000
+
 _KEYS = {re.sub(r"[^a-z0-9]", "", g.lower()): g for g in REFERENCE_SCORES}
 
 
@@ -107,3 +118,25 @@ def mean_median(values: Mapping[str, float | None]) -> tuple[float | None, float
     if not vals:
         return None, None
     return statistics.fmean(vals), statistics.median(vals)
+
+
+def not_comparable(evaluation: Mapping[str, Any] | None) -> str | None:
+    """Why HNS of scores taken under ``evaluation`` (an evaluation config: ``protocol``,
+    ``max_episode_frames``) do not compare with the published human and random scores; None when they do.
+
+    Comparable means whole episodes (the ``episodes`` protocol) capped at no fewer than
+    :data:`STANDARD_MIN_EPISODE_FRAMES` frames.
+    """
+    if not evaluation:
+        return "the evaluation protocol is not recorded"
+    protocol = evaluation.get("protocol")
+    if protocol != "episodes":
+        return (f"the {protocol} protocol scores episodes cut at each cycle's end, not whole episodes"
+                if protocol == "cycles" else f"unknown evaluation protocol {protocol!r}")
+    cap = evaluation.get("max_episode_frames")
+    if not isinstance(cap, int | float) or isinstance(cap, bool):
+        return "the episode cap is not recorded"
+    if cap < STANDARD_MIN_EPISODE_FRAMES:
+        return (f"episodes are cut at {int(cap):,} frames, below the {STANDARD_MIN_EPISODE_FRAMES:,} "
+                "(5 minutes) of the published scores")
+    return None

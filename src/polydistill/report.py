@@ -35,6 +35,7 @@ from .checkpoint import atomic_write_bytes, atomic_write_json
 from .evaluate import EvaluationError, load_results
 from .hns import hns as human_normalised
 from .hns import mean_median
+from .hns import not_comparable as hns_not_comparable
 
 REPORT_SCHEMA = 1
 DEFAULT_TITLE = "polydistill: students against their teachers"
@@ -162,6 +163,10 @@ def _collect(
                 "n": len(entry.get("scores") or []),
                 "protocol": proto,
             }
+            # What the score cost (agent steps, seconds of play): the Table 1 report compares protocols on it.
+            for key in ("steps", "seconds"):
+                if isinstance(entry.get(key), int | float) and not isinstance(entry.get(key), bool):
+                    cells[label][game][key] = entry[key]
             sources.setdefault(label, {})[game] = where
             if data["agent"].get("path"):
                 cells[label][game]["agent_path"] = str(data["agent"]["path"])
@@ -210,7 +215,11 @@ def build_table(
             pcts[s].append((game, p, q))
 
     hns_by_label = _hns_cells(games, columns)
+    hns_caveats = {lab: hns_not_comparable(evaluation.get(lab)) for lab in hns_by_label}
     warnings: list[str] = []
+    cut = sorted({why for why in hns_caveats.values() if why})
+    if cut:
+        warnings.append(f"human-normalised scores not comparable with published ones: {'; '.join(cut)}")
     mixed = {p for ps in protocols.values() for p in ps}
     if len(mixed) > 1:
         warnings.append(f"results use different protocols ({'; '.join(sorted(mixed))}); compare with care")
@@ -238,6 +247,7 @@ def build_table(
         "hns": hns_by_label,
         "mean_hns": {lab: mean_median(v)[0] for lab, v in hns_by_label.items()},
         "median_hns": {lab: mean_median(v)[1] for lab, v in hns_by_label.items()},
+        "hns_not_comparable": hns_caveats,
         "protocols": protocols,
         "evaluation": evaluation,
         "sources": sources,
@@ -266,10 +276,16 @@ def _hns_cells(games: Mapping[str, dict[str, Any]], columns: Sequence[str]) -> d
     return out
 
 
+#: Marks an agent's HNS column whose scores do not come from the published scores' protocol.
+NOT_COMPARABLE_MARK = " (not comparable)"
+
+
 def hns_rows(table: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the human-normalised score table (games, then the mean and median rows)."""
+    """Header and rows of the human-normalised score table (games, then the mean and median rows); an agent
+    scored under another protocol than the published scores' is headed "(not comparable)"."""
     labels = [lab for lab in table["columns"] if lab in table.get("hns", {})]
-    header = ["Game", *(heading(lab) for lab in labels)]
+    caveats = table.get("hns_not_comparable") or {}
+    header = ["Game", *(heading(lab) + (NOT_COMPARABLE_MARK if caveats.get(lab) else "") for lab in labels)]
 
     def cell(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.3f}"
@@ -281,12 +297,19 @@ def hns_rows(table: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
-def hns_notes() -> list[str]:
-    """What the HNS table's numbers are."""
-    return ["Human-normalised score = (score − random) / (human − random), with the published per-game human "
-            "and random reference scores (Mnih et al. 2015; Badia et al. 2020, Agent57 Appendix H); 0 = random "
-            "play, 1 = a human tester. n/a: the game has no reference score. Mean and median over the games "
-            "that have one."]
+def hns_notes(table: Mapping[str, Any] | None = None) -> list[str]:
+    """What the HNS table's numbers are, and why a column marked "(not comparable)" is."""
+    notes = ["Human-normalised score = (score − random) / (human − random), with the published per-game human "
+             "and random reference scores (Mnih et al. 2015; Badia et al. 2020, Agent57 Appendix H); 0 = random "
+             "play, 1 = a human tester. n/a: the game has no reference score. Mean and median over the games "
+             "that have one."]
+    caveats = (table or {}).get("hns_not_comparable") or {}
+    reasons = sorted({why for why in caveats.values() if why})
+    if reasons:
+        notes.append("Not comparable with the published scores, which are whole episodes of at least 18,000 "
+                     f"frames: {'; '.join(reasons)}. These numbers rank agents scored the same way against each "
+                     "other only.")
+    return notes
 
 
 #: Keys of one game's storage entry: (key, column heading), in column order.
@@ -430,7 +453,7 @@ def render_markdown(table: Mapping[str, Any]) -> str:
     """The report as Markdown (a title, the table, its footnotes; then the storage table when given)."""
     out = [f"# {table['title']}", "", *_markdown_table(*table_rows(table), footnotes(table))]
     if table.get("hns"):
-        out += ["", "## Human-normalised score", "", *_markdown_table(*hns_rows(table), hns_notes())]
+        out += ["", "## Human-normalised score", "", *_markdown_table(*hns_rows(table), hns_notes(table))]
     if table.get("storage"):
         out += ["", "## Storage per training state", "", *_markdown_table(*storage_rows(table), storage_notes())]
     return "\n".join(out) + "\n"
@@ -471,7 +494,7 @@ def render_html(table: Mapping[str, Any], chart_png: bytes | None = None) -> str
         *_html_table(*table_rows(table), footnotes(table), "geo" if table["students"] else ""),
     ]
     if table.get("hns"):
-        parts += ["<h3>Human-normalised score</h3>", *_html_table(*hns_rows(table), hns_notes())]
+        parts += ["<h3>Human-normalised score</h3>", *_html_table(*hns_rows(table), hns_notes(table))]
     if table.get("storage"):
         parts += ["<h3>Storage per training state</h3>", *_html_table(*storage_rows(table), storage_notes())]
     if chart_png:

@@ -74,15 +74,27 @@ def evaluate_cmd(
 @click.argument("results", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Report directory.")
 @click.option("--title", default=None, help="Report title.")
-def report_cmd(results: tuple[str, ...], out_dir: str, title: str | None) -> None:
+@click.option("--runs", "runs", is_flag=True,
+              help="RESULTS are whole runs (run directories or their report/report.json), one per game pair and "
+                   "protocol: write the seed paper's Table 1 across them (table1.md, .json, .png).")
+def report_cmd(results: tuple[str, ...], out_dir: str, title: str | None, runs: bool) -> None:
     """Build the results table (game | random | teacher | students, with % of teacher) from scores.json files.
 
     RESULTS are scores.json files written by `polydistill evaluate` (or directories holding one); results
     with the same label merge across files (one teacher per game). Writes report.md, report.html,
-    report.json and chart.png into --out and prints the Markdown table.
+    report.json and chart.png into --out and prints the Markdown table. With --runs, RESULTS are runs of
+    `polydistill run` and the table is the seed's Table 1: per pair, teacher and both students (mean ± std),
+    the seed's figures beside ours, random play and normalised percentages.
     """
-    from ..report import DEFAULT_TITLE, write_report
+    if runs:
+        from ..table1 import write_table1
 
-    files = write_report(list(results), out_dir, title or DEFAULT_TITLE)
+        if title:
+            raise click.UsageError("--title applies to a report of scores.json files, not to --runs")
+        files = write_table1(list(results), out_dir)
+    else:
+        from ..report import DEFAULT_TITLE, write_report
+
+        files = write_report(list(results), out_dir, title or DEFAULT_TITLE)
     click.echo(files["markdown"].read_text(), nl=False)
     click.echo(f"\nwritten: {', '.join(str(p) for p in files.values())}")

@@ -4,7 +4,9 @@ The champion is the registered student with the best **mean human-normalised sco
 over the same games, scored with the same evaluation protocol and seed. A candidate replaces it only when
 its mean HNS is strictly higher; "% of its own teacher" never decides (a student of a weaker teacher can
 reach a higher % while playing worse). Scores from different protocols are never compared: the champion
-stays and the decision says why.
+stays and the decision says why. When both were scored under a protocol whose HNS does not compare with the
+published scores (cut episodes, :func:`polydistill.hns.not_comparable`), the decision still ranks them and
+says so.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..hns import not_comparable
 from .names import VTAG_EVALUATION, VTAG_GAMES, VTAG_MEAN_HNS, VTAG_TEACHERS
 
 
@@ -55,9 +58,17 @@ def decide(candidate: Mapping[str, str], champion: Mapping[str, str] | None) -> 
         return Decision(False, "the champion was scored with another evaluation protocol or seed "
                                f"({champion.get(VTAG_EVALUATION)} vs {candidate.get(VTAG_EVALUATION)}); "
                                "not compared, the champion stays")
+    caveat = _caveat(candidate)
     if cand_hns > champ_hns:
-        return Decision(True, f"mean HNS {cand_hns:.4f} > champion's {champ_hns:.4f}")
-    return Decision(False, f"mean HNS {cand_hns:.4f} <= champion's {champ_hns:.4f}")
+        return Decision(True, f"mean HNS {cand_hns:.4f} > champion's {champ_hns:.4f}{caveat}")
+    return Decision(False, f"mean HNS {cand_hns:.4f} <= champion's {champ_hns:.4f}{caveat}")
+
+
+def _caveat(tags: Mapping[str, str]) -> str:
+    """A clause for a decision that compared HNS not comparable with the published scores ("" otherwise)."""
+    evaluation = _evaluation(tags)
+    why = not_comparable(evaluation if isinstance(evaluation, Mapping) else None)
+    return f" (HNS not comparable with published scores: {why}; both scored the same way)" if why else ""
 
 
 def _evaluation(tags: Mapping[str, str]) -> Any:
