@@ -25,6 +25,12 @@ What crosses a DAG boundary is judged by the Kubeflow backend, not by the local 
   dict parameter returned by ``encode-buffer`` and collected by ``dsl.Collected`` (parameters cross DAG
   boundaries whole: ``resolveUpstreamParameters`` in ``backend/src/v2/driver/resolve.go``); it names each
   game's teacher checkpoint, buffer and latents by store URI, with the datasets' manifest digests.
+- **No loop is named.** A named ``ParallelFor`` compiles to ``taskInfo.name: <name>`` under the task key
+  ``for-loop-N``; backend 2.15.0 (Kubeflow 1.11) gives the loop's DAG driver no task name
+  (``iterationItemTask`` in ``backend/src/v2/compiler/argocompiler/dag.go``), so ``driver/dag.go`` records
+  the execution under ``taskInfo.name`` and ``resolveUpstreamParameters`` (``driver/resolve.go``) then fails
+  to find ``for-loop-N`` ("subTaskName ... not in tasks") when a later task reads the loop's collected
+  outputs (kubeflow/pipelines#13239; fixed by #12808 in 2.16.0). Unnamed, both are ``for-loop-N``.
 - **Lists of artifacts are consumed only where they are collected**, as in the upstream sample
   ``test_data/sdk_compiled_pipelines/valid/collected_artifacts.py`` (cases 5 and 6: a sub-DAG returns
   ``dsl.Collected(...)``, a task of the parent DAG consumes it): the report takes the teachers' scores,
@@ -229,7 +235,7 @@ def _make_pipeline(variant: Variant) -> Callable[..., Any]:
     ):
         common = {"tracking_uri": tracking_uri, "parent_run_id": parent_run_id, "experiment": experiment}
         store = {"run_root": run_root, "minio_endpoint": minio_endpoint, **common}
-        with dsl.ParallelFor(games, name="games") as game:
+        with dsl.ParallelFor(games) as game:
             teacher = configure(comps[S.TRAIN_TEACHER](game=game, config=teacher_config, warm_starts=warm_starts,
                                                         **store))
             buffer = configure(comps[S.EXPORT_BUFFER](
@@ -270,7 +276,7 @@ def _make_pipeline(variant: Variant) -> Callable[..., Any]:
         # top-level tasks one after another, and both students fit side by side on one machine. Only
         # parameters enter this DAG (see the module docstring).
         common = {"tracking_uri": tracking_uri, "parent_run_id": parent_run_id, "experiment": experiment}
-        with dsl.ParallelFor(students, name="sources") as item:
+        with dsl.ParallelFor(students) as item:
             student = configure(comps[S.DISTILL](
                 source=item.source, games=games, game_records=game_records, config=distill_config,
                 run_root=run_root, minio_endpoint=minio_endpoint, **common), S.DISTILL)
