@@ -94,8 +94,12 @@ def parse_version(text: str) -> tuple[int, int, int]:
 
 def load_ir(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """The pipeline spec and the platform spec (``{}`` if none) of a compiled YAML file."""
-    docs = [d for d in yaml.safe_load_all(Path(path).read_text()) if d]
-    if not docs or "root" not in docs[0]:
+    try:
+        text = Path(path).read_text()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a compiled KFP pipeline (not a text file)") from None
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    if not docs or not isinstance(docs[0], dict) or "root" not in docs[0]:
         raise ValueError(f"{path} is not a compiled KFP pipeline (no pipelineSpec root)")
     platform: dict[str, Any] = next((d for d in docs[1:] if "platforms" in d), {})
     return docs[0], platform
