@@ -228,7 +228,9 @@ def kubeflow_options(fn: Callable) -> Callable:
         click.option("--cookies", default=None,
                      help="Session cookies of a logged-in browser, 'name=value; ...' [$KF_PIPELINES_COOKIES]."),
         click.option("--skip-version-check", is_flag=True, default=False,
-                     help="Submit even when the server does not report its version (dev builds)."),
+                     help="Do not check the server's KFP version (by default an older one than 2.15.0 is "
+                          "refused, and one the server does not report, as Kubeflow 1.11's does not, is warned "
+                          "about)."),
     ]
     for d in reversed(decorators):
         fn = d(fn)
