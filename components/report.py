@@ -40,8 +40,13 @@ def report(
 
     from polydistill import retention
     from polydistill.report import write_report
-    from polydistill.tracking import (TrackingError, champion_tags, log_report_to_parent, mark_pipeline_succeeded,
-                                      register_student)
+    from polydistill.tracking import (
+        TrackingError,
+        champion_tags,
+        log_report_to_parent,
+        mark_pipeline_succeeded,
+        register_student,
+    )
     from polydistill.tracking import names as N
     from polydistill.tracking.notes import log_parent_record
 

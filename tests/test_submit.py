@@ -668,7 +668,7 @@ def test_the_uis_healthz_is_read_for_version_and_mode(kfp_api: StandInKfp) -> No
     kfp_api.version, kfp_api.ui_version = "2.14.0", "2.14.0"
     server = check_host(kfp_api.host, Credentials(token="tok-alice"))
     assert (server.version, server.multi_user, server.ui_version) == ("2.14.0", True, "2.14.0")
-    with pytest.raises(KubeflowError, match="is 2.14.0; the pipeline needs 2.15.0"):
+    with pytest.raises(KubeflowError, match=r"is 2\.14\.0; the pipeline needs 2\.15\.0"):
         check_version(server)  # a reported old version is still refused
     kfp_api.version = "unknown"
     assert "its UI is 2.14.0" in check_version(check_host(kfp_api.host, Credentials(token="tok-alice")))
