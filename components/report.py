@@ -29,7 +29,8 @@ def report(
     moves only to a student with a higher mean human-normalised score on the same games, evaluation protocol
     and seed: ``polydistill.tracking.champion``). Each version names its pipeline run, ``run_root`` and the
     teachers (for a later warm start). Then retention (``retraining_config["keep_runs"]``) deletes older
-    runs' datasets, never the champion's (``polydistill.retention``)."""
+    runs' datasets, never the champion's (``polydistill.retention``). Last, it marks the parent run succeeded,
+    which ``end-run`` reads (``polydistill.tracking.outcome``)."""
     import json
     import logging
     import tempfile
@@ -39,7 +40,13 @@ def report(
 
     from polydistill import retention
     from polydistill.report import write_report
-    from polydistill.tracking import TrackingError, champion_tags, log_report_to_parent, register_student
+    from polydistill.tracking import (
+        TrackingError,
+        champion_tags,
+        log_report_to_parent,
+        mark_pipeline_succeeded,
+        register_student,
+    )
     from polydistill.tracking import names as N
     from polydistill.tracking.notes import log_parent_record
 
@@ -94,4 +101,6 @@ def report(
             log_parent_record(tracking_uri, parent_run_id, {
                 "polydistill.retention.deleted": ",".join(d["run_id"] for d in deleted) or "none"},
                 {"keep_runs": keep, "protected": sorted(protected), "deleted": deleted}, "retention.json")
+    # Last: what end-run reads to close the parent run FINISHED (the backend's DAG state cannot say it).
+    mark_pipeline_succeeded(tracking_uri, parent_run_id)
     print(Path(files["markdown"]).read_text())

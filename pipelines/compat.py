@@ -10,18 +10,31 @@ the tags named below). Two kinds of finding:
   client.go``) assigns ``inputs[name] = {Artifacts: [one]}`` per INPUT event, and ``resolveInputs``
   (``backend/src/v2/driver/resolve.go``) reads a DAG's input artifacts through it (kubeflow/pipelines#13900;
   fix #13901 unmerged as of 2.17.0). An artifact iterator (``ParallelFor`` over artifacts) fails with
-  "artifact iterator not implemented yet" (resolve.go).
+  "artifact iterator not implemented yet" (resolve.go). The Argo compiler's ``task()``
+  (``backend/src/v2/compiler/argocompiler/dag.go``, 2.15.0 to 2.17.0) refuses the whole run for a resolver
+  executor ("resolver executors not implemented"), a custom-job executor ("Google Cloud only") and an
+  importer with a ``triggerPolicy.condition`` ("not supported": its one container is driver and importer).
 - **too new**: a construct the backend supports only from some version on; a finding when the target backend
   is older. ``PipelineTaskFinalStatus`` is "not implemented yet" in 2.5.0's ``driver.go`` and resolved in
   2.14.0's ``resolve.go``; ``dsl.Collected`` fan-in (``CollectInputs``) first appears in 2.14.0's
   ``resolve.go``; retries of tasks in nested DAGs are read per task (``task.GetRetryPolicy()``) from 2.14.0's
   ``argocompiler/container.go`` (2.5.0 looks them up by name in the root DAG); the ``optional`` flag that
   kfp-kubernetes 2.17 writes for a ConfigMap as env is honoured from 2.15.0's ``driver/k8s.go``.
+  A ``ParallelFor`` whose ``taskInfo.name`` differs from its task key (``ParallelFor(..., name=...)``) breaks
+  before 2.16.0: 2.15.0's ``iterationItemTask`` (argocompiler/dag.go) gives the loop's DAG driver no task
+  name, ``driver/dag.go`` records the loop under ``taskInfo.name``, and ``resolveUpstreamParameters`` /
+  ``GetProducerTask`` (``driver/resolve.go``) cannot find the task key (kubeflow/pipelines#13239; fix #12808,
+  first in 2.16.0). A ``PipelineTaskFinalStatus`` exit handler around nested DAGs (a loop or sub-pipeline
+  inside the ExitHandler) reads a state that stays RUNNING before 2.17.0: a DAG's state is updated only when a
+  task directly under it finishes (``component/launcher_v2.go`` -> ``UpdateDAGExecutionsState`` in
+  ``metadata/client.go``), never by a finished sub-DAG (kubeflow/pipelines#11979, #13321; fix #13322, first
+  in 2.17.0).
 
 Kubeflow 1.10 ships KFP 2.5.0, Kubeflow 1.11 ships 2.15.0 (kubeflow/manifests README at v1.10.2 and
 v1.11.0), so :data:`MINIMUM_BACKEND` is 2.15.0.
 
-Use: ``polydistill compile --check`` (``check_file`` on every compiled variant) or :func:`check_file`.
+Use: ``polydistill compile --check VERSION`` (``check_file`` on every compiled variant), ``polydistill compile
+--check VERSION FILE...`` (any compiled YAML) or :func:`check_file`.
 """
 
 from __future__ import annotations
@@ -37,6 +50,17 @@ import yaml
 MINIMUM_BACKEND = (2, 15, 0)
 MINIMUM_KUBEFLOW = "1.11"
 LIST_ARTIFACT_ISSUE = "kubeflow/pipelines#13900"
+#: The loop-name rule's and the exit-status rule's references, and the releases that fix them.
+LOOP_NAME_REFERENCE = ("backend 2.15.0 argocompiler/dag.go iterationItemTask, driver/resolve.go GetProducerTask; "
+                       "kubeflow/pipelines#13239, fix #12808")
+LOOP_NAME_FIXED = (2, 16, 0)
+EXIT_STATUS_REFERENCE = ("backend 2.15.0 component/launcher_v2.go, metadata/client.go UpdateDAGExecutionsState; "
+                         "kubeflow/pipelines#11979, #13321, fix #13322")
+EXIT_STATUS_FIXED = (2, 17, 0)
+#: What 2.15.0-2.17.0's ``task()`` (backend/src/v2/compiler/argocompiler/dag.go) refuses, by executor kind.
+REJECTED_EXECUTORS = {"resolver": "resolver executor (\"resolver executors not implemented\")",
+                      "customJob": "custom-job executor (\"Google Cloud only\")"}
+TASK_REFERENCE = "backend 2.15.0 argocompiler/dag.go task()"
 
 
 @dataclass(frozen=True)
@@ -70,8 +94,12 @@ def parse_version(text: str) -> tuple[int, int, int]:
 
 def load_ir(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """The pipeline spec and the platform spec (``{}`` if none) of a compiled YAML file."""
-    docs = [d for d in yaml.safe_load_all(Path(path).read_text()) if d]
-    if not docs or "root" not in docs[0]:
+    try:
+        text = Path(path).read_text()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a compiled KFP pipeline (not a text file)") from None
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    if not docs or not isinstance(docs[0], dict) or "root" not in docs[0]:
         raise ValueError(f"{path} is not a compiled KFP pipeline (no pipelineSpec root)")
     platform: dict[str, Any] = next((d for d in docs[1:] if "platforms" in d), {})
     return docs[0], platform
@@ -140,6 +168,58 @@ def _platform_findings(platform: Mapping[str, Any] | None) -> list[Finding]:
             for executor, cfg in executors.items() if any("optional" in c for c in cfg.get("configMapAsEnv", []))]
 
 
+def _component(spec: Mapping[str, Any], task: Mapping[str, Any]) -> Mapping[str, Any]:
+    return spec.get("components", {}).get(task.get("componentRef", {}).get("name", ""), {})
+
+
+def _executor_kind(spec: Mapping[str, Any], task: Mapping[str, Any]) -> str | None:
+    """``container``, ``importer``, ``resolver`` or ``customJob``: how the task's component runs (None: a DAG)."""
+    label = _component(spec, task).get("executorLabel")
+    executor = spec.get("deploymentSpec", {}).get("executors", {}).get(label, {}) if label else {}
+    return next((k for k in ("container", "importer", "resolver", "customJob") if k in executor), None)
+
+
+def _rejected_findings(spec: Mapping[str, Any], dag_name: str, task_name: str,
+                       task: Mapping[str, Any]) -> list[Finding]:
+    """Tasks the Argo compiler's ``task()`` refuses (every release to 2.17.0): the run never starts."""
+    kind = _executor_kind(spec, task)
+    if kind in REJECTED_EXECUTORS:
+        return [Finding(dag_name, task_name, REJECTED_EXECUTORS[kind], TASK_REFERENCE)]
+    if kind == "importer" and task.get("triggerPolicy", {}).get("condition"):
+        return [Finding(dag_name, task_name, "importer under a condition (triggerPolicy.condition)",
+                        TASK_REFERENCE)]
+    return []
+
+
+def _loop_name_findings(dag_name: str, dag: Mapping[str, Any], loops: set[str]) -> list[Finding]:
+    """Loops whose ``taskInfo.name`` is not their task key (backends before 2.16.0 lose them)."""
+    found = []
+    for key in sorted(loops):
+        shown = dag["tasks"][key].get("taskInfo", {}).get("name", key)
+        if shown != key:
+            found.append(Finding(dag_name, key, f"ParallelFor whose taskInfo.name {shown!r} is not its task key "
+                                 "(a named loop: drop ParallelFor's name=)", LOOP_NAME_REFERENCE, LOOP_NAME_FIXED))
+    return found
+
+
+def _exit_status_findings(spec: Mapping[str, Any], dag_name: str, dag: Mapping[str, Any]) -> list[Finding]:
+    """Exit tasks reading the final status of a group that holds sub-DAGs (stays RUNNING before 2.17.0)."""
+    found = []
+    tasks = dag.get("tasks", {})
+    for task_name, task in tasks.items():
+        for param in task.get("inputs", {}).get("parameters", {}).values():
+            group = param.get("taskFinalStatus", {}).get("producerTask")
+            if group not in tasks:
+                continue
+            inner = _component(spec, tasks[group]).get("dag", {}).get("tasks", {})
+            nested = sorted(n for n, t in inner.items() if "dag" in _component(spec, t))
+            if nested:
+                found.append(Finding(
+                    dag_name, task_name, f"PipelineTaskFinalStatus of {group!r}, which holds nested DAGs "
+                    f"({', '.join(nested)}): its state stays RUNNING", EXIT_STATUS_REFERENCE, EXIT_STATUS_FIXED))
+    return found
+
+
 def check_spec(spec: Mapping[str, Any], platform: Mapping[str, Any] | None = None,
                backend: tuple[int, int, int] = MINIMUM_BACKEND) -> list[Finding]:
     """Every construct in ``spec`` that a KFP backend of version ``backend`` breaks or rejects."""
@@ -150,6 +230,11 @@ def check_spec(spec: Mapping[str, Any], platform: Mapping[str, Any] | None = Non
         loops = _loop_tasks(dag)
         for task_name, task in dag.get("tasks", {}).items():
             found += _task_findings(dag_name, task_name, task, list_inputs, loops, backend)
+            found += _rejected_findings(spec, dag_name, task_name, task)
+        if backend < LOOP_NAME_FIXED:
+            found += _loop_name_findings(dag_name, dag, loops)
+        if backend < EXIT_STATUS_FIXED:
+            found += _exit_status_findings(spec, dag_name, dag)
         if backend < (2, 14, 0):
             found += _output_findings(dag_name, dag, loops)
     if backend < (2, 15, 0):

@@ -25,6 +25,12 @@ What crosses a DAG boundary is judged by the Kubeflow backend, not by the local 
   dict parameter returned by ``encode-buffer`` and collected by ``dsl.Collected`` (parameters cross DAG
   boundaries whole: ``resolveUpstreamParameters`` in ``backend/src/v2/driver/resolve.go``); it names each
   game's teacher checkpoint, buffer and latents by store URI, with the datasets' manifest digests.
+- **No loop is named.** A named ``ParallelFor`` compiles to ``taskInfo.name: <name>`` under the task key
+  ``for-loop-N``; backend 2.15.0 (Kubeflow 1.11) gives the loop's DAG driver no task name
+  (``iterationItemTask`` in ``backend/src/v2/compiler/argocompiler/dag.go``), so ``driver/dag.go`` records
+  the execution under ``taskInfo.name`` and ``resolveUpstreamParameters`` (``driver/resolve.go``) then fails
+  to find ``for-loop-N`` ("subTaskName ... not in tasks") when a later task reads the loop's collected
+  outputs (kubeflow/pipelines#13239; fixed by #12808 in 2.16.0). Unnamed, both are ``for-loop-N``.
 - **Lists of artifacts are consumed only where they are collected**, as in the upstream sample
   ``test_data/sdk_compiled_pipelines/valid/collected_artifacts.py`` (cases 5 and 6: a sub-DAG returns
   ``dsl.Collected(...)``, a task of the parent DAG consumes it): the report takes the teachers' scores,
@@ -252,7 +258,7 @@ def _make_pipeline(variant: Variant) -> Callable[..., Any]:
     ):
         common = {"tracking_uri": tracking_uri, "parent_run_id": parent_run_id, "experiment": experiment}
         store = {"run_root": run_root, "minio_endpoint": minio_endpoint, **common}
-        with dsl.ParallelFor(games, name="games") as game:
+        with dsl.ParallelFor(games) as game:
             # An imported teacher (import_config["teachers"] names its game) is made by this same task, not by
             # a dsl.If branch or an importer: one task per game keeps every edge below unconditional.
             teacher = configure(comps[S.TRAIN_TEACHER](game=game, config=teacher_config, warm_starts=warm_starts,
@@ -295,7 +301,7 @@ def _make_pipeline(variant: Variant) -> Callable[..., Any]:
         # top-level tasks one after another, and both students fit side by side on one machine. Only
         # parameters enter this DAG (see the module docstring).
         common = {"tracking_uri": tracking_uri, "parent_run_id": parent_run_id, "experiment": experiment}
-        with dsl.ParallelFor(students, name="sources") as item:
+        with dsl.ParallelFor(students) as item:
             student = configure(comps[S.DISTILL](
                 source=item.source, games=games, game_records=game_records, config=distill_config,
                 run_root=run_root, minio_endpoint=minio_endpoint, **common), S.DISTILL)
@@ -314,7 +320,9 @@ def _make_pipeline(variant: Variant) -> Callable[..., Any]:
         experiment: str,
         **hyperparameters: Any,
     ) -> None:
-        # Runs last, even after a failure, and closes the MLflow parent run as FINISHED or FAILED.
+        # Runs last, even after a failure, and closes the MLflow parent run FINISHED, FAILED or KILLED from the
+        # run's own records: it takes no PipelineTaskFinalStatus, whose state stays RUNNING on backends before
+        # 2.17.0 around these sub-DAGs (components/end_run.py, polydistill.tracking.outcome).
         finish = configure(comps[S.END_RUN](
             tracking_uri=tracking_uri, experiment=experiment, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER))
         finish.set_caching_options(False)

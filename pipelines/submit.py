@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
 import tempfile
@@ -187,12 +188,26 @@ def _clean_host(host: str) -> str:
 
 @dataclass(frozen=True)
 class Server:
-    """What the KFP API's health endpoint says about the server (``/apis/v2beta1/healthz``:
-    ``commit_sha``, ``tag_name``, ``multi_user``; backend/src/apiserver/main.go)."""
+    """What the health endpoint says about the server. Two answer it: the API server itself
+    (``commit_sha``, ``tag_name``, ``multi_user``; ``backend/src/apiserver/main.go``), and, through Kubeflow's
+    gateway at ``/pipeline``, the UI (``ml-pipeline-ui``: ``apiServerTagName``, ``apiServerMultiUser``,
+    ``apiServerReady``, ``frontendTagName``; ``frontend/server/handlers/healthz.ts``). The API server reports
+    its ``TAG_NAME`` setting, which Kubeflow 1.11's release images and manifests leave "unknown"."""
 
     host: str
-    version: str
+    version: str  # "unknown" when the server does not say
     multi_user: bool
+    ui_version: str = ""  # the UI's own release (frontendTagName), when the UI answered
+
+
+def _server(host: str, data: Mapping[str, Any]) -> Server:
+    """A :class:`Server` from either health answer (see :class:`Server`)."""
+    if data.get("apiServerReady") is False:  # the UI answered, its API server did not
+        raise KubeflowError(f"Kubeflow Pipelines at {host} is unhealthy: its UI answers {HEALTHZ_PATH} but "
+                            "reports the API server not ready (apiServerReady false)")
+    version = str(data.get("tag_name") or data.get("apiServerTagName") or "unknown")
+    multi = data.get("multi_user", data.get("apiServerMultiUser"))
+    return Server(host, version, bool(multi), str(data.get("frontendTagName") or ""))
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -209,8 +224,11 @@ def check_host(host: str, credentials: Credentials | None = None, timeout: float
     """
     host = _clean_host(host)
     creds = credentials or Credentials()
-    login_hint = (f"log in with --token (or ${TOKEN_ENV}, e.g. `kubectl create token default-editor -n NAMESPACE "
-                  f"--audience pipelines.kubeflow.org`) or --cookies from a logged-in browser")
+    # A Kubernetes-issued token passes only the m2m-dex-and-kind/-eks overlays; m2m-dex-only (the `example`
+    # install) rejects it with 401 (kubeflow/manifests v1.11.0; docs/KUBEFLOW.md).
+    login_hint = (f"log in with --token (or ${TOKEN_ENV}: `kubectl create token default-editor -n NAMESPACE "
+                  f"--audience pipelines.kubeflow.org` works with the m2m-dex-and-kind/-eks overlays only, see "
+                  f"docs/KUBEFLOW.md) or --cookies from a logged-in browser")
     opener = urllib.request.build_opener(_NoRedirect)
     request = urllib.request.Request(host + HEALTHZ_PATH, headers=creds.headers())
     try:
@@ -222,6 +240,9 @@ def check_host(host: str, credentials: Credentials | None = None, timeout: float
             where = urllib.parse.urlsplit(e.headers.get("Location", "")).path or "another page"
             raise KubeflowError(f"Kubeflow at {host} redirects to a login page ({where}) with "
                                 f"{'no credentials' if creds.source == 'none' else creds.source}: "
+                                f"{login_hint}") from None
+        if e.code == 401 and creds.source == "none":  # oauth2-proxy's answer to an API call without a login
+            raise KubeflowError(f"Kubeflow Pipelines at {host} needs a login (HTTP 401 with no credentials): "
                                 f"{login_hint}") from None
         if e.code in (401, 403):
             raise KubeflowError(f"Kubeflow Pipelines at {host} refused the credentials from {creds.source} "
@@ -244,24 +265,34 @@ def check_host(host: str, credentials: Credentials | None = None, timeout: float
             raise KubeflowError(f"Kubeflow at {host} answered {HEALTHZ_PATH} with a web page (a login page?), "
                                 f"not the KFP API: {login_hint}") from None
         raise KubeflowError(f"{host}{HEALTHZ_PATH} did not answer JSON: is --host the KFP API?") from None
-    return Server(host, str(data.get("tag_name") or "unknown"), bool(data.get("multi_user")))
+    return _server(host, data)
 
 
-def check_version(server: Server, allow_unknown: bool = False) -> None:
-    """Refuse a KFP backend older than the pipeline's minimum (:data:`compat.MINIMUM_BACKEND`)."""
+def check_version(server: Server, allow_unknown: bool = False) -> str:
+    """Refuse a KFP backend that reports a version older than the pipeline's minimum
+    (:data:`compat.MINIMUM_BACKEND`); ``allow_unknown`` (``--skip-version-check``) skips the check.
+
+    A server that does not report its version (stock Kubeflow 1.11: "unknown", see :class:`Server`) is never
+    refused: nothing in the API tells the backend's features apart, so this returns a one-line warning (also
+    logged) and the run goes ahead; "" otherwise.
+    """
     need = version_text(MINIMUM_BACKEND)
+    if allow_unknown:
+        return ""
     try:
         have = parse_version(server.version)
     except ValueError:
-        if allow_unknown:
-            return
-        raise KubeflowError(f"Kubeflow Pipelines at {server.host} reports version {server.version!r}; the pipeline "
-                            f"needs {need} or newer (Kubeflow {MINIMUM_KUBEFLOW}+): pass --skip-version-check if "
-                            "you know it is") from None
+        ui = f", its UI is {server.ui_version}" if server.ui_version and server.ui_version != "unknown" else ""
+        warning = (f"Kubeflow Pipelines at {server.host} does not report its version ({server.version!r}{ui}); "
+                   f"submitting anyway: the pipeline needs KFP {need}+ (Kubeflow {MINIMUM_KUBEFLOW}+), "
+                   "check with `polydistill compile --check VERSION` (--skip-version-check silences this)")
+        logging.getLogger("polydistill.submit").warning("%s", warning)
+        return warning
     if have < MINIMUM_BACKEND:
         raise KubeflowError(f"Kubeflow Pipelines at {server.host} is {server.version}; the pipeline needs {need} or "
                             f"newer (Kubeflow {MINIMUM_KUBEFLOW}+): older backends reject or mishandle its DAG "
                             "(see polydistill_kfp.compat)")
+    return ""
 
 
 def resolve_namespace(server: Server, namespace: str | None) -> str | None:

@@ -354,10 +354,9 @@ def test_report_and_end_run(setup: SimpleNamespace, scores: dict[str, Any],
         assert json.loads(v.tags["polydistill.evaluation"])["seed"] == setup.out.evaluate_config["seed"]
     assert f"hns/teacher/{GAME}" in parent.data.metrics and "mean_hns/teacher" in parent.data.metrics
 
-    # The exit task closes the parent run, found by its kfp run id: the backend's success state.
-    status = SimpleNamespace(state="COMPLETE", pipeline_job_resource_name="x", pipeline_task_name="exit-handler-1",
-                             error_message=None, error_code=None)
-    end_run.python_func(tracking_uri=setup.tracking, experiment=EXPERIMENT, kfp_run_id="4242", status=status)
+    # The report marked the parent run succeeded; the exit task, finding it by its kfp run id, closes it so.
+    assert parent.data.tags["polydistill.succeeded"] == "true"
+    end_run.python_func(tracking_uri=setup.tracking, experiment=EXPERIMENT, kfp_run_id="4242")
     parent = client.get_run(setup.out.parent_run_id)
     assert parent.info.status == "FINISHED" and "polydistill.failed_task" not in parent.data.tags
 
@@ -382,10 +381,7 @@ def test_distill_refuses_missing_game_records_and_names_the_task(
     tags = client.get_run(start.parent_run_id).data.tags
     assert tags["polydistill.failed_task"] == "distill/subset"
     assert tags["polydistill.error"].startswith("ValueError: 2 games")
-    # The local runner's final status: FAILED, naming only the exit handler's group.
-    status = SimpleNamespace(state="FAILED", pipeline_job_resource_name="local-pipeline-stages",
-                             pipeline_task_name="stages", error_message="Task stages failed.", error_code=1)
-    end_run.python_func(tracking_uri=setup.tracking, experiment=EXPERIMENT, kfp_run_id="4343", status=status)
+    end_run.python_func(tracking_uri=setup.tracking, experiment=EXPERIMENT, kfp_run_id="4343")
     parent = client.get_run(start.parent_run_id)
     assert parent.info.status == "FAILED"
     assert parent.data.tags["polydistill.failed_task"] == "distill/subset"  # the stage's, not the group's

@@ -41,9 +41,29 @@ def kubeflow_policy(namespace: str) -> dict:
     }]}
 
 
+#: What an admin adds to a profile's policy so that retention and work-directory cleanup may delete
+#: (docs/KUBEFLOW.md): s3:DeleteObject on the profile's private prefix only.
+ADMIN_DELETE_STATEMENT = {"Effect": "Allow", "Action": ["s3:DeleteObject"],
+                          "Resource": [f"arn:aws:s3:::mlpipeline/private/{NAMESPACE}/*"]}
+
+
 @pytest.fixture
 def profile_key(s3_env: str, s3_server: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The environment of a pipeline pod in profile ``alice``: only the profile's key."""
+    yield from _key_with(kubeflow_policy(NAMESPACE), s3_server, monkeypatch)
+
+
+@pytest.fixture
+def profile_key_that_deletes(s3_env: str, s3_server: dict[str, str],
+                             monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The profile's key after the admin's change: the policy plus :data:`ADMIN_DELETE_STATEMENT`."""
+    policy = kubeflow_policy(NAMESPACE)
+    policy["Statement"].append(ADMIN_DELETE_STATEMENT)
+    yield from _key_with(policy, s3_server, monkeypatch)
+
+
+def _key_with(policy: dict, s3_server: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Make a moto IAM user with ``policy``, put its key in the environment and enforce IAM while in use."""
     admin = {"endpoint_url": s3_server["endpoint"], "region_name": "us-east-1",
              "aws_access_key_id": "setup", "aws_secret_access_key": "setup"}
     s3 = boto3.client("s3", **admin)
@@ -53,7 +73,7 @@ def profile_key(s3_env: str, s3_server: dict[str, str], monkeypatch: pytest.Monk
     user = f"{NAMESPACE}-{uuid.uuid4().hex[:8]}"
     iam.create_user(UserName=user)
     iam.put_user_policy(UserName=user, PolicyName=f"KubeflowProject{NAMESPACE}",
-                        PolicyDocument=json.dumps(kubeflow_policy(NAMESPACE)))
+                        PolicyDocument=json.dumps(policy))
     key = iam.create_access_key(UserName=user)["AccessKey"]
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
@@ -112,3 +132,46 @@ def test_training_mirrors_and_teachers_work_without_listing(profile_key: None, t
     assert (got / "model.pt").read_bytes() == b"w" and (got / "metadata.json").is_file()
     wd.discard()  # succeeds although the key may not delete (the policy grants no s3:DeleteObject)
     assert rt.WorkDir(wd.uri).restore() == 0
+
+
+def _three_runs(store: str) -> list[str]:
+    """Three indexed pipeline runs under ``store``, each with a Pong buffer (manifest and one shard)."""
+    from polydistill import retention
+
+    roots = []
+    for i in range(3):
+        root = f"{store}/runs/r{i}-{uuid.uuid4().hex[:6]}"
+        buf = open_store(f"{root}/buffers/Pong")
+        buf.put_bytes("shard-0.zst", b"x")
+        buf.put_bytes("manifest.json", json.dumps({"shards": [{"name": "shard-0.zst"}]}).encode())
+        retention.record_run(store, root.rsplit("/", 1)[-1], root, ["Pong"], started=float(i))
+        roots.append(root)
+    return roots
+
+
+def test_retention_is_skipped_in_one_line_when_the_key_may_not_delete(profile_key: None, caplog) -> None:
+    """Kubeflow's per-profile policy grants no s3:DeleteObject: retention says so once and changes nothing."""
+    from polydistill import retention
+
+    store = f"s3://mlpipeline/private/{NAMESPACE}/polydistill-{uuid.uuid4().hex[:6]}"
+    roots = _three_runs(store)
+    before = retention.read_index(store)
+    assert not retention.can_delete(store)
+    with caplog.at_level("WARNING", logger="polydistill.retention"):
+        assert retention.apply(store, 1, set()) == []
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "polydistill.retention"]
+    assert "retention skipped: this key may not delete" in warning and "s3:DeleteObject" in warning
+    assert "2 old runs stay" in warning
+    assert retention.read_index(store) == before  # nothing marked deleted
+    assert all(open_store(f"{r}/buffers/Pong").get_bytes("shard-0.zst") == b"x" for r in roots)
+
+
+def test_retention_deletes_once_the_admin_allows_it(profile_key_that_deletes: None) -> None:
+    from polydistill import retention
+
+    store = f"s3://mlpipeline/private/{NAMESPACE}/polydistill-{uuid.uuid4().hex[:6]}"
+    roots = _three_runs(store)
+    assert retention.can_delete(store)
+    deleted = retention.apply(store, 1, set())
+    assert [d["run_root"] for d in deleted] == roots[:2] and all(d["refused"] == 0 for d in deleted)
+    assert open_store(f"{roots[2]}/buffers/Pong").get_bytes("shard-0.zst") == b"x"

@@ -10,9 +10,13 @@ It behaves like a real server where these commands meet it (kubeflow/pipelines a
 
 - ``healthz`` answers ``commit_sha``, ``tag_name`` (the version) and ``multi_user``
   (``backend/src/apiserver/main.go``, ``healthzResponse``);
-- in **multi-user** mode it sits behind Kubeflow's gateway under ``/pipeline``: a request without a valid
-  bearer token or session cookie is redirected (302) to the oauth2-proxy login, as Kubeflow 1.9+'s
-  ``oauth2-proxy`` does; a known identity may only use the namespaces of its profiles;
+- in **multi-user** mode (:meth:`StandInKfp.make_multi_user`: Kubeflow 1.11) it sits behind Kubeflow's
+  gateway under ``/pipeline``, where ``ml-pipeline-ui`` answers healthz (``frontend/server/handlers/
+  healthz.ts``: ``apiServerTagName``, ``apiServerMultiUser``, ``apiServerReady``, no ``tag_name``) and the
+  API server's tag is "unknown" (``backend/Dockerfile``: ``ARG TAG_NAME=unknown``); an API request without a
+  valid bearer token or session cookie gets 401, as oauth2-proxy answers ``/apis/`` (``unauthenticated``
+  "redirect": the 302 to the login a browser path gets); a known identity may only use the namespaces of
+  its profiles;
 - its errors are the API server's: an experiment with no namespace in multi-user mode is rejected
   (``experiment_server.go``: "An experiment cannot have an empty namespace in multi-user mode", HTTP 400),
   a namespace the user may not use gives ``PermissionDenied`` (``resource_manager.go``: "User '...' is not
@@ -82,14 +86,19 @@ class StandInKfp:
     tokens: dict[str, str] = field(default_factory=dict)  # bearer token -> user
     sessions: dict[str, str] = field(default_factory=dict)  # oauth2_proxy_kubeflow cookie -> user
     access: dict[str, set[str]] = field(default_factory=dict)  # user -> namespaces of their profiles
+    ui_healthz: bool = False  # healthz answered by ml-pipeline-ui (through Kubeflow's gateway)
+    ui_version: str = ""  # the UI's frontendTagName
+    unauthenticated: str = "401"  # how the gateway answers a request without a login: "401" or "redirect"
 
     def calls(self, method: str, suffix: str) -> list[Request]:
         return [r for r in self.requests if r.method == method and r.path == self.prefix + API + suffix]
 
     def make_multi_user(self) -> StandInKfp:
-        """Kubeflow with one profile: user alice@example.com (token ``tok-alice``, session ``sess-alice``)
-        owns namespace ``alice``; namespace ``bob`` exists but is not hers."""
+        """Kubeflow 1.11 with one profile: user alice@example.com (token ``tok-alice``, session ``sess-alice``)
+        owns namespace ``alice``; namespace ``bob`` exists but is not hers. Healthz comes from the UI, with
+        the stock API server's "unknown" tag."""
         self.multi_user, self.prefix = True, "/pipeline"
+        self.ui_healthz, self.version = True, "unknown"
         self.tokens["tok-alice"] = self.sessions["sess-alice"] = "alice@example.com"
         self.access["alice@example.com"] = {"alice"}
         return self
@@ -166,6 +175,14 @@ class _StandInHandler(BaseHTTPRequestHandler):
                                      {k.lower(): v for k, v in self.headers.items()}))
         user = self._user()
         if self.state.multi_user and user is None:
+            if self.state.unauthenticated == "401":  # oauth2-proxy on an API path: no redirect
+                data = b"Unauthorized"
+                self.send_response(401)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                return
             # Kubeflow's gateway (oauth2-proxy) sends a browser without a session to the login.
             self.send_response(302)
             self.send_header("Location", f"/oauth2/start?rd={quote(self.path)}")
@@ -202,6 +219,11 @@ class _StandInHandler(BaseHTTPRequestHandler):
 
     def _route(self, method: str, path: str, query: dict, body: Any, user: str | None) -> tuple[int, Any]:
         ns = query.get("namespace", [None])[0] or None
+        if method == "GET" and path == f"{API}/healthz" and self.state.ui_healthz:
+            return 200, {"apiServerCommitHash": "0123abc", "apiServerTagName": self.state.version,
+                         "apiServerMultiUser": self.state.multi_user, "multi_user": self.state.multi_user,
+                         "apiServerReady": True, "buildDate": "", "frontendCommitHash": "0123abc",
+                         "frontendTagName": self.state.ui_version, "pipelineStore": "database"}
         if method == "GET" and path == f"{API}/healthz":
             return 200, {"commit_sha": "0123abc", "tag_name": self.state.version, "multi_user": self.state.multi_user,
                          "pipeline_store": "database"}
@@ -593,19 +615,27 @@ def test_service_account_token_file_is_used_inside_a_pod(kfp_api: StandInKfp, tm
     assert kfp_api.calls("POST", "/runs")[0].headers["authorization"] == "Bearer tok-alice"
 
 
-def test_missing_token_stops_at_the_login_redirect(kfp_api: StandInKfp) -> None:
+def test_missing_token_gets_oauth2_proxys_401_as_one_line(kfp_api: StandInKfp) -> None:
     kfp_api.make_multi_user()
     line = _one_error_line(CliRunner().invoke(main, ["submit", "--host", kfp_api.host, "--namespace", "alice"]))
-    assert "redirects to a login page (/oauth2/start) with no credentials" in line
-    assert "--token" in line
+    assert "needs a login (HTTP 401 with no credentials)" in line
+    assert "--token" in line and "m2m-dex-and-kind" in line  # which overlay a Kubernetes token needs
     assert [r.path for r in kfp_api.requests] == ["/pipeline/apis/v2beta1/healthz"]  # nothing else was sent
 
 
-def test_wrong_token_stops_at_the_login_redirect_and_is_never_printed(kfp_api: StandInKfp) -> None:
+def test_missing_token_stops_at_a_login_redirect(kfp_api: StandInKfp) -> None:
+    kfp_api.make_multi_user().unauthenticated = "redirect"
+    line = _one_error_line(CliRunner().invoke(main, ["submit", "--host", kfp_api.host, "--namespace", "alice"]))
+    assert "redirects to a login page (/oauth2/start) with no credentials" in line
+    assert [r.path for r in kfp_api.requests] == ["/pipeline/apis/v2beta1/healthz"]
+
+
+def test_wrong_token_is_refused_and_never_printed(kfp_api: StandInKfp) -> None:
+    """What m2m-dex-only's require-jwt policy does to a Kubernetes-issued token: 401."""
     kfp_api.make_multi_user()
     line = _one_error_line(CliRunner().invoke(
         main, ["submit", "--host", kfp_api.host, "--namespace", "alice", "--token", "tok-stolen-9f2"]))
-    assert "redirects to a login page" in line and "with --token" in line
+    assert "refused the credentials from --token (HTTP 401)" in line
     assert "tok-stolen-9f2" not in line
     assert len(kfp_api.requests) == 1
 
@@ -655,8 +685,36 @@ def test_multi_user_without_namespace_fails_before_any_call(kfp_api: StandInKfp)
     assert [r.path for r in kfp_api.requests] == ["/pipeline/apis/v2beta1/healthz"]
 
 
-@pytest.mark.parametrize("version", ["2.5.0", "2.14.0", "unknown"])
-def test_old_or_unknown_server_version_is_refused_naming_both(kfp_api: StandInKfp, version: str) -> None:
+def test_kubeflow_1_11_ui_healthz_with_a_valid_token_goes_through(kfp_api: StandInKfp, caplog) -> None:
+    """Kubeflow 1.11: the UI answers healthz (no tag_name), the API server's tag is "unknown", oauth2-proxy
+    401s an API call without a login. With a valid token the run starts, with one warning line."""
+    kfp_api.make_multi_user()
+    assert kfp_api.ui_healthz and kfp_api.version == "unknown"
+    with caplog.at_level("WARNING", logger="polydistill.submit"):
+        res = _invoke("submit", "--host", kfp_api.host, "--namespace", "alice", "--token", "tok-alice")
+    assert res.exit_code == 0, res.output
+    (run,) = kfp_api.runs
+    assert run["run_id"] in res.output
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "polydistill.submit"]
+    assert "does not report its version ('unknown')" in warning and "submitting anyway" in warning
+    assert "\n" not in warning
+
+
+def test_the_uis_healthz_is_read_for_version_and_mode(kfp_api: StandInKfp) -> None:
+    from polydistill_kfp.submit import Credentials, check_host, check_version
+
+    kfp_api.make_multi_user()
+    kfp_api.version, kfp_api.ui_version = "2.14.0", "2.14.0"
+    server = check_host(kfp_api.host, Credentials(token="tok-alice"))
+    assert (server.version, server.multi_user, server.ui_version) == ("2.14.0", True, "2.14.0")
+    with pytest.raises(KubeflowError, match=r"is 2\.14\.0; the pipeline needs 2\.15\.0"):
+        check_version(server)  # a reported old version is still refused
+    kfp_api.version = "unknown"
+    assert "its UI is 2.14.0" in check_version(check_host(kfp_api.host, Credentials(token="tok-alice")))
+
+
+@pytest.mark.parametrize("version", ["2.5.0", "2.14.0"])
+def test_old_server_version_is_refused_naming_both(kfp_api: StandInKfp, version: str) -> None:
     kfp_api.version = version
     line = _one_error_line(CliRunner().invoke(main, ["submit", "--host", kfp_api.host]))
     assert version in line and "needs 2.15.0 or newer (Kubeflow 1.11+)" in line
@@ -668,9 +726,18 @@ def test_newer_server_version_is_accepted(kfp_api: StandInKfp) -> None:
     assert _invoke("submit", "--host", kfp_api.host).exit_code == 0
 
 
-def test_unknown_version_passes_with_skip_version_check(kfp_api: StandInKfp) -> None:
+def test_unknown_version_is_warned_about_not_refused(kfp_api: StandInKfp, caplog) -> None:
     kfp_api.version = "unknown"
-    assert _invoke("submit", "--host", kfp_api.host, "--skip-version-check").exit_code == 0
+    with caplog.at_level("WARNING", logger="polydistill.submit"):
+        assert _invoke("submit", "--host", kfp_api.host).exit_code == 0
+    assert any("does not report its version" in r.getMessage() for r in caplog.records)
+
+
+def test_skip_version_check_skips_it(kfp_api: StandInKfp, caplog) -> None:
+    kfp_api.version = "2.5.0"
+    with caplog.at_level("WARNING", logger="polydistill.submit"):
+        assert _invoke("submit", "--host", kfp_api.host, "--skip-version-check").exit_code == 0
+    assert not [r for r in caplog.records if r.name == "polydistill.submit"]
 
 
 def test_credentials_in_the_host_url_are_refused_and_never_printed(kfp_api: StandInKfp) -> None:

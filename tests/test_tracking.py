@@ -599,3 +599,79 @@ def test_failing_stage_tags_the_parent_once(mlflow_sqlite_uri: str, mlflow_exper
     assert tags[T.TAG_FAILED_TASK] == "export-buffer/Pong"  # the first failure, not overwritten
     assert tags[T.TAG_ERROR] == "RuntimeError: store refused Pong second line"
     assert T.end_pipeline_run(uri, parent, "FINISHED") == {}
+
+
+# ------------------------------------------------- the run's outcome on a 2.15.0-like backend (issue #34)
+
+
+@pytest.mark.parametrize(("evidence", "status"), [
+    (T.RunEvidence(succeeded=True, failed=("train-teacher/Pong",)), "FINISHED"),  # a retry then succeeded
+    (T.RunEvidence(failed=("distill/subset",), stopped=("evaluate/random",)), "FAILED"),
+    (T.RunEvidence(stopped=("train-teacher/Pong",)), "KILLED"),
+    (T.RunEvidence(), "FAILED"),
+])
+def test_decide_outcome(evidence: T.RunEvidence, status: str) -> None:
+    assert T.decide_outcome(evidence)[0] == status
+
+
+def _run_215(uri: str, experiment: str, kfp_run_id: str, how: str) -> str:
+    """A pipeline run's MLflow records as the stages write them on backend 2.15.0, whose ExitHandler state
+    stays RUNNING whatever happens (kubeflow/pipelines#13321): ``success`` (the report marks it), ``failure``
+    (a stage raises), ``cancel`` (activeDeadlineSeconds 0 kills a pod mid-stage: its run never ends) or
+    ``interrupt`` (a stage stopped with KeyboardInterrupt). Returns the parent run id."""
+    parent = T.start_pipeline_run(uri, experiment, run_name=how, tags={"kfp.run_id": kfp_run_id}, params={})
+    with T.StageRun(uri, parent, "train-teacher", "Pong"):
+        pass
+    if how == "success":
+        with T.StageRun(uri, parent, "distill", "subset"):
+            pass
+        assert T.mark_pipeline_succeeded(uri, parent)
+    elif how == "failure":
+        with pytest.raises(ValueError), T.StageRun(uri, parent, "distill", "subset"):
+            raise ValueError("2 games but 1 teachers")
+    elif how == "cancel":
+        T.StageRun(uri, parent, "distill", "subset").start()
+    elif how == "interrupt":
+        with pytest.raises(KeyboardInterrupt), T.StageRun(uri, parent, "distill", "subset"):
+            raise KeyboardInterrupt
+    return parent
+
+
+@pytest.mark.parametrize(("how", "status"), [
+    ("success", "FINISHED"), ("failure", "FAILED"), ("cancel", "KILLED"), ("interrupt", "KILLED")])
+def test_end_run_gives_the_outcome_while_the_backend_says_running(
+        how: str, status: str, mlflow_sqlite_uri: str, mlflow_experiment: str) -> None:
+    """The exit task takes no final status (2.15.0's would say RUNNING, which the old end-run turned into
+    FAILED for every run): it reads the run's own records."""
+    import inspect
+
+    from polydistill_kfp.components.end_run import end_run
+
+    assert "status" not in inspect.signature(end_run.python_func).parameters
+    assert T.run_outcome("RUNNING") == "FAILED"  # what the backend's state alone would have given
+    kfp_run_id = f"run-{how}-{uuid.uuid4().hex[:6]}"
+    parent = _run_215(mlflow_sqlite_uri, mlflow_experiment, kfp_run_id, how)
+    end_run.python_func(tracking_uri=mlflow_sqlite_uri, experiment=mlflow_experiment, kfp_run_id=kfp_run_id)
+    run = MlflowClient(mlflow_sqlite_uri).get_run(parent)
+    assert run.info.status == status, run.data.tags
+    tags = run.data.tags
+    if status == "FAILED":
+        assert tags[T.TAG_FAILED_TASK] == "distill/subset" and tags[T.TAG_ERROR].startswith("ValueError: 2 games")
+    else:
+        assert T.TAG_FAILED_TASK not in tags
+    if status == "KILLED":
+        assert "distill/subset" in tags[T.TAG_OUTCOME_REASON]
+
+
+def test_a_run_stopped_between_stages_is_failed_naming_why(mlflow_sqlite_uri: str, mlflow_experiment: str) -> None:
+    """No stage running, failing or succeeding the report (e.g. a driver failed the next task): FAILED."""
+    parent = _run_215(mlflow_sqlite_uri, mlflow_experiment, "between", "none")
+    assert T.close_pipeline_run(mlflow_sqlite_uri, parent)[0] == "FAILED"
+    tags = MlflowClient(mlflow_sqlite_uri).get_run(parent).data.tags
+    assert tags[T.TAG_FAILED_TASK] == "unknown" and "no stage running or failing" in tags[T.TAG_ERROR]
+
+
+def test_closing_without_mlflow_leaves_the_run_open(caplog: pytest.LogCaptureFixture) -> None:
+    assert T.close_pipeline_run("http://127.0.0.1:9", "abc")[0] == ""
+    assert not T.mark_pipeline_succeeded("http://127.0.0.1:9", "abc")
+    assert T.close_pipeline_run("http://127.0.0.1:9", "") == ("", "no MLflow parent run")

@@ -9,8 +9,9 @@ version points at (the champion's: a warm start and the champion's lineage need 
 No listing of the bucket is needed: Kubeflow's per-profile key may not list (``s3:ListBucket``) and may not
 delete (no ``s3:DeleteObject``, kubeflow/manifests v1.11.0 ``sync.py``). Each run root's objects are found
 from what the run wrote: a teacher's ``polydistill-index.json`` names its keys, a dataset's ``manifest.json``
-its shards. A refused delete is a logged warning (the bucket's lifecycle rules or an admin remove them);
-the run then stays in the index, marked, so a later run does not retry it every time.
+its shards. A key that may not delete at all is found first (:func:`can_delete`) and retention is skipped
+with one warning; a delete refused later is a logged warning (the bucket's lifecycle rules or an admin
+remove them) and the run stays in the index, marked, so a later run does not retry it every time.
 
 The index is read-modified-written by each run's start: two runs starting in the same second may lose one
 entry (that run's datasets are then never deleted automatically, which is the safe side).
@@ -109,13 +110,34 @@ def delete_run(run_root: str, games: Sequence[str]) -> int:
     return refused
 
 
+#: A key no run writes: deleting it (a no-op where deletes are allowed) asks the store whether this key may delete.
+_DELETE_PROBE = ".polydistill-delete-probe"
+
+
+def can_delete(store_uri: str) -> bool:
+    """Whether this process's key may delete under ``store_uri``/runs: a DELETE of an absent key succeeds
+    where the policy allows deletes and is refused (403) where it does not, leaving nothing behind."""
+    try:
+        _runs_store(store_uri).delete(_DELETE_PROBE)
+    except StoreAccessDeniedError:
+        return False
+    return True
+
+
 def apply(store_uri: str, keep: int, protected: Collection[str]) -> list[dict[str, Any]]:
     """Delete the run roots :func:`to_delete` picks; returns their entries (with ``refused`` counts).
 
-    Each deletion is logged; a refused one is a warning and the entry is marked so it is not retried.
+    Each deletion is logged; a refused one is a warning and the entry is marked so it is not retried. A key
+    that may not delete at all (Kubeflow's per-profile key: no ``s3:DeleteObject``) skips retention with one
+    warning line and leaves the index as it is (docs/KUBEFLOW.md: the policy an admin adds to allow it).
     """
     runs = read_index(store_uri)
     doomed = to_delete(runs, keep, protected)
+    if doomed and not can_delete(store_uri):
+        log.warning("retention skipped: this key may not delete under %s (on Kubeflow the profile's policy grants "
+                    "no s3:DeleteObject; docs/KUBEFLOW.md names the policy an admin adds); %d old runs stay",
+                    store_uri, len(doomed))
+        return []
     for entry in doomed:
         refused = delete_run(entry["run_root"], entry.get("games", []))
         entry["deleted"] = True

@@ -203,26 +203,54 @@ def image_options(fn: Callable) -> Callable:
 @click.option("--check", "backend", default=None, metavar="VERSION",
               help="Then check each file against what a KFP backend of VERSION runs (e.g. 2.15.0, the minimum); "
                    "fail naming every construct it would break or reject.")
+@click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False))
 @image_options
-def compile_cmd(out_dir: str | None, backend: str | None, images: Any) -> None:
-    """Compile the pipeline variants to KFP YAML: polydistill.yaml (CPU) and polydistill-paper.yaml (GPUs)."""
+def compile_cmd(out_dir: str | None, backend: str | None, files: tuple[str, ...], images: Any) -> None:
+    """Compile the pipeline variants to KFP YAML: polydistill.yaml (CPU) and polydistill-paper.yaml (GPUs).
+
+    With FILE...: compile nothing, check those compiled pipelines (any KFP YAML) with --check VERSION."""
+    _import_kfp()
     from polydistill_kfp import compat
     from polydistill_kfp.compile import compile_all, default_out_dir
 
-    try:
-        target = compat.parse_version(backend) if backend else None
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--check") from None
+    if backend is not None:  # "" is a mistake, not "no check"
+        try:
+            target = compat.parse_version(backend)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--check") from None
+    elif files:
+        raise click.UsageError("checking FILE needs the backend version: --check VERSION (e.g. --check 2.15.0)")
+    if files and out_dir:
+        raise click.UsageError("--out compiles the pipeline, FILE checks compiled ones: give one of them")
+    specs = {}
+    for f in files:  # all read before any is reported
+        try:
+            specs[f] = compat.load_ir(f)
+        except yaml_error():
+            fail(f"{f} is not valid YAML; give a pipeline compiled by `polydistill compile` or kfp")
+        except ValueError as e:  # not a pipeline spec (or not text)
+            fail(f"{' '.join(str(e).split())[:300]}; give a pipeline compiled by `polydistill compile` or kfp")
+    paths = list(files) or [str(p) for p in compile_all(Path(out_dir) if out_dir else default_out_dir(), images)]
     problems = 0
-    for path in compile_all(Path(out_dir) if out_dir else default_out_dir(), images):
-        click.echo(str(path))
-        for finding in compat.check_file(path, target) if target else []:
+    for path in paths:
+        click.echo(path)
+        if backend is None:
+            continue
+        spec, platform = specs[path] if path in specs else compat.load_ir(path)
+        for finding in compat.check_spec(spec, platform, target):
             problems += 1
             click.echo(f"  {finding}")
-    if target:
+    if backend is not None:
         if problems:
             fail(f"{problems} construct(s) that KFP backend {backend} breaks or rejects (listed above)")
-        click.echo(f"every variant runs on KFP backend {backend}")
+        click.echo(f"{'every file' if files else 'every variant'} runs on KFP backend {backend}")
+
+
+def yaml_error() -> type[Exception]:
+    """PyYAML's base error (imported late: the library's other commands need no YAML parser)."""
+    import yaml
+
+    return yaml.YAMLError
 
 
 host_option = click.option(
@@ -255,7 +283,9 @@ def kubeflow_options(fn: Callable) -> Callable:
         click.option("--cookies", default=None,
                      help="Session cookies of a logged-in browser, 'name=value; ...' [$KF_PIPELINES_COOKIES]."),
         click.option("--skip-version-check", is_flag=True, default=False,
-                     help="Submit even when the server does not report its version (dev builds)."),
+                     help="Do not check the server's KFP version (by default an older one than 2.15.0 is "
+                          "refused, and one the server does not report, as Kubeflow 1.11's does not, is warned "
+                          "about)."),
     ]
     for d in reversed(decorators):
         fn = d(fn)

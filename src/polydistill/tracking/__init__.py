@@ -83,12 +83,21 @@ from .names import (  # noqa: F401
     TAG_GAMES,
     TAG_KFP_RUN_ID,
     TAG_KIND,
+    TAG_OUTCOME_REASON,
     TAG_PARENT,
     TAG_PROFILE,
     TAG_STAGE,
+    TAG_SUCCEEDED,
     VTAG_GAMES,
     VTAG_GEO,
     TrackingError,
+)
+from .outcome import (  # noqa: F401
+    RunEvidence,
+    close_pipeline_run,
+    decide_outcome,
+    mark_pipeline_succeeded,
+    run_evidence,
 )
 from .params import (  # noqa: F401
     flatten_params,

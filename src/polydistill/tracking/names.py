@@ -36,6 +36,10 @@ TAG_PARENT = "mlflow.parentRunId"  # what mlflow.start_run(parent_run_id=...) se
 #: Set on the parent run by the first stage that fails, and by ``end-run`` when no stage said why.
 TAG_FAILED_TASK = "polydistill.failed_task"
 TAG_ERROR = "polydistill.error"
+#: Set on the parent run by ``report``, its last stage, once everything it does succeeded: what ``end-run``
+#: reads to close the run FINISHED (:mod:`polydistill.tracking.outcome`), and why it gave the outcome.
+TAG_SUCCEEDED = "polydistill.succeeded"
+TAG_OUTCOME_REASON = "polydistill.outcome_reason"
 _ERROR_CHARS = 500  # MLflow tag values hold 8,000 characters; the cause fits in a line
 
 #: Final states of a pipeline run as the runners report them (``PipelineTaskFinalStatus.state``). The KFP
