@@ -76,7 +76,7 @@ def _write(uri_or_store, rows: dict, codec: str = "zstd", shard_steps: int = 97)
     return w.close()
 
 
-@pytest.mark.parametrize("codec", ["zstd", "raw"])
+@pytest.mark.parametrize("codec", ["zstd-long", "zstd", "raw"])
 @pytest.mark.parametrize("where", ["file", "s3"])
 def test_round_trip_equals_env_stacks(played, where, codec, tmp_path, request) -> None:
     uri = request.getfixturevalue("s3_env") if where == "s3" else (tmp_path / "ds").as_uri()
