@@ -727,9 +727,10 @@ class ExperienceDataset:
         codec = CODECS[self.codec]
         n = info.stop - info.start + info.context  # rows in the shard, context rows included
         shape = self.manifest.observation.get("frame_shape", (84, 84))
+        spec = self.column_spec() if codec.unpack_columns is not None else {}
         try:
             if codec.unpack_columns is not None:
-                arrays.update(codec.unpack_columns(arrays, n, self.column_spec(), self.manifest.codec_params))
+                arrays.update(codec.unpack_columns(arrays, n, spec, self.manifest.codec_params))
             column = codec.decode(arrays, n, shape, self.manifest.codec_params)
         except Exception as e:  # a blob of the wrong size, or one zstd cannot read: corrupt, whatever the cause
             raise DatasetError(f"dataset {self.uri}: shard {info.name} cannot be decoded ({e}); re-export it") from e
