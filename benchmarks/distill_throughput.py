@@ -75,10 +75,42 @@ def _feed_rate(uri: str, batch: int, batches: int, pool: int) -> float:
     return batch * batches / (time.perf_counter() - t0)
 
 
+def _warm_rate(sampler: StreamingSampler, batches: int) -> float:
+    """States/s of drawing ``batches`` from a sampler whose shards are decoded (the training loop's feed)."""
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        next(sampler)
+    return sampler.batch_size * batches / (time.perf_counter() - t0)
+
+
+def compare_feeds(buffers: dict[str, dict[str, str]], batch: int, pool: int, rounds: int, batches: int = 100) -> None:
+    """The sampler alone, codecs in turns for ``rounds`` rounds (each keeps its best): cold (open, decode the
+    pool, draw ``batches``) and warm (``batches`` more from the decoded pool, what each training step draws)."""
+    cold: dict[str, float] = {}
+    warm: dict[str, float] = {}
+    for _ in range(rounds):
+        for c, uris in buffers.items():
+            for u in uris.values():
+                cold[c + u] = max(cold.get(c + u, 0.0), _feed_rate(u, batch, batches, pool))
+                sampler = StreamingSampler(open_dataset(u, max_decoded=pool), batch, pool_shards=pool, seed=0)
+                warm[c + u] = max(warm.get(c + u, 0.0), _warm_rate(sampler, batches))
+    print(f"\nsampler alone, batch {batch}, {pool} cached shards, {batches} batches, best of {rounds} rounds in turns")
+    base = next(iter(buffers))
+    for c, uris in buffers.items():
+        for g, u in uris.items():
+            b = buffers[base][g]
+            print(f"  {c:<10} {g:<12} cold {cold[c + u]:>9,.0f} states/s ({cold[c + u] / cold[base + b]:.3f}x {base})"
+                  f"   warm {warm[c + u]:>9,.0f} states/s ({warm[c + u] / warm[base + b]:.3f}x {base})")  # fmt: skip
+
+
 def compare_codecs(runs: dict[str, Path], work: Path, codecs: list[str], args: argparse.Namespace) -> None:
     """Distiller states/s (and a cold sampler's) on the same teachers' buffers in each codec, side by side:
     the codecs take turns for --rounds rounds and each keeps its best."""
     buffers = {c: {g: _exported(g, r, work, c, CODEC_SHARDS.get(c, 5_000)) for g, r in runs.items()} for c in codecs}
+    cpu = C.resolve("distill", "cpu")
+    compare_feeds(buffers, cpu.batch_size, cpu.cache_shards, max(args.rounds, 5))
+    if args.steps == 0:
+        return
     teachers = {g: str(r) for g, r in runs.items()}
     sps: dict[str, list[float]] = {c: [] for c in codecs}
     wall: dict[str, list[float]] = {c: [] for c in codecs}
