@@ -3,6 +3,12 @@ latent/full time ratio (the seed paper found latents slower because every batch 
 
     python benchmarks/distill_throughput.py [--work DIR] [--games Breakout,Pong] [--steps 40] [--rounds 2]
         [--batch-size 32] [--width 1.0] [--torch-threads N] [--device cpu] [--teacher-run DIR ...]
+    python benchmarks/distill_throughput.py --codecs zstd,zstd-long --teacher-run DIR ... [--rounds 2]
+
+``--codecs`` compares shard codecs instead: each teacher's buffer exported in every codec (zstd in 5,000-step
+shards, zstd-long in 10,000), then distillation on the ``cpu`` profile's settings per codec in turns, with
+the distiller's states/s, the whole distill() call's wall time (dataset open and shard decoding included)
+and a cold sampler's states/s (open, decode the pool, draw as many batches as the distiller's steps).
 
 What it builds (reused from --work on a second run): a short teacher per game (or --teacher-run), its buffer
 exported with the teacher's Q-values (what the pipeline's export-buffer writes), a smoke-sized autoencoder
@@ -45,12 +51,94 @@ def _teacher(game: str, root: Path) -> Path:
     return train_teacher(game, cfg, root / "teachers" / game).out_dir
 
 
-def _exported(game: str, run: Path, root: Path) -> str:
-    dest = root / "buffers" / game
+def _exported(game: str, run: Path, root: Path, codec: str = "", shard_steps: int = 1_000) -> str:
+    dest = root / (f"buffers-{codec}" if codec else "buffers") / game
     if not (dest / "manifest.json").is_file():
-        cfg = C.resolve("export", "cpu", overrides={"q_dtype": "float16", "shard_steps": 1_000})
-        export_buffer(run, str(dest), run, cfg, device="cpu")
+        over = {"q_dtype": "float16", "shard_steps": shard_steps, **({"codec": codec} if codec else {})}
+        t0 = time.perf_counter()
+        export_buffer(run, str(dest), run, C.resolve("export", "cpu", overrides=over), device="cpu")
+        print(f"export {game} ({codec or 'default codec'}, {shard_steps:,}-step shards): "
+              f"{time.perf_counter() - t0:.1f} s")  # fmt: skip
     return str(dest)
+
+
+#: Shard steps per codec in the codec comparison: zstd at the cpu profile's former 5,000, zstd-long at its 10,000.
+CODEC_SHARDS = {"zstd": 5_000, "zstd-long": 10_000, "raw": 5_000}
+
+
+def _feed_rate(uri: str, batch: int, batches: int, pool: int) -> float:
+    """States/s a cold sampler delivers: open the dataset, decode its pool of shards, draw ``batches``."""
+    t0 = time.perf_counter()
+    sampler = StreamingSampler(open_dataset(uri, max_decoded=pool), batch, pool_shards=pool, seed=0)
+    for _ in range(batches):
+        next(sampler)
+    return batch * batches / (time.perf_counter() - t0)
+
+
+def _warm_rate(sampler: StreamingSampler, batches: int) -> float:
+    """States/s of drawing ``batches`` from a sampler whose shards are decoded (the training loop's feed)."""
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        next(sampler)
+    return sampler.batch_size * batches / (time.perf_counter() - t0)
+
+
+def compare_feeds(buffers: dict[str, dict[str, str]], batch: int, pool: int, rounds: int, batches: int = 100) -> None:
+    """The sampler alone, codecs in turns for ``rounds`` rounds (each keeps its best): cold (open, decode the
+    pool, draw ``batches``) and warm (``batches`` more from the decoded pool, what each training step draws)."""
+    cold: dict[str, float] = {}
+    warm: dict[str, float] = {}
+    for _ in range(rounds):
+        for c, uris in buffers.items():
+            for u in uris.values():
+                cold[c + u] = max(cold.get(c + u, 0.0), _feed_rate(u, batch, batches, pool))
+                sampler = StreamingSampler(open_dataset(u, max_decoded=pool), batch, pool_shards=pool, seed=0)
+                warm[c + u] = max(warm.get(c + u, 0.0), _warm_rate(sampler, batches))
+    print(f"\nsampler alone, batch {batch}, {pool} cached shards, {batches} batches, best of {rounds} rounds in turns")
+    base = next(iter(buffers))
+    for c, uris in buffers.items():
+        for g, u in uris.items():
+            b = buffers[base][g]
+            print(f"  {c:<10} {g:<12} cold {cold[c + u]:>9,.0f} states/s ({cold[c + u] / cold[base + b]:.3f}x {base})"
+                  f"   warm {warm[c + u]:>9,.0f} states/s ({warm[c + u] / warm[base + b]:.3f}x {base})")  # fmt: skip
+
+
+def compare_codecs(runs: dict[str, Path], work: Path, codecs: list[str], args: argparse.Namespace) -> None:
+    """Distiller states/s (and a cold sampler's) on the same teachers' buffers in each codec, side by side:
+    the codecs take turns for --rounds rounds and each keeps its best."""
+    buffers = {c: {g: _exported(g, r, work, c, CODEC_SHARDS.get(c, 5_000)) for g, r in runs.items()} for c in codecs}
+    cpu = C.resolve("distill", "cpu")
+    compare_feeds(buffers, cpu.batch_size, cpu.cache_shards, max(args.rounds, 5))
+    if args.steps == 0:
+        return
+    teachers = {g: str(r) for g, r in runs.items()}
+    sps: dict[str, list[float]] = {c: [] for c in codecs}
+    wall: dict[str, list[float]] = {c: [] for c in codecs}
+    feed: dict[str, list[float]] = {c: [] for c in codecs}
+    for _ in range(args.rounds):
+        for c in codecs:
+            cfg = C.resolve("distill", "cpu", overrides={
+                "source": "full", "steps": args.steps, "eval_every": args.steps, "checkpoint_every": 10**9,
+                "init": "random", "width": args.width, "device": args.device})  # fmt: skip
+            out = work / "runs" / f"{c}-{time.time_ns()}"
+            t0 = time.perf_counter()
+            sps[c].append(distill(teachers, buffers[c], cfg, out).samples_per_second)
+            wall[c].append(time.perf_counter() - t0)
+            shutil.rmtree(out, ignore_errors=True)
+            rates = [_feed_rate(u, cfg.batch_size, args.steps, cfg.cache_shards) for u in buffers[c].values()]
+            feed[c].append(sum(rates) / len(rates))
+    cached = C.resolve("distill", "cpu").cache_shards
+    print(f"\n{len(runs)} games ({', '.join(runs)}), cpu profile distill settings (batch 32 per game, {cached} "
+          f"cached shards), {args.steps} steps, best of {args.rounds} rounds")  # fmt: skip
+    print(f"{'codec':<12}{'distill states/s':>18}{'distill() wall s':>18}{'cold sampler states/s':>24}   all rounds")
+    for c in codecs:
+        print(f"{c:<12}{max(sps[c]):>18.1f}{min(wall[c]):>18.1f}{max(feed[c]):>24.0f}   "
+              f"{', '.join(f'{x:.1f}' for x in sps[c])}")  # fmt: skip
+    base = codecs[0]
+    for c in codecs[1:]:
+        r = max(sps[c]) / max(sps[base])
+        print(f"{c} / {base} distill states/s: {r:.3f} ({'within' if r >= 0.95 else 'outside'} 5%); cold sampler: "
+              f"{max(feed[c]) / max(feed[base]):.3f}; distill() wall: {min(wall[c]) / min(wall[base]):.3f}")
 
 
 def _latent(game: str, buffer: str, teacher: Path, root: Path) -> str | None:
@@ -167,6 +255,7 @@ def main() -> None:
     ap.add_argument("--width", type=float, default=1.0, help="Student width multiplier.")
     ap.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads (0 = default).")
     ap.add_argument("--device", default="cpu", help="Training device.")
+    ap.add_argument("--codecs", default="", help="Compare these shard codecs instead (e.g. zstd,zstd-long).")
     args = ap.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("no CUDA device on this machine; run with --device cpu (GPU figures: docs/PERFORMANCE.md)")
@@ -185,6 +274,10 @@ def main() -> None:
     for g in args.games.split(","):
         if g not in runs:
             runs[g] = _teacher(g, work)
+    if args.codecs:
+        compare_codecs(runs, work, args.codecs.split(","), args)
+        print(f"\ntotal {time.perf_counter() - t0:.0f} s")
+        return
     buffers = {g: _exported(g, r, work) for g, r in runs.items()}
     latents = {g: _latent(g, buffers[g], r, work) for g, r in runs.items()}
     have_latent = all(v is not None for v in latents.values())

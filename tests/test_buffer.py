@@ -76,7 +76,7 @@ def _write(uri_or_store, rows: dict, codec: str = "zstd", shard_steps: int = 97)
     return w.close()
 
 
-@pytest.mark.parametrize("codec", ["zstd", "raw"])
+@pytest.mark.parametrize("codec", ["zstd-long", "zstd", "raw"])
 @pytest.mark.parametrize("where", ["file", "s3"])
 def test_round_trip_equals_env_stacks(played, where, codec, tmp_path, request) -> None:
     uri = request.getfixturevalue("s3_env") if where == "s3" else (tmp_path / "ds").as_uri()
@@ -220,6 +220,7 @@ def test_export_buffer_adds_teacher_q(teacher_runs, s3_env, tmp_path) -> None:
     run = teacher_runs["Breakout"]
     cfg = C.resolve("export", "smoke", overrides={"shard_steps": 200, "q_dtype": "float32"})
     m = export_buffer(run, s3_env, run, cfg)
+    assert m.codec == "zstd-long" and m.codec_params["level"] == 19  # the default, its parameters recorded
     ds = ExperienceDataset(s3_env, cache_dir=tmp_path)
     model, _ = load_teacher(run)
     shard, r = next(ds.iter_batches(64))

@@ -187,8 +187,8 @@ def test_storage_table_gives_code_and_lossless_bytes_side_by_side(tmp_path):
     files = write_report(RESULTS, tmp_path / "report", storage=storage)
     md = files["markdown"].read_text()
     assert "## Storage per training state" in md
-    assert "| DemonAttack | 41.2 B | 150.5 B | 128.0 B | 0.50x |" in md
-    assert "| UpNDown | 60.0 B | — | 68.0 B | 0.27x |" in md
+    assert "| DemonAttack | 41.2 B | 150.5 B | 128.0 B | 0.27x | 0.50x |" in md  # lossless / latent, code / seed
+    assert "| UpNDown | 60.0 B | — | 68.0 B | — | 0.27x |" in md
     data = json.loads(files["json"].read_text())
     assert data["storage"]["DemonAttack"]["code"] == 128.0
     assert "Storage per training state" in files["html"].read_text()

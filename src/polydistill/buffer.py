@@ -11,7 +11,9 @@ per agent step:
 array          dtype / shape               meaning
 =============  ==========================  =====================================================
 frames         uint8 (n, 84, 84)           ``raw`` codec: the newest frame of the step's state
-frames_zstd    uint8 (bytes,)              ``zstd`` codec: the frames array, zstd-compressed whole
+frames_zstd    uint8 (bytes,)              ``zstd`` / ``zstd-long`` codecs: the frames array, zstd-compressed whole
+columns_zstd   uint8 (bytes,)              ``zstd-long`` codec: every column below (Q last), byte-shuffled and
+                                           zstd-compressed as one; read back as those columns
 latents        float16/float32/int8 (n,D)  ``latent`` codec: autoencoder code of the 4-frame state
 latent_scale   float32 (n,)                ``latent`` codec with int8 codes: per-row dequant scale
 actions        int16 (n,)                  action taken in the state
@@ -65,7 +67,7 @@ import numpy as np
 
 from polydistill.errors import PolydistillError
 
-from .codecs import CODECS
+from .codecs import CODECS, STEP_COLUMNS, ColumnSpec
 from .store import ObjectNotFoundError, ObjectStore, StoreAccessDeniedError, open_store
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,7 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 RAW_STACK_BYTES = 4 * 84 * 84  # a naive uint8 4-frame stack: 28,224 bytes per state
+Q_DTYPES = ("float16", "float32")  # stored precisions of teacher Q-values
 
 
 class DatasetError(PolydistillError, RuntimeError):
@@ -349,7 +352,7 @@ class DatasetWriter:
         dest: ObjectStore | str,
         manifest: Manifest,
         shard_steps: int = 10_000,
-        level: int = 3,
+        level: int = 0,
         latent_dtype: str = "float16",
         q_dtype: str | None = None,
         workers: int = 4,
@@ -437,10 +440,13 @@ class DatasetWriter:
         keep = m.frame_stack - 1
         if self.codec.frames and keep > 0:
             self._context = {k: v[-keep:].copy() for k, v in cols.items()}
-        arrays: dict[str, np.ndarray] = {k: v for k, v in cols.items() if k not in ("frames", "latents", "q")}
+        arrays: dict[str, np.ndarray] = {k: cols[k] for k in STEP_COLUMNS}
+        q = {"q": cols["q"].astype(self.q_dtype)} if "q" in cols else {}
+        if self.codec.pack_columns is not None:
+            arrays, q = self.codec.pack_columns({**arrays, **q}, m.codec_params), {}
+        # Columns, state column, Q last: the member order of every shard written before zstd-long (same bytes).
         arrays.update(self.codec.encode(cols[self.codec.stores], m.codec_params))
-        if "q" in cols:
-            arrays["q"] = cols["q"].astype(self.q_dtype)
+        arrays.update(q)
         buf = io.BytesIO()
         np.savez(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub mistakes **arrays for allow_pickle
         data = buf.getvalue()
@@ -652,6 +658,16 @@ class ExperienceDataset:
     def has_q(self) -> bool:
         return self.manifest.q_values is not None
 
+    def column_spec(self) -> ColumnSpec:
+        """The step columns of every shard with their stored dtypes (Q-values last, when stored)."""
+        spec: dict[str, tuple[str, int]] = {k: (v, 0) for k, v in STEP_COLUMNS.items()}
+        if self.manifest.q_values is not None:
+            dtype = self.manifest.q_values.get("dtype", "float32")
+            if dtype not in Q_DTYPES:
+                raise _bad(self.uri, "q_values.dtype", f"must be one of {', '.join(Q_DTYPES)}, got {_short(dtype)}")
+            spec["q"] = (dtype, self.manifest.num_actions)
+        return spec
+
     # -- shard access
     def _path(self, info: ShardInfo) -> Path:
         """Where shard ``info`` lives locally: below the dataset's directory or the cache, never outside
@@ -715,13 +731,24 @@ class ExperienceDataset:
                 arrays = {k: z[k] for k in z.files}
         except Exception as e:
             raise DatasetError(f"dataset {self.uri}: shard {info.name} cannot be read ({e})") from e
-        n = len(arrays["actions"])
         codec = CODECS[self.codec]
+        n = info.stop - info.start + info.context  # rows in the shard, context rows included
         shape = self.manifest.observation.get("frame_shape", (84, 84))
-        column = codec.decode(arrays, n, shape, self.manifest.codec_params)
+        spec = self.column_spec() if codec.unpack_columns is not None else {}
+        try:
+            if codec.unpack_columns is not None:
+                arrays.update(codec.unpack_columns(arrays, n, spec, self.manifest.codec_params))
+            column = codec.decode(arrays, n, shape, self.manifest.codec_params)
+        except Exception as e:  # a blob of the wrong size, or one zstd cannot read: corrupt, whatever the cause
+            raise DatasetError(f"dataset {self.uri}: shard {info.name} cannot be decoded ({e}); re-export it") from e
+        if any(len(arrays.get(k, ())) != n for k in STEP_COLUMNS) or len(column) != n:
+            raise DatasetError(
+                f"dataset {self.uri}: shard {info.name} does not hold the {n} rows its manifest entry gives; "
+                "re-export the dataset"
+            )
         frames, latents = (column, None) if codec.frames else (None, column)
         if codec.frames:
-            for k in codec.arrays:  # the decoded frames replace their encoded form
+            for k in codec.arrays:  # the decoded frames and columns replace their encoded form
                 if k != "frames":
                     arrays.pop(k, None)
         sh = Shard(info, arrays, frames, latents, self.manifest.frame_stack)

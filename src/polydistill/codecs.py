@@ -10,8 +10,15 @@ codec             stores  shard arrays
 ================  ======  =========================================================================
 ``raw``           frames  ``frames`` uint8 (n, 84, 84): the newest frame of each step's state
 ``zstd``          frames  ``frames_zstd`` uint8 (bytes,): the frames array, zstd-compressed whole
+``zstd-long``     frames  ``frames_zstd`` as ``zstd`` but long-distance matching over a window of
+                          ``2**window_log`` bytes (the whole shard); ``columns_zstd`` uint8 (bytes,):
+                          every step column and the Q-values, byte-shuffled and zstd-compressed as one
 ``latent``        codes   ``latents`` float16/float32/int8 (n, D), with ``latent_scale`` float32 (n,) for int8
 ================  ======  =========================================================================
+
+A codec with ``pack_columns`` also stores the step columns (actions, rewards, flags, Q-values) in its own form;
+the reader unpacks them to exactly the arrays and dtypes the other codecs store plainly (:data:`STEP_COLUMNS`,
+Q at the manifest's ``q_values.dtype``), so nothing downstream sees which codec wrote a shard.
 
 Frame codecs store one frame per step and rebuild 4-frame states from the step's history (so their shards
 carry ``frame_stack - 1`` context rows from the previous shard); a latent codec stores one code per state.
@@ -37,6 +44,21 @@ LATENT_DTYPES = ("float32", "float16", "int8")
 
 Encode = Callable[[np.ndarray, Mapping[str, Any]], dict[str, np.ndarray]]
 Decode = Callable[[Mapping[str, np.ndarray], int, Sequence[int], Mapping[str, Any]], np.ndarray]
+#: ``(name -> (dtype, values per row))`` of the step columns a shard holds, in their stored order; 0 values per
+#: row is a 1-D column (n,), ``A`` a 2-D one (n, A).
+ColumnSpec = Mapping[str, tuple[str, int]]
+PackColumns = Callable[[Mapping[str, np.ndarray], Mapping[str, Any]], dict[str, np.ndarray]]
+UnpackColumns = Callable[[Mapping[str, np.ndarray], int, ColumnSpec, Mapping[str, Any]], dict[str, np.ndarray]]
+
+#: The per-step columns every shard holds besides the state column and Q-values, with their stored dtypes.
+STEP_COLUMNS: dict[str, str] = {
+    "actions": "int16",
+    "rewards": "float32",
+    "terminated": "bool",
+    "truncated": "bool",
+    "first": "bool",
+    "valid": "bool",
+}
 
 
 @dataclass(frozen=True)
@@ -45,7 +67,9 @@ class Codec:
 
     ``encode(column, params)`` returns the arrays to save for the state column; ``decode(arrays, n,
     frame_shape, params)`` returns the column back (frames uint8 (n, *frame_shape) or codes float32 (n, D)).
-    ``params(level=, dtype=)`` gives the manifest's ``codec_params`` from the writer's settings.
+    ``params(level=, dtype=)`` gives the manifest's ``codec_params`` from the writer's settings (``level``
+    0: the codec's own default). ``pack_columns(columns, params)`` / ``unpack_columns(arrays, n, spec,
+    params)``, when set, store the step columns and Q-values in the codec's form and give them back exactly.
     """
 
     name: str
@@ -56,6 +80,8 @@ class Codec:
     params: Callable[..., dict[str, Any]]
     #: Shard arrays that hold the encoded column (dropped from a decoded shard once decoded).
     arrays: tuple[str, ...]
+    pack_columns: PackColumns | None = None
+    unpack_columns: UnpackColumns | None = None
 
     @property
     def frames(self) -> bool:
@@ -93,6 +119,76 @@ def _zstd_decode(
     return np.frombuffer(raw, dtype=np.uint8).reshape(n, *shape)
 
 
+#: ``zstd-long`` defaults: level 19 with long-distance matching over 128 MiB, so a 10,000-step shard's
+#: 70.6 MB of frames is one window (docs/STORAGE.md has the measurements that chose them).
+LONG_LEVEL = 19
+LONG_WINDOW_LOG = 27
+
+
+def _long_params(level: int = 0, **_: Any) -> dict[str, Any]:
+    return {"level": level or LONG_LEVEL, "window_log": LONG_WINDOW_LOG, "columns": "byte-shuffle+zstd"}
+
+
+def _zstd_long(data: bytes, params: Mapping[str, Any]) -> bytes:
+    zstandard = _zstd()
+    cp = zstandard.ZstdCompressionParameters.from_level(
+        int(params["level"]), window_log=int(params["window_log"]), enable_ldm=True
+    )
+    return bytes(zstandard.ZstdCompressor(compression_params=cp).compress(data))
+
+
+def _unzstd_long(blob: np.ndarray, size: int, params: Mapping[str, Any]) -> bytes:
+    """Exactly ``size`` bytes from a ``zstd-long`` blob (a blob that decodes to another size is corrupt)."""
+    d = _zstd().ZstdDecompressor(max_window_size=1 << int(params["window_log"]))
+    raw = d.decompress(blob.tobytes(), max_output_size=size)
+    if len(raw) != size:
+        raise ValueError(f"decodes to {len(raw)} bytes, expected {size}")
+    return bytes(raw)
+
+
+def _zstd_long_encode(frames: np.ndarray, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    blob = _zstd_long(np.ascontiguousarray(frames, dtype=np.uint8).tobytes(), params)
+    return {"frames_zstd": np.frombuffer(blob, dtype=np.uint8)}
+
+
+def _zstd_long_decode(
+    arrays: Mapping[str, np.ndarray], n: int, shape: Sequence[int], params: Mapping[str, Any]
+) -> np.ndarray:
+    raw = _unzstd_long(arrays["frames_zstd"], n * int(np.prod(shape)), params)
+    return np.frombuffer(raw, dtype=np.uint8).reshape(n, *shape)
+
+
+def _shuffle(a: np.ndarray) -> bytes:
+    """A column's bytes grouped by byte position: every value's first byte, then every second byte, ...;
+    a (n, A) column is taken action by action, so each byte stream is one slowly varying series."""
+    a = np.ascontiguousarray(a.T if a.ndim == 2 else a)
+    return np.ascontiguousarray(a.reshape(-1).view(np.uint8).reshape(-1, a.dtype.itemsize).T).tobytes()
+
+
+def _unshuffle(raw: bytes, dtype: str, n: int, width: int) -> np.ndarray:
+    dt = np.dtype(dtype)
+    b = np.frombuffer(raw, dtype=np.uint8).reshape(dt.itemsize, -1).T
+    a = np.ascontiguousarray(b).view(dt).reshape(-1)
+    return np.ascontiguousarray(a.reshape(width, n).T) if width else a.copy()
+
+
+def _pack_columns(columns: Mapping[str, np.ndarray], params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    blob = _zstd_long(b"".join(_shuffle(columns[k]) for k in columns), params)
+    return {"columns_zstd": np.frombuffer(blob, dtype=np.uint8)}
+
+
+def _unpack_columns(
+    arrays: Mapping[str, np.ndarray], n: int, spec: ColumnSpec, params: Mapping[str, Any]
+) -> dict[str, np.ndarray]:
+    sizes = [n * max(1, width) * np.dtype(dtype).itemsize for dtype, width in spec.values()]
+    raw = _unzstd_long(arrays["columns_zstd"], sum(sizes), params)
+    out, at = {}, 0
+    for (name, (dtype, width)), size in zip(spec.items(), sizes, strict=True):
+        out[name] = _unshuffle(raw[at : at + size], dtype, n, width)
+        at += size
+    return out
+
+
 def quantize_latents(z: np.ndarray, dtype: str) -> dict[str, np.ndarray]:
     """Store float codes as float32, float16, or int8 with a per-row scale (symmetric, max-abs)."""
     z = np.asarray(z, dtype=np.float32)
@@ -118,7 +214,12 @@ CODECS: dict[str, Codec] = {
     for c in (
         Codec(
             "zstd", "frames", "zstd-compressed frames", _zstd_encode, _zstd_decode,
-            lambda level=3, **_: {"level": level}, ("frames_zstd",),
+            lambda level=0, **_: {"level": level or 3}, ("frames_zstd",),
+        ),
+        Codec(
+            "zstd-long", "frames", "zstd frames with long-distance matching over the shard, packed step columns",
+            _zstd_long_encode, _zstd_long_decode, _long_params, ("frames_zstd", "columns_zstd"),
+            _pack_columns, _unpack_columns,
         ),
         Codec("raw", "frames", "uncompressed frames", _raw_encode, _raw_decode, lambda **_: {}, ("frames",)),
         Codec(
@@ -129,6 +230,8 @@ CODECS: dict[str, Codec] = {
         ),
     )
 }
+#: The codec ``export-buffer`` writes unless told otherwise (``--codec zstd`` is the one before it).
+DEFAULT_FRAME_CODEC = "zstd-long"
 #: Codecs that store frames (what ``export-buffer`` may write).
 FRAME_CODECS = tuple(name for name, c in CODECS.items() if c.frames)
 

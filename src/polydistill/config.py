@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from polydistill.errors import PolydistillError
 
-from .codecs import FRAME_CODECS, LATENT_DTYPES
+from .codecs import DEFAULT_FRAME_CODEC, FRAME_CODECS, LATENT_DTYPES
 from .losses import LOSSES
 
 # Allowed values that come from a registry (the losses table, the codecs table) rather than from here: a Literal
@@ -152,8 +152,14 @@ class TeacherConfig(_Model):
 class ExportConfig(_Model):
     """Experience dataset encoding and upload."""
 
-    codec: FrameCodecName = Field("zstd", description="Frame codec for shards (polydistill.codecs).")
-    zstd_level: int = Field(3, ge=1, le=22, description="zstd compression level.")
+    codec: FrameCodecName = Field(
+        DEFAULT_FRAME_CODEC,
+        description="Shard codec (polydistill.codecs): zstd-long (long-distance zstd, packed columns) or zstd "
+        "(the earlier default, level 3) or raw.",
+    )
+    zstd_level: int = Field(
+        0, ge=0, le=22, description="zstd compression level; 0: the codec's own (zstd 3, zstd-long 19)."
+    )
     shard_steps: int = Field(10_000, ge=1, description="Steps per shard.")
     q_dtype: Literal["float16", "float32", "none"] = Field(
         "float16", description="Store teacher Q-values per step at this precision, or none."
@@ -438,7 +444,8 @@ PROFILE_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
             "checkpoint_every": 50_000,
         },
         "import": {"record_steps": 100_000, "num_envs": 4},
-        "export": {"shard_steps": 5_000},
+        # Exports keep ExportConfig's 10,000-step shards: zstd-long's matches reach across a whole shard, and a
+        # 100,000-step buffer is 10 shards, all within distill's 20 cached ones (docs/STORAGE.md).
         "autoencoder": {
             # The latent student learns from reconstructions and plays on real frames: how well the code keeps
             # the teacher's action bounds it; int8 codes keep it at half the bytes (docs/EXPERIMENTS.md).

@@ -314,7 +314,7 @@ def hns_notes(table: Mapping[str, Any] | None = None) -> list[str]:
 
 #: Keys of one game's storage entry: (key, column heading), in column order.
 STORAGE_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("lossless_dataset", "Lossless buffer (zstd frames + Q + columns)"),
+    ("lossless_dataset", "Lossless buffer (frames + Q + columns)"),
     ("latent_dataset", "Latent buffer (codes + Q + columns)"),
     ("code", "Autoencoder code alone"),
 )
@@ -343,12 +343,14 @@ def storage_table(storage: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[st
 
 def storage_rows(table: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the storage table (bytes per state, and the code against the seed's 256 bytes)."""
-    header = ["Game", *(h for _, h in STORAGE_COLUMNS), "Code vs seed (256 B)"]
+    header = ["Game", *(h for _, h in STORAGE_COLUMNS), "Lossless vs latent", "Code vs seed (256 B)"]
     body = []
     for game, row in table.get("storage", {}).items():
         cells = [game]
         for k, _ in STORAGE_COLUMNS:
             cells.append(f"{row[k]:,.1f} B" if k in row else "—")
+        both = "lossless_dataset" in row and "latent_dataset" in row
+        cells.append(f"{row['lossless_dataset'] / row['latent_dataset']:.2f}x" if both else "—")
         code = row.get("code")
         cells.append(f"{code / SEED_CODE_BYTES:.2f}x" if code else "—")
         body.append(cells)
@@ -361,7 +363,8 @@ def storage_notes() -> list[str]:
         f"Bytes per stored state; an uncompressed uint8 4-frame state is {RAW_STACK_BYTES:,} B and the seed "
         f"paper's autoencoder code {SEED_CODE_BYTES} B (64 float32).",
         "Both buffers carry the same per-step columns (teacher Q-values, action, reward, flags), so the two "
-        "buffer columns compare codecs; the code column is the autoencoder's output alone.",
+        "buffer columns compare codecs (the lossless one in the export's codec, zstd-long by default; "
+        "\"Lossless vs latent\" is their ratio); the code column is the autoencoder's output alone.",
     ]
 
 
