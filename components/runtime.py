@@ -154,12 +154,11 @@ def default_store_uri(namespace_file: str | Path = "/var/run/secrets/kubernetes.
 
 
 def run_root(store_uri: str, run_id: str) -> str:
-    """Where one pipeline run keeps its datasets: ``STORE/runs/RUN_ID``."""
-    from polydistill.store import join_uri
+    """Where one pipeline run keeps its datasets: ``STORE/runs/RUN_ID`` (``retention.run_root_of``, the one
+    definition: retention deletes nothing else)."""
+    from polydistill.retention import run_root_of
 
-    if not run_id or "/" in run_id:
-        raise ValueError(f"invalid pipeline run id {run_id!r}")
-    return join_uri(store_uri, "runs", run_id)
+    return run_root_of(store_uri, run_id)
 
 
 def data_uri(root: str, kind: str, game: str) -> str:

@@ -646,3 +646,119 @@ def test_teacher_killed_twice_ends_as_the_unbroken_run(tmp_path: Path) -> None:
     for name in ("dataset/manifest.json", "curve.csv"):
         assert (out / name).read_bytes() == (unbroken / name).read_bytes(), name  # sha256s and curve alike
     assert not ExperienceDataset(str(out / "dataset")).verify_all()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 7. Second round (issue #36)
+
+
+def test_retention_deletes_nothing_an_edited_run_index_points_outside_the_store(
+        s3_env: str, tmp_path: Path, caplog) -> None:
+    # Issue #36: index entries naming file:///.../victimdir and s3://probe/victim were deleted with --keep-runs 1.
+    import logging
+
+    from polydistill import retention
+    from polydistill.store import join_uri
+
+    store = s3_env
+    victim_s3 = f"{s3_env}-victim"  # the same bucket, outside the store's prefix
+    teacher = open_store(join_uri(victim_s3, "teachers", "Pong"), create_bucket=True)
+    teacher.put_bytes("model.pt", b"precious weights")
+    teacher.put_bytes("polydistill-index.json", json.dumps({"keys": ["model.pt"]}).encode())
+    victim_dir = tmp_path / "victimdir"
+    (victim_dir / "teachers" / "Pong").mkdir(parents=True)
+    (victim_dir / "precious.txt").write_text("keep me")
+    retention.record_run(store, "good", join_uri(store, "runs", "good"), ["Pong"], started=10.0)
+    runs = open_store(join_uri(store, "runs"))
+    index = json.loads(runs.get_bytes(retention.RUN_INDEX))
+    index["runs"] += [
+        {"run_id": "evil-local", "run_root": victim_dir.as_uri(), "games": ["Pong"], "started": 1.0},
+        {"run_id": "evil-s3", "run_root": victim_s3, "games": ["Pong"], "started": 2.0},
+        {"run_id": "evil-games", "run_root": join_uri(store, "runs", "evil-games"), "games": ["../../x"],
+         "started": 3.0},
+        {"run_id": "..", "run_root": join_uri(store, "runs"), "games": [], "started": 4.0},
+    ]
+    runs.put_bytes(retention.RUN_INDEX, json.dumps(index).encode())
+    with caplog.at_level(logging.WARNING, logger="polydistill.retention"):
+        assert retention.apply(store, 1, set()) == []
+    assert (victim_dir / "precious.txt").read_text() == "keep me" and (victim_dir / "teachers" / "Pong").is_dir()
+    assert teacher.get_bytes("model.pt") == b"precious weights"
+    assert runs.get_bytes(retention.RUN_INDEX)  # the index itself (STORE/runs, named by run "..") stays
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 4 and all("\n" not in m for m in refusals), refusals
+    assert any(victim_dir.as_uri() in m for m in refusals) and any(victim_s3 in m for m in refusals)
+    with pytest.raises(retention.RetentionRefused):  # and start-run never records such an entry
+        retention.record_run(store, "x", victim_dir.as_uri(), ["Pong"])
+
+
+def test_cli_inputs_of_the_second_round_get_one_line_errors(tmp_path: Path) -> None:
+    # Issue #36: each was a traceback (OSError, FileNotFoundError, UnicodeDecodeError, memory) or a silent
+    # accept. /proc stands for a read-only location: even root cannot create a directory there.
+    binary = tmp_path / "token.bin"
+    binary.write_bytes(b"\x00\xff\xfe\x80 not a token")
+    host = ["--host", "http://127.0.0.1:9", "--profile", "smoke"]
+    cases = [
+        (["run", "--profile", "smoke", "--run-dir", "/proc/polydistill-hostile/run"], "--run-dir"),
+        (["compile", "--out", "/proc/polydistill-hostile"], "--out /proc/polydistill-hostile"),
+        (["compile", "--check", ""], "--check"),
+        (["submit", *host, "--token-file", str(binary)], "not a text file"),
+        (["submit", *host, "--token-file", "/dev/zero"], "larger than 64 KiB"),
+        (["submit", *host, "--games", ""], "'' names no game"),
+        (["submit", *host, "--games", ",,,"], "',,,' names no game"),
+        (["run", "--profile", "smoke", "--games", ",", "--run-dir", str(tmp_path / "r")], "names no game"),
+        (["submit", *host, "--teacher-steps", "-1"], "--teacher-steps -1"),
+        (["submit", *host, "--teacher-steps", "-5"], "teacher_steps"),
+        (["submit", *host, "--tau", "-1"], "--tau -1.0"),
+    ]
+    for args, want in cases:
+        err = _one_line_error(_cli(*args, timeout=180))
+        assert want in err, (args, err)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_token_with_control_characters_is_refused_and_never_printed(tmp_path: Path) -> None:
+    token = "tok-" + hashlib.sha256(b"ctl").hexdigest()[:12]
+    for value in (f"{token}\r\nX-Evil: 1", f"{token}\x7f", f"{token}\x1b[2J"):
+        r = _cli("submit", "--host", "http://127.0.0.1:9", "--profile", "smoke", "--token", value,
+                 env={"TMPDIR": str(tmp_path)})
+        err = _one_line_error(r)
+        assert "--token" in err and "control" in err, err
+        assert token not in r.stdout + r.stderr
+    assert not _grep(tmp_path, [token])  # no traceback file holds it either
+
+
+def _checkpoint(path: Path, num_actions: int, meta: dict) -> Path:
+    from polydistill.checkpoint import save_checkpoint
+    from polydistill.networks import DuelingQNetwork
+
+    save_checkpoint(path, DuelingQNetwork(num_actions), meta)
+    return path
+
+
+def test_mangled_teacher_metadata_is_refused_before_scoring(tmp_path: Path) -> None:
+    # Issue #36: a renamed key (KeyError), `[]` (AttributeError), and a Pong network labelled Breakout, which
+    # was scored on Breakout with Pong's six actions.
+    pong = {"kind": "teacher", "game": "Pong", "games": ["Pong"], "action_meanings": [action_meanings("Pong")]}
+    renamed = _checkpoint(tmp_path / "renamed", 6, {k if k != "game" else "gmae": v for k, v in pong.items()})
+    meanings = _checkpoint(tmp_path / "meanings", 6, {**pong, "action_meanings": "NOOP"})
+    listed = _checkpoint(tmp_path / "listed", 6, pong)
+    (listed / "metadata.json").write_text("[]")
+    mislabelled = _checkpoint(tmp_path / "mislabelled", 6, {**pong, "game": "Breakout", "games": ["Breakout"]})
+    relabelled = _checkpoint(tmp_path / "relabelled", 6, {**pong, "game": "Breakout", "games": ["Breakout"],
+                                                          "action_meanings": [action_meanings("Breakout")]})
+    for ckpt, want in ((renamed, "'game'"), (meanings, "'action_meanings'"), (listed, "JSON list"),
+                       (mislabelled, "6"), (relabelled, "6")):
+        out = tmp_path / f"eval-{ckpt.name}"
+        err = _one_line_error(_cli("evaluate", "--agent", str(ckpt), "--game", "Breakout", "--out", str(out),
+                                   "--profile", "smoke", "--episodes", "1"))
+        assert str(ckpt) in err and want in err, err
+        assert not out.exists()
+
+
+def test_evaluate_refuses_an_unknown_or_foreign_label(tmp_path: Path) -> None:
+    for label, want in (("bogus", "no report column"), ("student_subset", "for student agents")):
+        out = tmp_path / label
+        err = _one_line_error(_cli("evaluate", "--agent", "random", "--game", "Pong", "--label", label,
+                                   "--out", str(out), "--profile", "smoke", "--episodes", "1"))
+        assert f"--label {label!r}" in err and want in err, err
+        assert not out.exists()

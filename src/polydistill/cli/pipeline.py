@@ -17,7 +17,7 @@ import click
 from .. import config as C
 from . import main
 from .games_option import GamesOption
-from .options import fail
+from .options import fail, writable_dir
 
 _ERRORS_HINT = "install the pipeline extra: pip install 'polydistill[kfp]'"
 
@@ -78,6 +78,7 @@ def _check_games(games: list[str]) -> list[str]:
 
 def _check_params(profile: str, params: dict[str, Any]) -> None:
     try:
+        C.refuse_sentinels(params)
         C.resolve_pipeline(profile, params)
     except C.ConfigError as e:
         raise click.UsageError(str(e)) from None
@@ -125,7 +126,7 @@ def run_cmd(profile: str, run_dir: str | None, runner: str, stream_logs: bool, g
 
     from .run_display import RunDisplay, results_text
 
-    run = Path(run_dir or default_run_dir(profile)).expanduser().resolve()
+    run = writable_dir(Path(run_dir or default_run_dir(profile)).expanduser().resolve(), "--run-dir")
     set_error_log(run / "logs" / "polydistill.log")
     out = sys.stdout
     display = RunDisplay(out, live=out.isatty() and not stream_logs)
@@ -156,11 +157,11 @@ def compile_cmd(out_dir: str | None, backend: str | None) -> None:
     from polydistill_kfp.compile import COMPILED_DIR, compile_all
 
     try:
-        target = compat.parse_version(backend) if backend else None
+        target = compat.parse_version(backend) if backend is not None else None  # '' is no version, not "skip"
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--check") from None
     problems = 0
-    for path in compile_all(Path(out_dir) if out_dir else COMPILED_DIR):
+    for path in compile_all(writable_dir(out_dir, "--out") if out_dir else COMPILED_DIR):
         click.echo(str(path))
         for finding in compat.check_file(path, target) if target else []:
             problems += 1
