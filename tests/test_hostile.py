@@ -652,6 +652,16 @@ def test_teacher_killed_twice_ends_as_the_unbroken_run(tmp_path: Path) -> None:
 # 7. Second round (issue #36)
 
 
+def _cli_here(*args: str) -> subprocess.CompletedProcess:
+    """:func:`_cli` in this process (click's runner): the same one-line errors without an interpreter's start."""
+    from click.testing import CliRunner
+
+    from polydistill.cli import main
+
+    r = CliRunner().invoke(main, list(args))
+    return subprocess.CompletedProcess(list(args), r.exit_code, r.stdout, r.stderr)
+
+
 def test_retention_deletes_nothing_an_edited_run_index_points_outside_the_store(
         s3_env: str, tmp_path: Path, caplog) -> None:
     # Issue #36: index entries naming file:///.../victimdir and s3://probe/victim were deleted with --keep-runs 1.
@@ -711,7 +721,7 @@ def test_cli_inputs_of_the_second_round_get_one_line_errors(tmp_path: Path) -> N
         (["submit", *host, "--tau", "-1"], "--tau -1.0"),
     ]
     for args, want in cases:
-        err = _one_line_error(_cli(*args, timeout=180))
+        err = _one_line_error(_cli_here(*args))
         assert want in err, (args, err)
     assert not (tmp_path / "r").exists()
 
@@ -749,7 +759,7 @@ def test_mangled_teacher_metadata_is_refused_before_scoring(tmp_path: Path) -> N
     for ckpt, want in ((renamed, "'game'"), (meanings, "'action_meanings'"), (listed, "JSON list"),
                        (mislabelled, "6"), (relabelled, "6")):
         out = tmp_path / f"eval-{ckpt.name}"
-        err = _one_line_error(_cli("evaluate", "--agent", str(ckpt), "--game", "Breakout", "--out", str(out),
+        err = _one_line_error(_cli_here("evaluate", "--agent", str(ckpt), "--game", "Breakout", "--out", str(out),
                                    "--profile", "smoke", "--episodes", "1"))
         assert str(ckpt) in err and want in err, err
         assert not out.exists()
@@ -758,7 +768,7 @@ def test_mangled_teacher_metadata_is_refused_before_scoring(tmp_path: Path) -> N
 def test_evaluate_refuses_an_unknown_or_foreign_label(tmp_path: Path) -> None:
     for label, want in (("bogus", "no report column"), ("student_subset", "for student agents")):
         out = tmp_path / label
-        err = _one_line_error(_cli("evaluate", "--agent", "random", "--game", "Pong", "--label", label,
+        err = _one_line_error(_cli_here("evaluate", "--agent", "random", "--game", "Pong", "--label", label,
                                    "--out", str(out), "--profile", "smoke", "--episodes", "1"))
         assert f"--label {label!r}" in err and want in err, err
         assert not out.exists()
