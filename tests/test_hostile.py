@@ -772,3 +772,97 @@ def test_evaluate_refuses_an_unknown_or_foreign_label(tmp_path: Path) -> None:
                                    "--out", str(out), "--profile", "smoke", "--episodes", "1"))
         assert f"--label {label!r}" in err and want in err, err
         assert not out.exists()
+
+
+class _OnlyStartAndEnd:
+    """A run display that stops a local run after start-run: a per-game task (train-teacher) fails at its start,
+    which fails the loop; the random baseline's evaluation and the exit task (end-run) run. (A top-level task
+    failing this way would skip the exit handler: the exception leaves kfp's DAG in the main thread.)"""
+
+    def __init__(self, stream, live: bool) -> None:
+        self.started: list[str] = []
+
+    def task_started(self, task) -> None:
+        self.started.append(task.name)
+        if task.name not in ("start-run", "evaluate", "end-run"):
+            raise RuntimeError(f"stopped by the test before {task.name}")
+
+    def task_finished(self, task, ok: bool, seconds: float) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_tracking_password_reaches_no_log_output_or_traceback(mlflow_server, tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    # Issue #36: `run --tracking-uri http://u:PASSWORD@host` left the password in all 13 RUN_DIR/logs/*.log and
+    # in start-run's executor_output.json. The real CLI and pipeline, stopped after start-run; its exit task
+    # (end-run) still runs, and the stopped run's traceback goes to RUN_DIR/logs/polydistill.log.
+    from polydistill.cli import run_display
+
+    monkeypatch.setattr(run_display, "RunDisplay", _OnlyStartAndEnd)
+    password = "pw-" + hashlib.sha256(b"tracking").hexdigest()[:16]
+    uri = mlflow_server.uri.replace("http://", f"http://polyuser:{password}@")
+    run_dir = tmp_path / "run"
+    r = _cli_here("run", "--profile", "smoke", "--games", "Pong", "--run-dir", str(run_dir), "--tracking-uri", uri,
+                  "--experiment", f"hostile-{os.getpid()}", "--eval-protocol", "episodes", "--eval-episodes", "1")
+    err = _one_line_error(r)
+    assert "polydistill.log" in err and password not in r.stdout + r.stderr, err
+    logs = sorted(p.name for p in (run_dir / "logs").glob("*.log"))
+    assert {"start-run.log", "end-run.log", "polydistill.log"} <= set(logs), logs
+    outputs = list((run_dir / "kfp").rglob("executor_output.json"))
+    assert outputs and any(mlflow_server.uri in p.read_text() for p in outputs)  # the URI is there, bare
+    import re
+
+    end = (run_dir / "logs" / "end-run.log").read_text()
+    assert re.search(r"MLflow parent run [0-9a-f]{32} FAILED", end), end[-2000:]  # tracked: the password worked
+    assert not _grep(run_dir, [password])
+    assert "MLFLOW_TRACKING_PASSWORD" not in os.environ  # given to the tasks, not left behind
+
+
+def test_a_damaged_or_unreachable_tracking_store_stops_the_run_before_any_task(
+        mlflow_sqlite_uri: str, tmp_path: Path, monkeypatch) -> None:
+    # Issue #36: a corrupt or half-truncated MLflow database gave a run that exited 0 with nothing tracked (the
+    # warnings only in task logs). The display stops a run that got past the check, so a miss fails fast.
+    from mlflow import MlflowClient
+
+    from polydistill.cli import run_display
+
+    monkeypatch.setattr(run_display, "RunDisplay", _OnlyStartAndEnd)
+    MlflowClient(mlflow_sqlite_uri).search_experiments()  # MLflow's tables exist
+    real = Path(mlflow_sqlite_uri.removeprefix("sqlite:///"))
+    truncated = tmp_path / "truncated.db"
+    truncated.write_bytes(real.read_bytes()[: real.stat().st_size // 2])
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(random.Random(0).randbytes(64 * 1024))
+    cases = [(f"sqlite:///{truncated}", "truncated.db is damaged"), (f"sqlite:///{corrupt}", "not an SQLite"),
+             (f"http://127.0.0.1:{_free_port()}", "cannot connect")]
+    for i, (uri, want) in enumerate(cases):
+        run_dir = tmp_path / f"run{i}"
+        err = _one_line_error(_cli_here("run", "--profile", "smoke", "--games", "Pong", "--run-dir", str(run_dir),
+                                        "--tracking-uri", uri))
+        assert want in err and "--tracking-uri" in err, err
+        assert not list((run_dir / "logs").glob("*-run.log")) and not (run_dir / "kfp").exists(), uri
+
+
+def test_end_run_gives_up_on_a_killed_tracking_server_at_once_saying_what_is_lost(tmp_path: Path) -> None:
+    # Issue #36: with the MLflow server killed mid-run, end-run retried for more than 280 s (MLflow's own
+    # retries: 7 with backoff factor 2). In a fresh process, as the exit task runs, without the tracking
+    # layer's bounded settings already in its environment.
+    script = textwrap.dedent(f"""
+        import logging, sys
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+        from polydistill_kfp.components import runtime as rt
+        from polydistill.tracking import end_pipeline_run
+        uri = "http://127.0.0.1:{_free_port()}"  # where the killed server listened: nothing does now
+        parent = rt.find_pipeline_run(uri, "polydistill", "run-1")
+        print(repr(parent), end_pipeline_run(uri, parent, "FAILED"))
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_HTTP_REQUEST")}
+    started = time.monotonic()
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=90)
+    assert r.returncode == 0 and r.stdout.strip() == "'' {}", r.stderr[-2000:]
+    assert time.monotonic() - started < 60
+    lost = [line for line in r.stderr.splitlines() if "run-1" in line]
+    assert len(lost) == 1 and "lost" in lost[0] and "RUNNING" in lost[0], r.stderr[-2000:]
