@@ -701,29 +701,52 @@ def test_retention_deletes_nothing_an_edited_run_index_points_outside_the_store(
         retention.record_run(store, "x", victim_dir.as_uri(), ["Pong"])
 
 
-def test_cli_inputs_of_the_second_round_get_one_line_errors(tmp_path: Path) -> None:
-    # Issue #36: each was a traceback (OSError, FileNotFoundError, UnicodeDecodeError, memory) or a silent
-    # accept. /proc stands for a read-only location: even root cannot create a directory there.
+_HOST = ("--host", "http://127.0.0.1:9", "--profile", "smoke")
+SECOND_ROUND_CLI = [
+    # /proc stands for a read-only location: even root cannot create a directory there.
+    (("run", "--profile", "smoke", "--run-dir", "/proc/polydistill-hostile/run"), "--run-dir"),
+    (("compile", "--out", "/proc/polydistill-hostile"), "--out /proc/polydistill-hostile"),
+    (("compile", "--check", ""), "--check"),
+    (("submit", *_HOST, "--token-file", "BINARY"), "not a text file"),
+    (("submit", *_HOST, "--games", ""), "'' names no game"),
+    (("submit", *_HOST, "--games", ",,,"), "',,,' names no game"),
+    (("run", "--profile", "smoke", "--games", ",", "--run-dir", "RUN"), "names no game"),
+    (("submit", *_HOST, "--teacher-steps", "-1"), "--teacher-steps -1"),
+    (("submit", *_HOST, "--teacher-steps", "-5"), "teacher_steps"),
+    (("submit", *_HOST, "--tau", "-1"), "--tau -1.0"),
+    (("submit", *_HOST, "--tracking-uri", "http://u:PASSWORD1234@127.0.0.1:5000"), "carries credentials"),
+]
+
+
+@pytest.mark.parametrize(("args", "want"), SECOND_ROUND_CLI, ids=lambda v: " ".join(v) if isinstance(v, tuple) else "")
+def test_cli_inputs_of_the_second_round_get_one_line_errors(tmp_path: Path, monkeypatch, args: tuple,
+                                                           want: str) -> None:
+    # Issue #36: each was a traceback (OSError, FileNotFoundError, UnicodeDecodeError) or a silent accept.
+    from polydistill.cli import run_display
+
+    monkeypatch.setattr(run_display, "RunDisplay", _OnlyStartAndEnd)  # a run that was accepted stops early
     binary = tmp_path / "token.bin"
     binary.write_bytes(b"\x00\xff\xfe\x80 not a token")
-    host = ["--host", "http://127.0.0.1:9", "--profile", "smoke"]
-    cases = [
-        (["run", "--profile", "smoke", "--run-dir", "/proc/polydistill-hostile/run"], "--run-dir"),
-        (["compile", "--out", "/proc/polydistill-hostile"], "--out /proc/polydistill-hostile"),
-        (["compile", "--check", ""], "--check"),
-        (["submit", *host, "--token-file", str(binary)], "not a text file"),
-        (["submit", *host, "--token-file", "/dev/zero"], "larger than 64 KiB"),
-        (["submit", *host, "--games", ""], "'' names no game"),
-        (["submit", *host, "--games", ",,,"], "',,,' names no game"),
-        (["run", "--profile", "smoke", "--games", ",", "--run-dir", str(tmp_path / "r")], "names no game"),
-        (["submit", *host, "--teacher-steps", "-1"], "--teacher-steps -1"),
-        (["submit", *host, "--teacher-steps", "-5"], "teacher_steps"),
-        (["submit", *host, "--tau", "-1"], "--tau -1.0"),
-    ]
-    for args, want in cases:
-        err = _one_line_error(_cli_here(*args))
-        assert want in err, (args, err)
+    args = tuple(str(binary) if a == "BINARY" else str(tmp_path / "r") if a == "RUN" else a for a in args)
+    r = _cli_here(*args)
+    err = _one_line_error(r)
+    assert want in err, (args, err)
+    assert "PASSWORD1234" not in r.stdout + r.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_a_token_file_is_read_only_up_to_a_cap() -> None:
+    # Issue #36: --token-file /dev/zero read until memory ran out. In a process capped at 4 GiB of data, so a
+    # reader without a cap fails here (MemoryError) instead of taking the machine's memory.
+    import resource
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_DATA, (4 << 30, 4 << 30))
+
+    r = subprocess.run([sys.executable, "-m", "polydistill.cli", "submit", *_HOST, "--token-file", "/dev/zero"],
+                       capture_output=True, text=True, timeout=120, preexec_fn=cap,
+                       env={**os.environ, "POLYDISTILL_PROGRESS": "off"})
+    assert "larger than 64 KiB" in _one_line_error(r)
 
 
 def test_a_token_with_control_characters_is_refused_and_never_printed(tmp_path: Path) -> None:
@@ -745,33 +768,42 @@ def _checkpoint(path: Path, num_actions: int, meta: dict) -> Path:
     return path
 
 
-def test_mangled_teacher_metadata_is_refused_before_scoring(tmp_path: Path) -> None:
+_PONG = {"kind": "teacher", "game": "Pong", "games": ["Pong"]}
+MANGLED_TEACHERS = {  # name: (metadata over Pong's, what the error names); each network has Pong's 6 actions
+    "renamed-key": ({"game": None, "gmae": "Pong"}, "'game'"),
+    "mangled-meanings": ({"action_meanings": "NOOP"}, "'action_meanings'"),
+    "a-json-list": (None, "JSON list"),
+    "pong-labelled-breakout": ({"game": "Breakout", "games": ["Breakout"]}, "has 6"),
+    "pong-with-breakout-meanings": ({"game": "Breakout", "games": ["Breakout"], "action_meanings": "BREAKOUT"},
+                                    "has 6"),
+}
+
+
+@pytest.mark.parametrize("name", MANGLED_TEACHERS)
+def test_mangled_teacher_metadata_is_refused_before_scoring(tmp_path: Path, name: str) -> None:
     # Issue #36: a renamed key (KeyError), `[]` (AttributeError), and a Pong network labelled Breakout, which
     # was scored on Breakout with Pong's six actions.
-    pong = {"kind": "teacher", "game": "Pong", "games": ["Pong"], "action_meanings": [action_meanings("Pong")]}
-    renamed = _checkpoint(tmp_path / "renamed", 6, {k if k != "game" else "gmae": v for k, v in pong.items()})
-    meanings = _checkpoint(tmp_path / "meanings", 6, {**pong, "action_meanings": "NOOP"})
-    listed = _checkpoint(tmp_path / "listed", 6, pong)
-    (listed / "metadata.json").write_text("[]")
-    mislabelled = _checkpoint(tmp_path / "mislabelled", 6, {**pong, "game": "Breakout", "games": ["Breakout"]})
-    relabelled = _checkpoint(tmp_path / "relabelled", 6, {**pong, "game": "Breakout", "games": ["Breakout"],
-                                                          "action_meanings": [action_meanings("Breakout")]})
-    for ckpt, want in ((renamed, "'game'"), (meanings, "'action_meanings'"), (listed, "JSON list"),
-                       (mislabelled, "6"), (relabelled, "6")):
-        out = tmp_path / f"eval-{ckpt.name}"
-        err = _one_line_error(_cli_here("evaluate", "--agent", str(ckpt), "--game", "Breakout", "--out", str(out),
-                                   "--profile", "smoke", "--episodes", "1"))
-        assert str(ckpt) in err and want in err, err
-        assert not out.exists()
+    change, want = MANGLED_TEACHERS[name]
+    meta = {**_PONG, "action_meanings": [action_meanings("Pong")], **(change or {})}
+    if meta["action_meanings"] == "BREAKOUT":
+        meta["action_meanings"] = [action_meanings("Breakout")]
+    ckpt = _checkpoint(tmp_path / name, 6, {k: v for k, v in meta.items() if v is not None})
+    if change is None:
+        (ckpt / "metadata.json").write_text("[]")
+    out = tmp_path / "eval"
+    err = _one_line_error(_cli_here("evaluate", "--agent", str(ckpt), "--game", "Breakout", "--out", str(out),
+                                    "--profile", "smoke", "--episodes", "1"))
+    assert str(ckpt) in err and want in err, err
+    assert not out.exists()
 
 
-def test_evaluate_refuses_an_unknown_or_foreign_label(tmp_path: Path) -> None:
-    for label, want in (("bogus", "no report column"), ("student_subset", "for student agents")):
-        out = tmp_path / label
-        err = _one_line_error(_cli_here("evaluate", "--agent", "random", "--game", "Pong", "--label", label,
-                                   "--out", str(out), "--profile", "smoke", "--episodes", "1"))
-        assert f"--label {label!r}" in err and want in err, err
-        assert not out.exists()
+@pytest.mark.parametrize(("label", "want"), [("bogus", "no report column"), ("student_subset", "for student agents")])
+def test_evaluate_refuses_an_unknown_or_foreign_label(tmp_path: Path, label: str, want: str) -> None:
+    out = tmp_path / label
+    err = _one_line_error(_cli_here("evaluate", "--agent", "random", "--game", "Pong", "--label", label,
+                                    "--out", str(out), "--profile", "smoke", "--episodes", "1"))
+    assert f"--label {label!r}" in err and want in err, err
+    assert not out.exists()
 
 
 class _OnlyStartAndEnd:
