@@ -212,13 +212,6 @@ def kubeflow_options(fn: Callable) -> Callable:
 def _arguments(profile: str | None, games: list[str], store_uri: str | None, tracking_uri: str | None,
                minio_endpoint: str | None, experiment: str | None, params: dict[str, Any]) -> dict[str, Any]:
     """Pipeline arguments of what was given on the command line (the rest keep the pipeline's defaults)."""
-    from ..tracking.store_check import PASSWORD_ENV, USERNAME_ENV, split_credentials
-
-    if tracking_uri and split_credentials(tracking_uri)[1]:
-        # A pipeline parameter is shown in the Kubeflow UI and in every task's executor input and log.
-        raise click.BadParameter(
-            f"the URI carries credentials (user:password@): drop them and give the pods {USERNAME_ENV} and "
-            f"{PASSWORD_ENV} (docs/KUBEFLOW.md)", param_hint="--tracking-uri")
     args: dict[str, Any] = {}
     if profile:
         args["profile"] = profile
