@@ -223,11 +223,15 @@ def log_checkpoint(run: Any, checkpoint_dir: str | Path, name: str) -> str | Non
 
 
 def find_pipeline_run(tracking_uri: str, experiment: str, kfp_run_id: str) -> str:
-    """The id of the MLflow parent run tagged ``kfp.run_id=kfp_run_id`` ("" when none or MLflow is down)."""
-    try:
-        from mlflow import MlflowClient
+    """The id of the MLflow parent run tagged ``kfp.run_id=kfp_run_id`` ("" when none or MLflow is down).
 
-        client = MlflowClient(tracking_uri)
+    Through the tracking layer's client, whose HTTP retries are bounded (``tracking.HTTP_DEFAULTS``: MLflow's
+    own defaults retried a killed server for minutes), after a connection check that fails at once."""
+    try:
+        from polydistill.tracking.connection import _check_reachable, _client
+
+        _check_reachable(tracking_uri)
+        client = _client(tracking_uri)
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
             return ""
@@ -238,7 +242,10 @@ def find_pipeline_run(tracking_uri: str, experiment: str, kfp_run_id: str) -> st
         )
         return runs[0].info.run_id if runs else ""
     except Exception as e:  # tracking must never fail a pipeline step
-        log.warning("could not look up the MLflow parent run of %s: %s", kfp_run_id, e)
+        from polydistill.redaction import redact_uri
+
+        log.warning("could not look up the MLflow parent run of %s (%s); its end, outcome and failure tags are "
+                    "lost: it stays RUNNING in MLflow", kfp_run_id, redact_uri(" ".join(str(e).split())[:300]))
         return ""
 
 

@@ -18,11 +18,12 @@ pushed to a cluster. ``kfp.local.init`` deletes its workspace after a run, so no
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -161,12 +162,18 @@ def run_local(
     # Before the docker runner hands the run directory to the image's user, who writes the progress files.
     (run / "logs" / "progress").mkdir(parents=True, exist_ok=True)
     store = store_uri or (run / "store").as_uri()
-    tracking = tracking_uri or f"sqlite:///{run / 'mlflow.db'}"
-    # The store must open here, before any task: a wrong path, endpoint or credentials is one line now, not a
-    # traceback in the first task that writes (every task creates the bucket too, so this one may).
+    # A password in the tracking URI goes to MLflow's credential variables, which the tasks inherit: as part of
+    # a pipeline parameter it would be in every task's executor input, log and output.
+    from polydistill.tracking.store_check import check_tracking_store, split_credentials
+
+    tracking, tracking_env = split_credentials(tracking_uri or f"sqlite:///{run / 'mlflow.db'}")
+    # The store and the tracking store must open here, before any task: a wrong path, endpoint or credentials
+    # is one line now, not a traceback in the first task that writes (every task creates the bucket too, so
+    # this one may), and a damaged MLflow database is no run that "succeeds" with nothing tracked.
     from polydistill.store import open_store
 
     open_store(store, create_bucket=True)
+    check_tracking_store(tracking)
     args = pipeline_arguments(profile, games, store, tracking, params, experiment,
                               minio_endpoint=os.environ.get("MINIO_ENDPOINT", ""))
     # The runner runs a loop's iterations at once (at most LOCAL_LOOP_PARALLELISM: kfp caps its loop threads at
@@ -192,7 +199,8 @@ def run_local(
         task_runner = local.SubprocessRunner(use_venv=False)
     local.init(runner=task_runner, pipeline_root=str(run / "kfp"), raise_on_error=True)
     t0 = time.monotonic()
-    with warnings.catch_warnings(), watch_tasks(run / "logs", listener, echo) as failed:
+    with _environment(tracking_env), warnings.catch_warnings(), \
+            watch_tasks(run / "logs", listener, echo) as failed:
         # The runner warns that the project image's name lacks "python": it runs this Python instead.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
         # ... and that CPU/memory/GPU requests mean nothing on this machine.
@@ -208,6 +216,21 @@ def run_local(
     report_dir = collect_report(run / "kfp", run / "report")
     return LocalRun(run_dir=run, store_uri=store, tracking_uri=tracking, report_dir=report_dir,
                     report_md=report_dir / "report.md", seconds=seconds)
+
+
+@contextlib.contextmanager
+def _environment(values: Mapping[str, str]) -> Iterator[None]:
+    """``values`` set in ``os.environ`` (which the tasks inherit) while active, the old ones restored after."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def collect_report(pipeline_root: Path, dest: Path) -> Path:

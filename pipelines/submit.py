@@ -121,6 +121,12 @@ COOKIES_ENV = "KF_PIPELINES_COOKIES"
 POD_NAMESPACE_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
+#: What a bearer token or a cookie header may hold: printable ASCII (RFC 9110 field-value, no obs-text).
+_HEADER_VALUE = re.compile(r"[\x20-\x7e]+")
+#: The most bytes read of a token file: a bearer token is a few KiB (a JWT); /dev/zero is no token file.
+MAX_TOKEN_BYTES = 64 * 1024
+
+
 @dataclass(frozen=True)
 class Credentials:
     """How requests to the KFP API authenticate: a bearer token or session cookies (or nothing, e.g. through
@@ -129,6 +135,14 @@ class Credentials:
     token: str | None = None
     cookies: str | None = None
     source: str = "none"
+
+    def __post_init__(self) -> None:
+        # An HTTP header value cannot hold control characters: "tok\r\nX-Evil: 1" would add a header (or fail
+        # inside http.client with the value in its message). Refused here, naming the source, never the value.
+        for what, value in (("token", self.token), ("cookies", self.cookies)):
+            if value and not _HEADER_VALUE.fullmatch(value):
+                raise KubeflowError(f"the {what} from {self.source} holds control or non-ASCII characters "
+                                    f"(a header value is printable ASCII): copy it again without them")
 
     def headers(self) -> dict[str, str]:
         h = {}
@@ -166,9 +180,18 @@ def resolve_credentials(token: str | None = None, token_file: str | None = None,
 
 def _read_token(path: str, what: str) -> str:
     try:
-        token = Path(path).read_text().strip()
+        with open(path, "rb") as f:
+            data = f.read(MAX_TOKEN_BYTES + 1)
     except OSError as e:
         raise KubeflowError(f"{what} {path}: cannot read it ({e.strerror or e})") from None
+    if len(data) > MAX_TOKEN_BYTES:
+        raise KubeflowError(f"{what} {path} is larger than {MAX_TOKEN_BYTES // 1024} KiB: give a file holding "
+                            "one bearer token")
+    try:
+        token = data.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise KubeflowError(f"{what} {path} is not a text file (binary or non-ASCII bytes): give a file "
+                            "holding one bearer token") from None
     if not token:
         raise KubeflowError(f"{what} {path} is empty: give a file holding one bearer token")
     return token

@@ -14,7 +14,8 @@ while :func:`watch_tasks` is active:
   (which both runners pass on to the task);
 - it replaces ``sys.stdout``/``sys.stderr`` with a router that writes each thread's text to the log of the
   task that thread runs (``RUN_DIR/logs/<task>[-<detail>].log``), and the rest to ``logs/pipeline.log``;
-  with ``echo`` set it is also copied to the terminal.
+  with ``echo`` set it is also copied to the terminal. Every line is redacted first (URI passwords, the
+  values of credential environment variables).
 
 ``tests/test_task_watch.py`` fails if kfp stops calling the wrapped function this way.
 """
@@ -28,12 +29,13 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
 from polydistill.progress_file import PROGRESS_FILE_ENV
+from polydistill.redaction import redact_uri
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _SLUG = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -98,8 +100,9 @@ def task_name(component_name: str) -> str:
 class _Router(io.TextIOBase):
     """A text stream that sends each thread's writes to the file of the task the thread runs."""
 
-    def __init__(self, fallback: IO[str], echo: IO[str] | None) -> None:
+    def __init__(self, fallback: IO[str], echo: IO[str] | None, secrets: Sequence[str] = ()) -> None:
         self.fallback, self.echo = fallback, echo
+        self.secrets = list(secrets)
         self.local = threading.local()
         self.lock = threading.Lock()
 
@@ -111,6 +114,9 @@ class _Router(io.TextIOBase):
 
     def write(self, s: str) -> int:
         target: IO[str] | None = getattr(self.local, "file", None)
+        # kfp prints each task's executor input (every parameter) and output line by line: a URI's password or a
+        # credential's value in them is redacted here, before any log file or terminal sees it.
+        s = redact_uri(s, self.secrets)
         clean = _ANSI.sub("", s)
         if target is not None:
             target.write(clean)
@@ -155,7 +161,9 @@ def watch_tasks(log_dir: Path, listener: TaskListener | None = None,
     (log_dir / "progress").mkdir(exist_ok=True)
     original = task_dispatcher.run_single_task_implementation
     pipeline_log = (log_dir / "pipeline.log").open("a")
-    router = _Router(pipeline_log, echo)
+    from polydistill.tracking.params import _secret_values
+
+    router = _Router(pipeline_log, echo, _secret_values())  # the credential variables as the tasks get them
     failed: list[TaskInfo] = []
 
     def run_task(*args: Any, **kwargs: Any) -> Any:

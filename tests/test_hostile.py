@@ -646,3 +646,253 @@ def test_teacher_killed_twice_ends_as_the_unbroken_run(tmp_path: Path) -> None:
     for name in ("dataset/manifest.json", "curve.csv"):
         assert (out / name).read_bytes() == (unbroken / name).read_bytes(), name  # sha256s and curve alike
     assert not ExperienceDataset(str(out / "dataset")).verify_all()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 7. Second round (issue #36)
+
+
+def _cli_here(*args: str) -> subprocess.CompletedProcess:
+    """:func:`_cli` in this process (click's runner): the same one-line errors without an interpreter's start."""
+    from click.testing import CliRunner
+
+    from polydistill.cli import main
+
+    r = CliRunner().invoke(main, list(args))
+    return subprocess.CompletedProcess(list(args), r.exit_code, r.stdout, r.stderr)
+
+
+def test_retention_deletes_nothing_an_edited_run_index_points_outside_the_store(
+        s3_env: str, tmp_path: Path, caplog) -> None:
+    # Issue #36: index entries naming file:///.../victimdir and s3://probe/victim were deleted with --keep-runs 1.
+    import logging
+
+    from polydistill import retention
+    from polydistill.store import join_uri
+
+    store = s3_env
+    victim_s3 = f"{s3_env}-victim"  # the same bucket, outside the store's prefix
+    teacher = open_store(join_uri(victim_s3, "teachers", "Pong"), create_bucket=True)
+    teacher.put_bytes("model.pt", b"precious weights")
+    teacher.put_bytes("polydistill-index.json", json.dumps({"keys": ["model.pt"]}).encode())
+    victim_dir = tmp_path / "victimdir"
+    (victim_dir / "teachers" / "Pong").mkdir(parents=True)
+    (victim_dir / "precious.txt").write_text("keep me")
+    retention.record_run(store, "good", join_uri(store, "runs", "good"), ["Pong"], started=10.0)
+    runs = open_store(join_uri(store, "runs"))
+    index = json.loads(runs.get_bytes(retention.RUN_INDEX))
+    index["runs"] += [
+        {"run_id": "evil-local", "run_root": victim_dir.as_uri(), "games": ["Pong"], "started": 1.0},
+        {"run_id": "evil-s3", "run_root": victim_s3, "games": ["Pong"], "started": 2.0},
+        {"run_id": "evil-games", "run_root": join_uri(store, "runs", "evil-games"), "games": ["../../x"],
+         "started": 3.0},
+        {"run_id": "..", "run_root": join_uri(store, "runs"), "games": [], "started": 4.0},
+    ]
+    runs.put_bytes(retention.RUN_INDEX, json.dumps(index).encode())
+    with caplog.at_level(logging.WARNING, logger="polydistill.retention"):
+        assert retention.apply(store, 1, set()) == []
+    assert (victim_dir / "precious.txt").read_text() == "keep me" and (victim_dir / "teachers" / "Pong").is_dir()
+    assert teacher.get_bytes("model.pt") == b"precious weights"
+    assert runs.get_bytes(retention.RUN_INDEX)  # the index itself (STORE/runs, named by run "..") stays
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 4 and all("\n" not in m for m in refusals), refusals
+    assert any(victim_dir.as_uri() in m for m in refusals) and any(victim_s3 in m for m in refusals)
+    with pytest.raises(retention.RetentionRefused):  # and start-run never records such an entry
+        retention.record_run(store, "x", victim_dir.as_uri(), ["Pong"])
+
+
+_HOST = ("--host", "http://127.0.0.1:9", "--profile", "smoke")
+SECOND_ROUND_CLI = [
+    # /proc stands for a read-only location: even root cannot create a directory there.
+    (("run", "--profile", "smoke", "--run-dir", "/proc/polydistill-hostile/run"), "--run-dir"),
+    (("compile", "--out", "/proc/polydistill-hostile"), "--out /proc/polydistill-hostile"),
+    (("compile", "--check", ""), "--check"),
+    (("submit", *_HOST, "--token-file", "BINARY"), "not a text file"),
+    (("submit", *_HOST, "--games", ""), "'' names no game"),
+    (("submit", *_HOST, "--games", ",,,"), "',,,' names no game"),
+    (("run", "--profile", "smoke", "--games", ",", "--run-dir", "RUN"), "names no game"),
+    (("submit", *_HOST, "--teacher-steps", "-1"), "--teacher-steps -1"),
+    (("submit", *_HOST, "--teacher-steps", "-5"), "teacher_steps"),
+    (("submit", *_HOST, "--tau", "-1"), "--tau -1.0"),
+]
+
+
+@pytest.mark.parametrize(("args", "want"), SECOND_ROUND_CLI, ids=lambda v: " ".join(v) if isinstance(v, tuple) else "")
+def test_cli_inputs_of_the_second_round_get_one_line_errors(tmp_path: Path, monkeypatch, args: tuple,
+                                                           want: str) -> None:
+    # Issue #36: each was a traceback (OSError, FileNotFoundError, UnicodeDecodeError) or a silent accept.
+    from polydistill.cli import run_display
+
+    monkeypatch.setattr(run_display, "RunDisplay", _OnlyStartAndEnd)  # a run that was accepted stops early
+    binary = tmp_path / "token.bin"
+    binary.write_bytes(b"\x00\xff\xfe\x80 not a token")
+    args = tuple(str(binary) if a == "BINARY" else str(tmp_path / "r") if a == "RUN" else a for a in args)
+    r = _cli_here(*args)
+    err = _one_line_error(r)
+    assert want in err, (args, err)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_token_file_is_read_only_up_to_a_cap() -> None:
+    # Issue #36: --token-file /dev/zero read until memory ran out. In a process capped at 4 GiB of data, so a
+    # reader without a cap fails here (MemoryError) instead of taking the machine's memory.
+    import resource
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_DATA, (4 << 30, 4 << 30))
+
+    r = subprocess.run([sys.executable, "-m", "polydistill.cli", "submit", *_HOST, "--token-file", "/dev/zero"],
+                       capture_output=True, text=True, timeout=120, preexec_fn=cap,
+                       env={**os.environ, "POLYDISTILL_PROGRESS": "off"})
+    assert "larger than 64 KiB" in _one_line_error(r)
+
+
+def test_a_token_with_control_characters_is_refused_and_never_printed(tmp_path: Path) -> None:
+    token = "tok-" + hashlib.sha256(b"ctl").hexdigest()[:12]
+    for value in (f"{token}\r\nX-Evil: 1", f"{token}\x7f", f"{token}\x1b[2J"):
+        r = _cli("submit", "--host", "http://127.0.0.1:9", "--profile", "smoke", "--token", value,
+                 env={"TMPDIR": str(tmp_path)})
+        err = _one_line_error(r)
+        assert "--token" in err and "control" in err, err
+        assert token not in r.stdout + r.stderr
+    assert not _grep(tmp_path, [token])  # no traceback file holds it either
+
+
+def _checkpoint(path: Path, num_actions: int, meta: dict) -> Path:
+    from polydistill.checkpoint import save_checkpoint
+    from polydistill.networks import DuelingQNetwork
+
+    save_checkpoint(path, DuelingQNetwork(num_actions), meta)
+    return path
+
+
+_PONG = {"kind": "teacher", "game": "Pong", "games": ["Pong"]}
+MANGLED_TEACHERS = {  # name: (metadata over Pong's, what the error names); each network has Pong's 6 actions
+    "renamed-key": ({"game": None, "gmae": "Pong"}, "'game'"),
+    "mangled-meanings": ({"action_meanings": "NOOP"}, "'action_meanings'"),
+    "a-json-list": (None, "JSON list"),
+    "pong-labelled-breakout": ({"game": "Breakout", "games": ["Breakout"]}, "has 6"),
+    "pong-with-breakout-meanings": ({"game": "Breakout", "games": ["Breakout"], "action_meanings": "BREAKOUT"},
+                                    "has 6"),
+}
+
+
+@pytest.mark.parametrize("name", MANGLED_TEACHERS)
+def test_mangled_teacher_metadata_is_refused_before_scoring(tmp_path: Path, name: str) -> None:
+    # Issue #36: a renamed key (KeyError), `[]` (AttributeError), and a Pong network labelled Breakout, which
+    # was scored on Breakout with Pong's six actions.
+    change, want = MANGLED_TEACHERS[name]
+    meta = {**_PONG, "action_meanings": [action_meanings("Pong")], **(change or {})}
+    if meta["action_meanings"] == "BREAKOUT":
+        meta["action_meanings"] = [action_meanings("Breakout")]
+    ckpt = _checkpoint(tmp_path / name, 6, {k: v for k, v in meta.items() if v is not None})
+    if change is None:
+        (ckpt / "metadata.json").write_text("[]")
+    out = tmp_path / "eval"
+    err = _one_line_error(_cli_here("evaluate", "--agent", str(ckpt), "--game", "Breakout", "--out", str(out),
+                                    "--profile", "smoke", "--episodes", "1"))
+    assert str(ckpt) in err and want in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("label", "want"), [("bogus", "no report column"), ("student_subset", "for student agents")])
+def test_evaluate_refuses_an_unknown_or_foreign_label(tmp_path: Path, label: str, want: str) -> None:
+    out = tmp_path / label
+    err = _one_line_error(_cli_here("evaluate", "--agent", "random", "--game", "Pong", "--label", label,
+                                    "--out", str(out), "--profile", "smoke", "--episodes", "1"))
+    assert f"--label {label!r}" in err and want in err, err
+    assert not out.exists()
+
+
+class _OnlyStartAndEnd:
+    """A run display that stops a local run after start-run: a per-game task (train-teacher) fails at its start,
+    which fails the loop; the random baseline's evaluation and the exit task (end-run) run. (A top-level task
+    failing this way would skip the exit handler: the exception leaves kfp's DAG in the main thread.)"""
+
+    def __init__(self, stream, live: bool) -> None:
+        self.started: list[str] = []
+
+    def task_started(self, task) -> None:
+        self.started.append(task.name)
+        if task.name not in ("start-run", "evaluate", "end-run"):
+            raise RuntimeError(f"stopped by the test before {task.name}")
+
+    def task_finished(self, task, ok: bool, seconds: float) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_tracking_password_reaches_no_log_output_or_traceback(mlflow_server, tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    # Issue #36: `run --tracking-uri http://u:PASSWORD@host` left the password in all 13 RUN_DIR/logs/*.log and
+    # in start-run's executor_output.json. The real CLI and pipeline, stopped after start-run; its exit task
+    # (end-run) still runs, and the stopped run's traceback goes to RUN_DIR/logs/polydistill.log.
+    from polydistill.cli import run_display
+
+    monkeypatch.setattr(run_display, "RunDisplay", _OnlyStartAndEnd)
+    password = "pw-" + hashlib.sha256(b"tracking").hexdigest()[:16]
+    uri = mlflow_server.uri.replace("http://", f"http://polyuser:{password}@")
+    run_dir = tmp_path / "run"
+    r = _cli_here("run", "--profile", "smoke", "--games", "Pong", "--run-dir", str(run_dir), "--tracking-uri", uri,
+                  "--experiment", f"hostile-{os.getpid()}", "--eval-protocol", "episodes", "--eval-episodes", "1")
+    err = _one_line_error(r)
+    assert "polydistill.log" in err and password not in r.stdout + r.stderr, err
+    logs = sorted(p.name for p in (run_dir / "logs").glob("*.log"))
+    assert {"start-run.log", "end-run.log", "polydistill.log"} <= set(logs), logs
+    outputs = list((run_dir / "kfp").rglob("executor_output.json"))
+    assert outputs and any(mlflow_server.uri in p.read_text() for p in outputs)  # the URI is there, bare
+    import re
+
+    end = (run_dir / "logs" / "end-run.log").read_text()
+    assert re.search(r"MLflow parent run [0-9a-f]{32} FAILED", end), end[-2000:]  # tracked: the password worked
+    assert not _grep(run_dir, [password])
+    assert "MLFLOW_TRACKING_PASSWORD" not in os.environ  # given to the tasks, not left behind
+
+
+def test_a_damaged_or_unreachable_tracking_store_stops_the_run_before_any_task(
+        mlflow_sqlite_uri: str, tmp_path: Path, monkeypatch) -> None:
+    # Issue #36: a corrupt or half-truncated MLflow database gave a run that exited 0 with nothing tracked (the
+    # warnings only in task logs). The display stops a run that got past the check, so a miss fails fast.
+    from mlflow import MlflowClient
+
+    from polydistill.cli import run_display
+
+    monkeypatch.setattr(run_display, "RunDisplay", _OnlyStartAndEnd)
+    MlflowClient(mlflow_sqlite_uri).search_experiments()  # MLflow's tables exist
+    real = Path(mlflow_sqlite_uri.removeprefix("sqlite:///"))
+    truncated = tmp_path / "truncated.db"
+    truncated.write_bytes(real.read_bytes()[: real.stat().st_size // 2])
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(random.Random(0).randbytes(64 * 1024))
+    cases = [(f"sqlite:///{truncated}", "truncated.db is damaged"), (f"sqlite:///{corrupt}", "not an SQLite"),
+             (f"http://127.0.0.1:{_free_port()}", "cannot connect")]
+    for i, (uri, want) in enumerate(cases):
+        run_dir = tmp_path / f"run{i}"
+        err = _one_line_error(_cli_here("run", "--profile", "smoke", "--games", "Pong", "--run-dir", str(run_dir),
+                                        "--tracking-uri", uri))
+        assert want in err and "--tracking-uri" in err, err
+        assert not list((run_dir / "logs").glob("*-run.log")) and not (run_dir / "kfp").exists(), uri
+
+
+def test_end_run_gives_up_on_a_killed_tracking_server_at_once_saying_what_is_lost(tmp_path: Path) -> None:
+    # Issue #36: with the MLflow server killed mid-run, end-run retried for more than 280 s (MLflow's own
+    # retries: 7 with backoff factor 2). In a fresh process, as the exit task runs, without the tracking
+    # layer's bounded settings already in its environment.
+    script = textwrap.dedent(f"""
+        import logging, sys
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+        from polydistill_kfp.components import runtime as rt
+        from polydistill.tracking import end_pipeline_run
+        uri = "http://127.0.0.1:{_free_port()}"  # where the killed server listened: nothing does now
+        parent = rt.find_pipeline_run(uri, "polydistill", "run-1")
+        print(repr(parent), end_pipeline_run(uri, parent, "FAILED"))
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_HTTP_REQUEST")}
+    started = time.monotonic()
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=90)
+    assert r.returncode == 0 and r.stdout.strip() == "'' {}", r.stderr[-2000:]
+    assert time.monotonic() - started < 60
+    lost = [line for line in r.stderr.splitlines() if "run-1" in line]
+    assert len(lost) == 1 and "lost" in lost[0] and "RUNNING" in lost[0], r.stderr[-2000:]

@@ -33,10 +33,42 @@ from .envs import action_meanings, canonical_game
 from .networks import QNetwork, pick_device
 
 KINDS = ("teacher", "student", "random")
+#: The report's columns (docs/CONTRACTS.md): an evaluation's label is one of these, of the agent's kind.
+LABELS = ("random", "teacher", "student_subset", "student_latent", "student_full")
+
+
+def label_kind(label: str) -> str:
+    """The agent kind a label belongs to: ``student_subset`` -> ``student``."""
+    return label.split("_", 1)[0]
 
 
 class AgentError(PolydistillError, ValueError):
     """An agent was asked for a game it does not play, or its checkpoint is not an agent."""
+
+
+def check_teacher_metadata(meta: dict[str, Any], where: str | Path) -> tuple[str, list[str]]:
+    """A teacher checkpoint's game (canonical) and action meanings, after checking its metadata against the
+    game itself: a renamed or mangled field, or a network whose action count is another game's (a Pong
+    network labelled Breakout would be scored on Breakout with Pong's actions), is a :class:`CheckpointError`
+    naming ``where`` (the checkpoint directory)."""
+    file = Path(where) / "metadata.json"
+    game = meta.get("game")
+    if not isinstance(game, str) or not game:
+        raise CheckpointError(f"{file} has no 'game' (a teacher names the game it plays); re-create the checkpoint")
+    g = canonical_game(game)
+    meanings = meta.get("action_meanings")
+    if not (isinstance(meanings, list) and meanings and isinstance(meanings[0], list)
+            and all(isinstance(m, str) for m in meanings[0])):
+        raise CheckpointError(f"{file} has no 'action_meanings' list of {g}'s actions; re-create the checkpoint")
+    truth = list(_minimal_meanings(g))
+    arch = meta.get("architecture")
+    heads = arch.get("num_actions") if isinstance(arch, dict) else None
+    n_net = heads[0] if isinstance(heads, list) and len(heads) == 1 else heads
+    if n_net != len(truth) or list(meanings[0]) != truth:
+        raise CheckpointError(
+            f"{file} says {g} ({len(truth)} actions), but the checkpoint's network has {n_net} and its action "
+            f"meanings are {len(meanings[0])}: it is another game's teacher or corrupt; re-create it")
+    return g, truth
 
 
 def _as_tensor(states: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -144,9 +176,10 @@ class TeacherAgent(Agent):
     label = "teacher"
 
     def __init__(self, model: QNetwork, meta: dict[str, Any], device: torch.device, path: str) -> None:
-        super().__init__([canonical_game(meta["game"])], device, path, meta)
+        game, meanings = check_teacher_metadata(meta, path)
+        super().__init__([game], device, path, meta)
         self.model = model
-        self._meanings = list(meta["action_meanings"][0])
+        self._meanings = meanings
 
     def action_meanings(self, game: str) -> list[str]:
         self._game(game)
@@ -217,8 +250,12 @@ def load_agent(path: str | Path, device: str | torch.device = "cpu") -> Agent:
     if not isinstance(model, QNetwork):
         raise AgentError(f"{d}: a {kind} checkpoint must hold a Q-network")
     model.requires_grad_(False)
-    return (
-        TeacherAgent(model, meta, dev, str(d))
-        if kind == "teacher"
-        else StudentAgent(model, meta, dev, str(d))
-    )
+    try:
+        return (
+            TeacherAgent(model, meta, dev, str(d))
+            if kind == "teacher"
+            else StudentAgent(model, meta, dev, str(d))
+        )
+    except (KeyError, TypeError, AttributeError, IndexError) as e:  # a renamed or mangled metadata field
+        raise CheckpointError(f"{d / 'metadata.json'}: a {kind} checkpoint's field is missing or mangled "
+                              f"({type(e).__name__}: {e}); re-create the checkpoint") from None

@@ -130,9 +130,13 @@ def read_metadata(directory: str | Path) -> dict[str, Any]:
             f"(expected {MODEL_FILE} and {METADATA_FILE})"
         )
     try:
-        return json.loads(path.read_text())
+        meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path} is not valid JSON ({e}); the checkpoint is corrupt, re-create it") from e
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(meta).__name__}, not an object of checkpoint fields; "
+                              "the checkpoint is corrupt, re-create it")
+    return meta
 
 
 def load_state_dict(path: str | Path) -> dict[str, Any]:

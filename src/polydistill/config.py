@@ -682,6 +682,20 @@ def _is_unset(v: Any) -> bool:
     return v is None or v == "" or (isinstance(v, int | float) and v == -1)
 
 
+def refuse_sentinels(params: Mapping[str, Any]) -> None:
+    """Refuse a command-line value that is a pipeline sentinel (``--teacher-steps -1``, ``--student-init ''``).
+
+    The sentinels exist only because a KFP parameter cannot be None; on the command line a flag left out is
+    "the profile's value", so a sentinel typed as a value would be dropped without a word. Raises
+    :class:`ConfigError` naming the flag.
+    """
+    for name, value in params.items():
+        if value is not None and _is_unset(value):
+            flag = f"--{name.replace('_', '-')}"
+            raise ConfigError(f"{flag} {value!r}: {value!r} is the pipeline's internal 'use the profile's value' "
+                              f"marker, not a value; leave {flag} out to use the profile's value, or give one")
+
+
 def resolve_pipeline(profile: str, params: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """Resolve every stage config from a profile and pipeline parameters.
 

@@ -51,6 +51,7 @@ from polydistill.errors import PolydistillError
 
 from . import __version__
 from . import losses as L
+from .agents import check_teacher_metadata
 from .buffer import DatasetError, ExperienceDataset, holdout_mask, open_dataset
 from .checkpoint import (
     CheckpointError,
@@ -370,7 +371,11 @@ def _prepare_games(
             raise DistillError(f"teacher for {g}: {e}") from None
         if meta.get("kind") != "teacher":
             raise DistillError(f"teacher for {g}: {tdir} holds a {meta.get('kind')!r} checkpoint, not a teacher")
-        if canonical_game(meta.get("game", "?")) != g:
+        try:
+            t_game, t_meanings = check_teacher_metadata(meta, tdir)
+        except CheckpointError as e:
+            raise DistillError(f"teacher for {g}: {e}") from None
+        if t_game != g:
             raise DistillError(f"the teacher given for {g} ({tdir}) was trained on {meta.get('game')}")
         uri = str(d[g])
         try:
@@ -390,7 +395,6 @@ def _prepare_games(
                 f"dataset; "
                 f"use --source latent or give the exported buffer"
             )
-        t_meanings = list(meta["action_meanings"][0])
         if list(ds.manifest.action_meanings) != t_meanings:
             raise DistillError(
                 f"{g}: the teacher's actions {t_meanings} differ from the dataset's {ds.manifest.action_meanings}"

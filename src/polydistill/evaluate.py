@@ -426,6 +426,19 @@ def _check_config(cfg: EvalConfig | Mapping[str, Any]) -> EvalConfig:
     return cfg
 
 
+def _check_label(label: str, agent: AgentLike) -> None:
+    """Refuse a label that is no report column, or the column of another kind of agent (a teacher's scores
+    under ``student_subset`` would be a student's in the report)."""
+    from .agents import LABELS, label_kind
+
+    if label not in LABELS:
+        raise EvaluationError(f"--label {label!r} is no report column; use one of {', '.join(LABELS)}")
+    kind = getattr(agent, "kind", "")
+    if kind in ("teacher", "student", "random") and label_kind(label) != kind:
+        raise EvaluationError(f"--label {label!r} is for {label_kind(label)} agents, but the agent is a {kind}; "
+                              f"leave --label out for the agent's own ({_default_label(agent)!r})")
+
+
 def _default_label(agent: AgentLike) -> str:
     label = getattr(agent, "label", None)
     if label:
@@ -491,6 +504,8 @@ def evaluate(
         n = loaded.num_actions(g)
         if n < 1:
             raise EvaluationError(f"agent {loaded.label!r} reports {n} actions for {g}")
+    if label is not None:
+        _check_label(label, loaded)
     label = label or _default_label(loaded)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None and out.exists() and not out.is_dir():

@@ -13,6 +13,11 @@ its shards. A key that may not delete at all is found first (:func:`can_delete`)
 with one warning; a delete refused later is a logged warning (the bucket's lifecycle rules or an admin
 remove them) and the run stays in the index, marked, so a later run does not retry it every time.
 
+Entries of the index are data, never paths: a run is deleted only under the run root this module derives
+itself, ``STORE/runs/<run id>`` (:func:`run_root_of`), for a run id and games of plain names. An entry whose
+recorded ``run_root`` is anything else (an edited index naming ``file:///home`` or another bucket's prefix)
+is refused with one warning line and left alone, and so is everything it names.
+
 The index is read-modified-written by each run's start: two runs starting in the same second may lose one
 entry (that run's datasets are then never deleted automatically, which is the safe side).
 """
@@ -21,11 +26,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import time
 from collections.abc import Collection, Sequence
 from typing import Any
 
+from .errors import PolydistillError
 from .mirror import INDEX_KEY as _TEACHER_INDEX  # a published teacher's index (mirror.publish_dir)
 from .store import ObjectNotFoundError, StoreAccessDeniedError, join_uri, open_store
 
@@ -33,6 +40,34 @@ log = logging.getLogger(__name__)
 
 RUN_INDEX = "polydistill-runs.json"
 _MANIFEST = "manifest.json"  # polydistill.buffer.MANIFEST (not imported: buffer pulls in numpy and zstd)
+
+
+#: What a run id (a KFP run's UUID, or a local run's) and a game name may be: a plain name, one path segment.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
+
+
+class RetentionRefused(PolydistillError, ValueError):
+    """An index entry retention will not act on; the message is one line naming the entry and why."""
+
+
+def run_root_of(store_uri: str, run_id: str) -> str:
+    """Where pipeline run ``run_id`` keeps its datasets: ``STORE/runs/RUN_ID`` (the only place retention
+    deletes). Raises :class:`RetentionRefused` for an id that is not one plain path segment."""
+    if not isinstance(run_id, str) or not _PLAIN_NAME.fullmatch(run_id) or run_id.strip(".") == "":
+        raise RetentionRefused(f"invalid pipeline run id {run_id!r} (one plain name: letters, digits, '_.-')")
+    return join_uri(store_uri, "runs", run_id)
+
+
+def _checked_entry(store_uri: str, entry: dict[str, Any]) -> tuple[str, list[str]]:
+    """The run root (derived, never the entry's) and games of an index entry, or :class:`RetentionRefused`."""
+    root = run_root_of(store_uri, entry.get("run_id"))  # type: ignore[arg-type]
+    if str(entry.get("run_root", "")).rstrip("/") != root:
+        raise RetentionRefused(f"run {entry.get('run_id')!r}: its recorded run root {entry.get('run_root')!r} is "
+                               f"not {root}")
+    games = entry.get("games", [])
+    if not isinstance(games, list) or not all(isinstance(g, str) and _PLAIN_NAME.fullmatch(g) for g in games):
+        raise RetentionRefused(f"run {entry.get('run_id')!r}: games {games!r} are not plain game names")
+    return root, games
 
 
 def _runs_store(store_uri: str) -> Any:
@@ -57,6 +92,7 @@ def _write_index(store_uri: str, runs: list[dict[str, Any]]) -> None:
 
 def record_run(store_uri: str, run_id: str, run_root: str, games: Sequence[str], started: float | None = None) -> None:
     """Add (or refresh) pipeline run ``run_id`` in the run index: its run root and games."""
+    _checked_entry(store_uri, {"run_id": run_id, "run_root": run_root, "games": list(games)})
     runs = [r for r in read_index(store_uri) if r.get("run_id") != run_id]
     runs.append({"run_id": run_id, "run_root": run_root, "games": list(games),
                  "started": time.time() if started is None else started})
@@ -70,7 +106,7 @@ def to_delete(runs: Sequence[dict[str, Any]], keep: int, protected: Collection[s
         return []
     live = [r for r in runs if not r.get("deleted")]
     old = live[: max(0, len(live) - keep)]
-    return [r for r in old if r["run_root"].rstrip("/") not in {p.rstrip("/") for p in protected}]
+    return [r for r in old if str(r["run_root"]).rstrip("/") not in {p.rstrip("/") for p in protected}]
 
 
 def _delete_keys(uri: str, keys: list[str]) -> int:
@@ -132,14 +168,22 @@ def apply(store_uri: str, keep: int, protected: Collection[str]) -> list[dict[st
     warning line and leaves the index as it is (docs/KUBEFLOW.md: the policy an admin adds to allow it).
     """
     runs = read_index(store_uri)
-    doomed = to_delete(runs, keep, protected)
-    if doomed and not can_delete(store_uri):
+    candidates = to_delete(runs, keep, protected)
+    if candidates and not can_delete(store_uri):
         log.warning("retention skipped: this key may not delete under %s (on Kubeflow the profile's policy grants "
                     "no s3:DeleteObject; docs/KUBEFLOW.md names the policy an admin adds); %d old runs stay",
-                    store_uri, len(doomed))
+                    store_uri, len(candidates))
         return []
-    for entry in doomed:
-        refused = delete_run(entry["run_root"], entry.get("games", []))
+    doomed = []
+    for entry in candidates:
+        try:
+            root, games = _checked_entry(store_uri, entry)
+        except RetentionRefused as e:  # an edited or foreign index: delete nothing it names
+            log.warning("retention: refused an entry of %s/runs/%s: %s; entries of the run index are data, "
+                        "never paths, so nothing of it is deleted", store_uri, RUN_INDEX, e)
+            continue
+        doomed.append(entry)
+        refused = delete_run(root, games)
         entry["deleted"] = True
         entry["refused"] = refused
         if refused:

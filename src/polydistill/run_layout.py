@@ -57,12 +57,18 @@ def default_store_uri(namespace_file: str | Path = "/var/run/secrets/kubernetes.
 
 
 def run_root(store_uri: str, run_id: str) -> str:
-    """Where one pipeline run keeps its datasets: ``STORE/runs/RUN_ID``."""
-    from .store import join_uri
+    """Where one pipeline run keeps its datasets: ``STORE/runs/RUN_ID`` (``retention.run_root_of``, the one
+    definition: retention deletes nothing else).
 
-    if not run_id or "/" in run_id:
-        raise RunLayoutError(f"invalid pipeline run id {run_id!r}")
-    return join_uri(store_uri, "runs", run_id)
+    Raises:
+        RunLayoutError: ``run_id`` is not one plain path segment.
+    """
+    from .retention import RetentionRefused, run_root_of
+
+    try:
+        return run_root_of(store_uri, run_id)
+    except RetentionRefused as e:
+        raise RunLayoutError(str(e)) from None
 
 
 def data_uri(root: str, kind: str, game: str) -> str:

@@ -476,4 +476,7 @@ def load_teacher(directory: str | Path, device: str | torch.device = "cpu") -> t
     model, meta = load_checkpoint(d, device)
     if meta.get("kind") != "teacher":
         raise CheckpointError(f"{d} holds a {meta.get('kind')!r} checkpoint, not a teacher")
+    from .agents import check_teacher_metadata
+
+    check_teacher_metadata(meta, d)
     return model, meta  # type: ignore[return-value]

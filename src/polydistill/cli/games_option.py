@@ -45,4 +45,9 @@ class GamesOption(click.Option):
             handler.process = process
 
     def process_value(self, ctx: click.Context, value: Any) -> Any:
-        return split_games(super().process_value(ctx, value))
+        raw = super().process_value(ctx, value)
+        for item in raw or ():
+            if not split_games([item]):  # '' or ',,,': given, but names no game (not "the default games")
+                raise click.BadParameter(f"{item!r} names no game: give game names such as Pong,Breakout, "
+                                         "or leave the flag out for the default games", ctx=ctx, param=self)
+        return split_games(raw)

@@ -47,10 +47,26 @@ def error_log() -> Path:
     return state / f"error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
 
 
+_secrets: set[str] = set()
+
+
+def add_secret(value: str | None) -> None:
+    """Hide ``value`` (a token or cookie given on the command line or read from a file) in every message and
+    traceback file from now on."""
+    if value and value.strip():
+        _secrets.update({value, value.strip()})
+
+
+def redact(text: str) -> str:
+    """``text`` without URI passwords, the credential variables' values and :func:`add_secret`'s values."""
+    from ..redaction import redact_uri
+    from ..store import redact as redact_store
+
+    return redact_store(redact_uri(text, _secrets))
+
+
 def one_line(message: str) -> str:
     """``message`` redacted and folded onto one line."""
-    from ..store import redact
-
     return " ".join(redact(str(message)).split())
 
 
@@ -83,7 +99,7 @@ def _write_traceback(exc: BaseException) -> Path | None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a") as f:
             f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} unexpected error\n")
-            f.write("".join(traceback.format_exception(exc)))
+            f.write(redact("".join(traceback.format_exception(exc))))  # values in frames and messages too
     except OSError:
         return None
     return path

@@ -6,6 +6,7 @@ import functools
 import types
 import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -97,3 +98,22 @@ def fail(message: str) -> typing.NoReturn:
     from .handler import InputError
 
     raise InputError(message)
+
+
+def writable_dir(path: str | Path, flag: str) -> Path:
+    """``path`` as a directory this process can write (created if missing), else a one-line error naming
+    ``flag``: a read-only location (``/proc/x``, a read-only mount, no permission) is refused before any work.
+
+    Judged by creating the directory and a probe file in it, not by permission bits: root passes every
+    ``os.access`` check yet cannot write a read-only file system.
+    """
+    import tempfile
+
+    target = Path(path).expanduser()
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=target):
+            pass
+    except OSError as e:
+        fail(f"{flag} {target}: cannot write there ({e.strerror or type(e).__name__}); give a writable directory")
+    return target

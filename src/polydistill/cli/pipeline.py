@@ -17,7 +17,7 @@ import click
 from .. import config as C
 from . import main
 from .games_option import GamesOption
-from .options import fail
+from .options import fail, writable_dir
 
 _ERRORS_HINT = "install the pipeline extra: pip install 'polydistill[kfp]'"
 
@@ -100,6 +100,7 @@ def _check_games(games: list[str]) -> list[str]:
 
 def _check_params(profile: str, params: dict[str, Any]) -> None:
     try:
+        C.refuse_sentinels(params)
         C.resolve_pipeline(profile, params)
     except C.ConfigError as e:
         raise click.UsageError(str(e)) from None
@@ -151,7 +152,7 @@ def run_cmd(profile: str, run_dir: str | None, runner: str, stream_logs: bool, g
 
     from .run_display import RunDisplay, results_text
 
-    run = Path(run_dir or default_run_dir(profile)).expanduser().resolve()
+    run = writable_dir(Path(run_dir or default_run_dir(profile)).expanduser().resolve(), "--run-dir")
     set_error_log(run / "logs" / "polydistill.log")
     out = sys.stdout
     display = RunDisplay(out, live=out.isatty() and not stream_logs)
@@ -230,7 +231,10 @@ def compile_cmd(out_dir: str | None, backend: str | None, files: tuple[str, ...]
             fail(f"{f} is not valid YAML; give a pipeline compiled by `polydistill compile` or kfp")
         except ValueError as e:  # not a pipeline spec (or not text)
             fail(f"{' '.join(str(e).split())[:300]}; give a pipeline compiled by `polydistill compile` or kfp")
-    paths = list(files) or [str(p) for p in compile_all(Path(out_dir) if out_dir else default_out_dir(), images)]
+    if files:
+        paths = list(files)
+    else:
+        paths = [str(p) for p in compile_all(writable_dir(out_dir, "--out") if out_dir else default_out_dir(), images)]
     problems = 0
     for path in paths:
         click.echo(path)
@@ -320,7 +324,13 @@ def _target(host: str, namespace: str | None, token: str | None, token_file: str
             skip_version_check: bool) -> Any:
     from polydistill_kfp.submit import Target, resolve_credentials
 
+    from .handler import add_secret
+
+    add_secret(token)
+    add_secret(cookies)
     creds = resolve_credentials(token, token_file, cookies)
+    add_secret(creds.token)
+    add_secret(creds.cookies)
     return Target(host, namespace, creds, skip_version_check)
 
 
