@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from polydistill.mirror import INDEX_KEY, SYNC_SECONDS_ENV, WorkDir, fetch_dir, publish_dir, work_dir
+from polydistill.mirror import fetch_file as fetch_file  # re-exported: the train-teacher component calls rt.fetch_file
 from polydistill.progress import MetricsCallback
 from polydistill.run_layout import (
     GAME_RECORD_FIELDS,

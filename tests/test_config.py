@@ -69,7 +69,8 @@ def test_pipeline_encode_config_follows_the_export_and_autoencoder_configs() -> 
     """The pipeline's encode-buffer shards like the buffer it encodes and stores the autoencoder's code
     precision; the command's own defaults are the export defaults (spelled once, in ExportConfig)."""
     configs = C.resolve_pipeline("cpu", {"code_dtype": "float16"})
-    enc = C.pipeline_encode_config(configs["autoencoder"], configs["export"])
-    assert (enc.code_dtype, enc.shard_steps, enc.q_dtype) == ("float16", configs["export"]["shard_steps"], "float16")
+    export = {**configs["export"], "shard_steps": 5_000}  # not the default, so following it shows
+    enc = C.pipeline_encode_config(configs["autoencoder"], export)
+    assert (enc.code_dtype, enc.shard_steps, enc.q_dtype) == ("float16", 5_000, "float16")
     assert enc.shard_steps != C.EncodeConfig().shard_steps == C.ExportConfig().shard_steps
     assert C.resolve("encode", "cpu").code_dtype is None  # unset: the autoencoder's own
