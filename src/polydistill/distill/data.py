@@ -59,7 +59,7 @@ def _targets(
 
 def _attach_decoders(games: list[_Game], device: torch.device) -> None:
     """Each latent dataset's own autoencoder decoder (checked against the manifest's hashes) on ``device``."""
-    from .encode import LatentDecoder
+    from ..encode import LatentDecoder
 
     for g in games:
         try:
