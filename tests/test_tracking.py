@@ -675,3 +675,15 @@ def test_closing_without_mlflow_leaves_the_run_open(caplog: pytest.LogCaptureFix
     assert T.close_pipeline_run("http://127.0.0.1:9", "abc")[0] == ""
     assert not T.mark_pipeline_succeeded("http://127.0.0.1:9", "abc")
     assert T.close_pipeline_run("http://127.0.0.1:9", "") == ("", "no MLflow parent run")
+
+
+def test_store_credentials_given_directly_are_redacted() -> None:
+    # tracking.params reads the store's known credentials through an import it guards against errors: if the
+    # store package moved them, redaction would silently stop hiding credentials handed to S3Settings.
+    from polydistill.store import S3Settings
+    from polydistill.tracking.params import redact_text
+
+    key, secret = f"AKIA{secrets.token_hex(8)}", secrets.token_hex(16)
+    S3Settings(endpoint="127.0.0.1:9", access_key=key, secret_key=secret)
+    out = redact_text(f"key={key} secret={secret}")
+    assert key not in out and secret not in out and out.count("***") == 2

@@ -131,3 +131,31 @@ def bar_chart(
     ax.legend(loc="best")
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
+
+
+def plot_distill_curves(
+    path: str | Path, games: list[str], rows: list[dict[str, float]], chance: dict[str, float]
+) -> Path:
+    """A distillation's held-out loss and action agreement per game against optimizer steps (two panels);
+    ``rows`` are curves.csv's rows, ``chance`` each game's chance agreement (1 / number of actions)."""
+    plt = _figure()
+    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(11, 4))
+    steps = [r["step"] for r in rows]
+    for g in games:
+        line = ax_l.plot(steps, [r[f"loss/{g}"] for r in rows], label=f"{g} held-out")[0]
+        tl = [(r["step"], r[f"train_loss/{g}"]) for r in rows if np.isfinite(r.get(f"train_loss/{g}", np.nan))]
+        if tl:
+            ax_l.plot(*zip(*tl, strict=True), ls=":", marker=".", color=line.get_color(), label=f"{g} train")
+        a = ax_a.plot(steps, [r[f"agreement/{g}"] for r in rows], label=g)[0]
+        ax_a.axhline(chance[g], color=a.get_color(), ls="--", lw=0.8)
+    ax_l.set_xlabel("optimizer steps")
+    ax_l.set_ylabel("distillation loss")
+    ax_l.set_title("loss per game")
+    ax_a.set_xlabel("optimizer steps")
+    ax_a.set_ylabel("agreement with teacher (argmax)")
+    ax_a.set_title("action agreement (dashed: chance)")
+    ax_a.set_ylim(0, 1.02)
+    for ax in (ax_l, ax_a):
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize=8)
+    return _save(fig, path)

@@ -53,7 +53,7 @@ def _secret_values() -> list[str]:
         and is_secret_key(k)
     }
     with contextlib.suppress(ImportError, AttributeError):
-        from .. import store
+        from ..store import credentials as store
 
         values |= {v for v in store._known_secrets if v and len(v) >= _MIN_SECRET_LEN}
         for name in (*store.ACCESS_KEY_VARS, *store.SECRET_KEY_VARS, store.SESSION_TOKEN_VAR):
