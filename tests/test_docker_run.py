@@ -65,8 +65,10 @@ def _run(run_dir: Path, runner: str) -> subprocess.CompletedProcess:
 
 
 def _comparable(report: dict) -> dict:
-    """What two runs with the same seeds must agree on: every score and the storage table (paths differ)."""
-    games = {game: {agent: {k: v for k, v in cell.items() if k != "agent_path"} for agent, cell in row.items()}
+    """What two runs with the same seeds must agree on: every score and the storage table (paths and the
+    seconds each evaluation took differ)."""
+    games = {game: {agent: {k: v for k, v in cell.items() if k not in ("agent_path", "seconds")}
+                    for agent, cell in row.items()}
              for game, row in report["games"].items()}
     return {"games": games, "storage": report["storage"], "columns": report["columns"]}
 
