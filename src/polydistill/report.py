@@ -442,23 +442,25 @@ def _pct_notes() -> list[str]:
     ]
 
 
-def _markdown_table(header: Sequence[str], body: Sequence[Sequence[str]], notes: Sequence[str]) -> list[str]:
-    """Lines of a Markdown table (first column left-aligned, the rest right-aligned) and its numbered notes."""
+def markdown_table(header: Sequence[str], body: Sequence[Sequence[str]], notes: Sequence[str],
+                   left: int = 1) -> list[str]:
+    """Lines of a Markdown table (the first ``left`` columns left-aligned, the rest right-aligned) and its
+    numbered notes."""
 
     def line(cells: Sequence[str]) -> str:
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
-    align = ["---"] + ["---:"] * (len(header) - 1)
+    align = ["---"] * left + ["---:"] * (len(header) - left)
     return [line(header), line(align), *(line(r) for r in body), "", *(f"{i}. {n}" for i, n in enumerate(notes, 1))]
 
 
 def render_markdown(table: Mapping[str, Any]) -> str:
     """The report as Markdown (a title, the table, its footnotes; then the storage table when given)."""
-    out = [f"# {table['title']}", "", *_markdown_table(*table_rows(table), footnotes(table))]
+    out = [f"# {table['title']}", "", *markdown_table(*table_rows(table), footnotes(table))]
     if table.get("hns"):
-        out += ["", "## Human-normalised score", "", *_markdown_table(*hns_rows(table), hns_notes(table))]
+        out += ["", "## Human-normalised score", "", *markdown_table(*hns_rows(table), hns_notes(table))]
     if table.get("storage"):
-        out += ["", "## Storage per training state", "", *_markdown_table(*storage_rows(table), storage_notes())]
+        out += ["", "## Storage per training state", "", *markdown_table(*storage_rows(table), storage_notes())]
     return "\n".join(out) + "\n"
 
 

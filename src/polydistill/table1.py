@@ -15,14 +15,13 @@ with what its evaluation cost (agent steps and minutes of play over all agents o
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .checkpoint import atomic_write_bytes, atomic_write_json
 from .hns import reference
-from .report import FILES, ReportError, format_score, normalised_percent
+from .report import FILES, ReportError, format_pct, format_score, markdown_table, normalised_percent
 
 TABLE1_SCHEMA = 1
 TITLE = "The seed paper's Table 1, reproduced"
@@ -152,10 +151,6 @@ def _seed(value: float | None, pct: float | None = None) -> str:
     return text if pct is None else f"{text} ({pct:.1f}%)"
 
 
-def _pct(p: float | None) -> str:
-    return "n/a" if p is None or not math.isfinite(p) else f"{p:.1f}%"
-
-
 HEADER = ["Pair (protocol)", "Game", "Random", "Teacher", "Seed's teacher",
           *(h for lab in STUDENTS for h in (STUDENTS[lab], "normalised %", "Seed's"))]
 
@@ -168,7 +163,7 @@ def table1_rows(table: Mapping[str, Any]) -> list[list[str]]:
             first = f"{block['pair']} ({block['protocol']})" if k == 0 else ""
             row = [first, r["game"], _score(r["random"]), _score(r["teacher"]), _seed(r["seed_teacher"])]
             for lab in STUDENTS:
-                row += [_score(r[lab]), _pct(r[f"{lab}_pct"]), _seed(r[f"seed_{lab}"], r[f"seed_{lab}_pct"])]
+                row += [_score(r[lab]), format_pct(r[f"{lab}_pct"]), _seed(r[f"seed_{lab}"], r[f"seed_{lab}_pct"])]
             body.append(row)
     return body
 
@@ -195,12 +190,7 @@ def table1_notes(table: Mapping[str, Any]) -> list[str]:
 
 def render_table1_markdown(table: Mapping[str, Any]) -> str:
     """Table 1 as Markdown: the table, then its numbered notes."""
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(cells) + " |"
-
-    out = [f"# {table['title']}", "", line(HEADER), line(["---", "---"] + ["---:"] * (len(HEADER) - 2)),
-           *(line(r) for r in table1_rows(table)), ""]
-    out += [f"{i}. {n}" for i, n in enumerate(table1_notes(table), 1)]
+    out = [f"# {table['title']}", "", *markdown_table(HEADER, table1_rows(table), table1_notes(table), left=2)]
     return "\n".join(out) + "\n"
 
 
