@@ -75,6 +75,8 @@ def run_library(games: list[str], root: Path) -> None:
 def run_components(games: list[str], root: Path) -> None:
     """Every component's function in this process, in DAG order, with artifacts on disk and MLflow."""
     from kfp import dsl
+
+    from polydistill import config as C
     from polydistill_kfp.components.distill import distill
     from polydistill_kfp.components.encode_buffer import encode_buffer
     from polydistill_kfp.components.evaluate import evaluate
@@ -84,8 +86,6 @@ def run_components(games: list[str], root: Path) -> None:
     from polydistill_kfp.components.train_autoencoder import train_autoencoder
     from polydistill_kfp.components.train_teacher import train_teacher
     from polydistill_kfp.pipeline import REGISTERED_MODEL, parameter_sentinel
-
-    from polydistill import config as C
 
     def art(cls: type, *parts: str) -> Any:
         path = root.joinpath("artifacts", *parts)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the project image (images/Dockerfile, or images/Dockerfile.cuda with --cuda) and tag it as
-# components/IMAGE (components/IMAGE_CUDA) says, which is the tag the pipeline's components run in.
+# src/polydistill_kfp/components/IMAGE (src/polydistill_kfp/components/IMAGE_CUDA) says, which is the tag the pipeline's components run in.
 #
 #   bash scripts/build-image.sh                    # online: base python:3.11.13-slim-bookworm, PyPI + PyTorch index
 #   sudo bash scripts/build-image.sh --offline     # from a wheelhouse, built with --network none
@@ -13,7 +13,7 @@
 #   --cuda         the CUDA variant (torch 2.13.0 as PyPI publishes it for linux/amd64, with its nvidia-* wheels:
 #                  several GB).
 #   --base IMAGE   the base image (build argument PYTHON_IMAGE): Python 3.11 on Debian bookworm.
-#   --tag TAG      another tag than components/IMAGE[_CUDA] (the components and `polydistill run --runner docker`
+#   --tag TAG      another tag than src/polydistill_kfp/components/IMAGE[_CUDA] (the components and `polydistill run --runner docker`
 #                  use that file's tag).
 #   --wheels-only  fill the wheelhouse and stop (implies --offline): to carry it to an air-gapped machine, whose
 #                  POLYDISTILL_CACHE_DIR/wheels/<variant>/ it then fills.
@@ -49,8 +49,8 @@ while [ $# -gt 0 ]; do
 done
 
 say() { echo "build-image: $*" >&2; }
-if [ "$variant" = cuda ]; then dockerfile=images/Dockerfile.cuda; tag_file=components/IMAGE_CUDA
-else dockerfile=images/Dockerfile; tag_file=components/IMAGE; fi
+if [ "$variant" = cuda ]; then dockerfile=images/Dockerfile.cuda; tag_file=src/polydistill_kfp/components/IMAGE_CUDA
+else dockerfile=images/Dockerfile; tag_file=src/polydistill_kfp/components/IMAGE; fi
 tag="${tag:-$(cat "$tag_file")}"
 
 # ---- the engine ----

@@ -6,14 +6,14 @@
 #   set -a; . images/pushed.env; set +a            # POLYDISTILL_IMAGE(_CUDA)=REGISTRY/polydistill@sha256:...
 #   polydistill compile --out compiled             # (or submit / schedule): every task names those digests
 #
-# Each local image (the tags in components/IMAGE and components/IMAGE_CUDA, as scripts/build-image.sh tags
+# Each local image (the tags in src/polydistill_kfp/components/IMAGE and src/polydistill_kfp/components/IMAGE_CUDA, as scripts/build-image.sh tags
 # them) is tagged REGISTRY/<its last name component>:<its tag> and pushed; a variant that is not built here is
 # left out with a note (the CUDA one is optional). The digest is the one the registry answered for the push
 # (the image's RepoDigests entry for REGISTRY), never a local image id.
 #
 # Options:
-#   --from-cpu TAG    push this local image as the CPU variant (default: components/IMAGE's tag)
-#   --from-cuda TAG   the same for the CUDA variant (default: components/IMAGE_CUDA's tag)
+#   --from-cpu TAG    push this local image as the CPU variant (default: src/polydistill_kfp/components/IMAGE's tag)
+#   --from-cuda TAG   the same for the CUDA variant (default: src/polydistill_kfp/components/IMAGE_CUDA's tag)
 #   --cpu-only        push only the CPU variant
 #   --record FILE     where to write the references (default images/pushed.env; written only when every push
 #                     succeeded, replacing the old file in one step)
@@ -67,12 +67,12 @@ push() {
 }
 
 lines=()
-cpu_source="${from_cpu:-$(cat components/IMAGE)}"
+cpu_source="${from_cpu:-$(cat src/polydistill_kfp/components/IMAGE)}"
 docker image inspect "$cpu_source" >/dev/null 2>&1 \
   || { say "$cpu_source is not built here: bash scripts/build-image.sh --offline (or --from-cpu TAG)"; exit 1; }
 lines+=("POLYDISTILL_IMAGE=$(push cpu "$cpu_source")")
 if [ "$cpu_only" = 0 ]; then
-  cuda_source="${from_cuda:-$(cat components/IMAGE_CUDA)}"
+  cuda_source="${from_cuda:-$(cat src/polydistill_kfp/components/IMAGE_CUDA)}"
   if docker image inspect "$cuda_source" >/dev/null 2>&1; then
     lines+=("POLYDISTILL_IMAGE_CUDA=$(push cuda "$cuda_source")")
   elif [ -n "$from_cuda" ]; then

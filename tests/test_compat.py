@@ -2,7 +2,7 @@
 
 kfp's local runner is not the judge of the DAG: it resolves a list of artifacts entering a sub-DAG whole,
 while the backend's driver passes on only the last one (kubeflow/pipelines#13900). These tests read the
-committed ``pipelines/compiled/*.yaml`` and fail, naming the task and the upstream issue, on every construct
+committed ``src/polydistill_kfp/compiled/*.yaml`` and fail, naming the task and the upstream issue, on every construct
 the supported backends mishandle. ``tests/data/polydistill-d2b17d4.yaml`` is the compiled pipeline as it was
 before the students' loop took game records (commit d2b17d4): the checker must still find its breakage.
 """
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from polydistill_kfp import compat
 from polydistill_kfp.compile import COMPILED_DIR
 from polydistill_kfp.pipeline import VARIANTS

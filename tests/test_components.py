@@ -11,6 +11,9 @@ from typing import Any
 
 import pytest
 from kfp import dsl
+
+from polydistill import config as C
+from polydistill.buffer import manifest_digest
 from polydistill_kfp.components import runtime as rt
 from polydistill_kfp.components.distill import distill
 from polydistill_kfp.components.encode_buffer import encode_buffer
@@ -22,9 +25,6 @@ from polydistill_kfp.components.start_run import start_run
 from polydistill_kfp.components.train_autoencoder import train_autoencoder
 from polydistill_kfp.components.train_teacher import train_teacher
 from polydistill_kfp.pipeline import parameter_sentinel
-
-from polydistill import config as C
-from polydistill.buffer import manifest_digest
 
 GAME = "Breakout"
 EXPERIMENT = "components-test"

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from polydistill_kfp import docker_runner
 from polydistill_kfp.components.image import IMAGE
 

@@ -8,9 +8,9 @@ the base and every pin are pinned and agree with pyproject, torch comes first an
 from the wheelhouse never meets PyPI's CUDA torch, an online one would), the user is numeric and non-root, no
 credential is baked in, and ``.dockerignore`` keeps run outputs and secrets out of the context.
 
-The built image itself (``components/IMAGE``; the CUDA one when built) is inspected and run, with no network: its
-user, environment, writable directories, versions, and that the wheelhouse stayed in the builder stage. Without
-an engine or the image these tests skip, except on CI (``CI=true``), where they fail.
+The built image itself (``src/polydistill_kfp/components/IMAGE``; the CUDA one when built) is inspected and run,
+with no network: its user, environment, writable directories, versions, and that the wheelhouse stayed in the
+builder stage. Without an engine or the image these tests skip, except on CI (``CI=true``), where they fail.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "images"
 #: Where the tag files live (package data of polydistill_kfp.components, so an installed wheel has them).
-TAG_DIR = ROOT / "components"
+TAG_DIR = ROOT / "src" / "polydistill_kfp" / "components"
 DOCKERFILES = {"cpu": IMAGES / "Dockerfile", "cuda": IMAGES / "Dockerfile.cuda"}
 TORCH_PIN = "torch==2.13.0"
 KFP_EXTRA = {"kfp==2.17.0", "kfp-kubernetes==2.17.0"}
@@ -203,8 +203,8 @@ def _dockerignore() -> list[str]:
         ("pyproject.toml", False),
         ("README.md", False),
         ("src/polydistill/__init__.py", False),
-        ("pipelines/compiled/polydistill.yaml", False),
-        ("components/train_teacher.py", False),
+        ("src/polydistill_kfp/compiled/polydistill.yaml", False),
+        ("src/polydistill_kfp/components/train_teacher.py", False),
     ],
 )
 def test_dockerignore(path, ignored):

@@ -1,4 +1,5 @@
-"""The library never imports kfp: only components/, pipelines/ and the pipeline CLI commands (lazily) do."""
+"""The library never imports kfp: only polydistill_kfp (src/polydistill_kfp/: the DAG and its components) and the
+pipeline CLI commands (lazily) do."""
 
 from __future__ import annotations
 

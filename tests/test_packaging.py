@@ -25,7 +25,7 @@ from polydistill.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 #: What the wheel is built from (pyproject's package-dir), copied so the build leaves nothing in the checkout.
-SOURCES = ("pyproject.toml", "README.md", "src", "pipelines", "components")
+SOURCES = ("pyproject.toml", "README.md", "src")
 
 
 def _package_dirs() -> dict[str, Path]:
@@ -147,7 +147,7 @@ def test_the_wheel_is_whole_in_use_outside_the_checkout(wheel_venv, tmp_path):
     # Outside a checkout the default --out is ./compiled, never the installed package's directory.
     written = sorted(p.name for p in (work / "compiled").glob("*.yaml"))
     assert written == ["polydistill-paper.yaml", "polydistill.yaml"], out.stdout
-    images = (ROOT / "components" / "IMAGE").read_text().strip()
+    images = (ROOT / "src" / "polydistill_kfp" / "components" / "IMAGE").read_text().strip()
     assert f"image: {images}" in (work / "compiled" / "polydistill.yaml").read_text()
     for args in (("run", "--profile", "smoke", "--help"), ("submit", "--help")):
         out = _run(venv, "polydistill", *args, cwd=work)

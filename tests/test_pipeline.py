@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from polydistill import config as C
 from polydistill_kfp.compile import COMPILED_DIR, compile_all, compiled_name
 from polydistill_kfp.pipeline import (
     FIXED_PARAMETERS,
@@ -25,8 +27,6 @@ from polydistill_kfp.pipeline import (
     parameter_sentinel,
     pipeline_parameters,
 )
-
-from polydistill import config as C
 
 # ------------------------------------------------------------------------------------- parameters
 
@@ -59,9 +59,8 @@ def test_start_run_takes_every_hyperparameter() -> None:
 
 def test_start_run_default_model_name_is_the_library_one() -> None:
     """The registered model is named once (tracking.names); start-run's literal default must agree."""
-    from polydistill_kfp.components.start_run import start_run
-
     from polydistill.tracking.names import REGISTERED_MODEL
+    from polydistill_kfp.components.start_run import start_run
 
     assert inspect.signature(start_run.python_func).parameters["registered_model"].default == REGISTERED_MODEL
 
@@ -432,9 +431,8 @@ def test_smoke_dag_end_to_end_on_the_local_runner(tmp_path: Path) -> None:
 
 def test_stage_constants_are_the_component_names() -> None:
     # polydistill.stages names every stage once; the DAG, the components and MLflow's child runs use them.
-    from polydistill_kfp import pipeline as P
-
     from polydistill import stages as S
+    from polydistill_kfp import pipeline as P
 
     names = {c.component_spec.name for c in (
         P.train_teacher, P.export_buffer, P.train_autoencoder, P.encode_buffer, P.distill, P.evaluate, P.report,

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from polydistill_kfp import docker_runner
 from polydistill_kfp.images import ImageError, Images, check_reference, in_registry, task_images
 

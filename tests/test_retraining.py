@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from polydistill_kfp.components import runtime as rt
 
 from polydistill import config as C
 from polydistill import hns, retention, warm_start
@@ -21,6 +20,7 @@ from polydistill.report import build_table, render_markdown
 from polydistill.teacher import train_teacher
 from polydistill.tracking import report_metrics
 from polydistill.tracking.champion import decide
+from polydistill_kfp.components import runtime as rt
 from tests.conftest import tiny_teacher_config
 
 # ------------------------------------------------------------------------------------------------ HNS

@@ -43,9 +43,9 @@ from urllib.parse import parse_qs, quote, urlsplit
 import pytest
 import yaml
 from click.testing import CliRunner
-from polydistill_kfp.submit import KubeflowError, validate_cron
 
 from polydistill.cli import main
+from polydistill_kfp.submit import KubeflowError, validate_cron
 
 API = "/apis/v2beta1"
 

@@ -14,9 +14,9 @@ import pytest
 
 kfp = pytest.importorskip("kfp")
 from kfp import dsl, local  # noqa: E402
-from polydistill_kfp.task_watch import TaskInfo, watch_tasks  # noqa: E402
 
 from polydistill.cli.run_display import RunDisplay  # noqa: E402
+from polydistill_kfp.task_watch import TaskInfo, watch_tasks  # noqa: E402
 
 
 @dsl.component(base_image="python:3.11", install_kfp_package=False)

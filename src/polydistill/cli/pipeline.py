@@ -110,6 +110,7 @@ def _import_kfp() -> None:
     try:
         import kfp
         import kfp.kubernetes  # noqa: F401
+
         import polydistill_kfp  # noqa: F401
     except ImportError as e:
         fail(f"the pipeline commands need kfp and polydistill_kfp ({e}); {_ERRORS_HINT}")
@@ -122,7 +123,8 @@ def _import_kfp() -> None:
               help="Directory for everything this run writes [runs/<time>-<profile>].")
 @click.option("--runner", type=click.Choice(["subprocess", "docker"]), default="subprocess", show_default=True,
               help="Where each task runs: a subprocess of this Python, or a container of the project image "
-                   "(components/IMAGE; its user, no network, the run's directories mounted at their own paths).")
+                   "(src/polydistill_kfp/components/IMAGE; its user, no network, the run's directories mounted "
+                   "at their own paths).")
 @click.option("--verbose", "stream_logs", is_flag=True, default=False,
               help="Also stream every task's raw output (kfp's executor logs), which otherwise only goes to "
                    "RUN_DIR/logs/<task>[-<game>].log.")
@@ -180,11 +182,11 @@ def image_options(fn: Callable) -> Callable:
                            "--image and --image-cuda win over it.")(fn)
     fn = click.option("--image-cuda", envvar="POLYDISTILL_IMAGE_CUDA", default=None,
                       help="Image of the GPU tasks (the paper variant's training tasks) "
-                           "[$POLYDISTILL_IMAGE_CUDA; else components/IMAGE_CUDA].")(fn)
+                           "[$POLYDISTILL_IMAGE_CUDA; else src/polydistill_kfp/components/IMAGE_CUDA].")(fn)
     fn = click.option("--image", envvar="POLYDISTILL_IMAGE", default=None,
                       help="Image of every CPU task, e.g. REGISTRY/polydistill@sha256:DIGEST "
                            "[$POLYDISTILL_IMAGE, which scripts/push-image.sh records in images/pushed.env; "
-                           "else components/IMAGE].")(fn)
+                           "else src/polydistill_kfp/components/IMAGE].")(fn)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -200,7 +202,8 @@ def image_options(fn: Callable) -> Callable:
 
 @main.command("compile")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Directory for the YAML files [in a source checkout pipelines/compiled/, else ./compiled].")
+              help="Directory for the YAML files [in a source checkout src/polydistill_kfp/compiled/, "
+                   "else ./compiled].")
 @click.option("--check", "backend", default=None, metavar="VERSION",
               help="Then check each file against what a KFP backend of VERSION runs (e.g. 2.15.0, the minimum); "
                    "fail naming every construct it would break or reject.")

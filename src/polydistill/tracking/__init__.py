@@ -108,6 +108,7 @@ from .params import (  # noqa: F401
 )
 from .pipeline_runs import (  # noqa: F401
     end_pipeline_run,
+    find_pipeline_run,
     one_line_error,
     run_outcome,
     start_pipeline_run,
@@ -134,6 +135,7 @@ __all__ = [
     "compare_rows",
     "compare_runs",
     "end_pipeline_run",
+    "find_pipeline_run",
     "flatten_params",
     "log_report_to_parent",
     "redact_text",

@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..redaction import redact_uri
 from .connection import (
     _check_reachable,
     _client,
     _experiment_id,
     _warn_failure,
+    logger,
 )
 from .names import (
     _BATCH,
@@ -97,6 +99,30 @@ def one_line_error(exc: BaseException | str) -> str:
     text = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
     text = " ".join(redact_text(str(text), _secret_values()).split())
     return text if len(text) <= _ERROR_CHARS else text[: _ERROR_CHARS - 3] + "..."
+
+
+def find_pipeline_run(tracking_uri: str, experiment: str, kfp_run_id: str) -> str:
+    """The id of the MLflow parent run tagged ``kfp.run_id=kfp_run_id`` ("" when none or MLflow is down).
+
+    Through the tracking layer's client, whose HTTP retries are bounded (``HTTP_DEFAULTS``: MLflow's own
+    defaults retried a killed server for minutes), after a connection check that fails at once. Never raises:
+    the exit task that calls it must not fail on tracking."""
+    try:
+        _check_reachable(tracking_uri)
+        client = _client(tracking_uri)
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            return ""
+        runs = client.search_runs(
+            [exp.experiment_id],
+            filter_string=f"tags.`kfp.run_id` = '{kfp_run_id}' and tags.`{TAG_KIND}` = '{PIPELINE_KIND}'",
+            max_results=1,
+        )
+        return runs[0].info.run_id if runs else ""
+    except Exception as e:  # tracking must never fail a pipeline step
+        logger.warning("could not look up the MLflow parent run of %s (%s); its end, outcome and failure tags are "
+                       "lost: it stays RUNNING in MLflow", kfp_run_id, redact_uri(" ".join(str(e).split())[:300]))
+        return ""
 
 
 def end_pipeline_run(tracking_uri: str, run_id: str, status: str = "FINISHED", failed_task: str = "",

@@ -36,8 +36,6 @@ def report(
     import tempfile
     from pathlib import Path
 
-    from polydistill_kfp.components import runtime as rt
-
     from polydistill import retention
     from polydistill.report import write_report
     from polydistill.tracking import (
@@ -49,6 +47,7 @@ def report(
     )
     from polydistill.tracking import names as N
     from polydistill.tracking.notes import log_parent_record
+    from polydistill_kfp.components import runtime as rt
 
     rt.setup()
     results = [a.path for a in teacher_scores]

@@ -1,7 +1,7 @@
 """The project image every component runs in, read from the one place its tag is set.
 
-``components/IMAGE`` (CPU) and ``components/IMAGE_CUDA`` hold the tags; nothing else spells them. They are
-package data of ``polydistill_kfp.components``, so an installed wheel compiles pipelines as a source checkout
+``src/polydistill_kfp/components/IMAGE`` (CPU) and ``IMAGE_CUDA`` beside it hold the tags; nothing else spells them.
+They are package data of ``polydistill_kfp.components``, so an installed wheel compiles pipelines as a source checkout
 does (``scripts/build-image.sh`` reads the same files to tag what it builds). The files are read when the
 component modules are imported, i.e. when a pipeline is compiled; inside a running step the component's code
 is executed from the compiled spec, so this module is never needed there. ``polydistill compile --image``
@@ -17,7 +17,7 @@ TAG_FILES = {"cpu": "IMAGE", "cuda": "IMAGE_CUDA"}
 
 
 def read_image(variant: str = "cpu") -> str:
-    """The image tag for ``variant`` (``"cpu"`` or ``"cuda"``) from ``components/IMAGE[_CUDA]``."""
+    """The image tag for ``variant`` (``"cpu"`` or ``"cuda"``) from ``src/polydistill_kfp/components/IMAGE[_CUDA]``."""
     name = TAG_FILES.get(variant)
     if name is None:
         raise ValueError(f"unknown image variant {variant!r}; use 'cpu' or 'cuda'")

@@ -25,10 +25,9 @@ def export_buffer(
 
     ``buffer`` holds a copy of the manifest; its ``metadata["uri"]`` is the dataset's object-store URI.
     """
-    from polydistill_kfp.components import runtime as rt
-
     from polydistill import stages as S
     from polydistill.export import export_buffer as export
+    from polydistill_kfp.components import runtime as rt
 
     dest = rt.data_uri(run_root, "buffers", game)
     with rt.stage_task(S.EXPORT_BUFFER, game, config, tracking_uri=tracking_uri, parent_run_id=parent_run_id,

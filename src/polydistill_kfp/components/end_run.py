@@ -16,9 +16,8 @@ def end_run(tracking_uri: str, experiment: str, kfp_run_id: str):
     ``polydistill.tracking.outcome``), and ``polydistill compile --check`` refuses that construct. An exit task
     may not consume other tasks' outputs, so the parent run is found by its ``kfp.run_id`` tag.
     """
-    from polydistill_kfp.components import runtime as rt
-
     from polydistill.tracking import close_pipeline_run, resolve_tracking_uri
+    from polydistill_kfp.components import runtime as rt
 
     rt.setup()
     uri = resolve_tracking_uri(tracking_uri or None, None)

@@ -21,10 +21,9 @@ def evaluate(
 ):
     """Score ``agent`` (the random policy when no agent is given) on ``games``; ``scores`` is the results JSON
     (docs/CONTRACTS.md) under ``label`` (``teacher``, ``student_subset``, ``student_latent``, ``random``)."""
-    from polydistill_kfp.components import runtime as rt
-
     from polydistill import stages as S
     from polydistill.evaluate import evaluate as play
+    from polydistill_kfp.components import runtime as rt
 
     # Child run names: evaluate/teacher-Pong (one per teacher), evaluate/student_subset, evaluate/random.
     name = f"{label}-{'-'.join(games)}" if label == "teacher" else label

@@ -25,10 +25,9 @@ def train_autoencoder(
     """Train on the dataset at ``buffer.metadata["uri"]``; outputs the checkpoint directory, a page with the
     reconstruction grid and the reconstruction metrics (MSE, PSNR, changed-pixel error, the teacher's
     agreement on reconstructions, ...). ``teacher`` gives that metric and the teacher-feature loss term."""
-    from polydistill_kfp.components import runtime as rt
-
     from polydistill import stages as S
     from polydistill.autoencoder import train_autoencoder as train
+    from polydistill_kfp.components import runtime as rt
 
     with rt.stage_task(S.TRAIN_AUTOENCODER, game, config, run_root=run_root, tracking_uri=tracking_uri,
                        parent_run_id=parent_run_id, experiment=experiment, minio_endpoint=minio_endpoint) as task:

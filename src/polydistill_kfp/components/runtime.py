@@ -224,30 +224,11 @@ def log_checkpoint(run: Any, checkpoint_dir: str | Path, name: str) -> str | Non
 
 
 def find_pipeline_run(tracking_uri: str, experiment: str, kfp_run_id: str) -> str:
-    """The id of the MLflow parent run tagged ``kfp.run_id=kfp_run_id`` ("" when none or MLflow is down).
+    """The MLflow parent run of ``kfp_run_id`` ("" when none or MLflow is down): the end-run component's call into
+    :func:`polydistill.tracking.find_pipeline_run`, imported here lazily as MLflow is."""
+    from polydistill.tracking import find_pipeline_run as find
 
-    Through the tracking layer's client, whose HTTP retries are bounded (``tracking.HTTP_DEFAULTS``: MLflow's
-    own defaults retried a killed server for minutes), after a connection check that fails at once."""
-    try:
-        from polydistill.tracking.connection import _check_reachable, _client
-
-        _check_reachable(tracking_uri)
-        client = _client(tracking_uri)
-        exp = client.get_experiment_by_name(experiment)
-        if exp is None:
-            return ""
-        runs = client.search_runs(
-            [exp.experiment_id],
-            filter_string=f"tags.`kfp.run_id` = '{kfp_run_id}' and tags.`polydistill.kind` = 'pipeline'",
-            max_results=1,
-        )
-        return runs[0].info.run_id if runs else ""
-    except Exception as e:  # tracking must never fail a pipeline step
-        from polydistill.redaction import redact_uri
-
-        log.warning("could not look up the MLflow parent run of %s (%s); its end, outcome and failure tags are "
-                    "lost: it stays RUNNING in MLflow", kfp_run_id, redact_uri(" ".join(str(e).split())[:300]))
-        return ""
+    return find(tracking_uri, experiment, kfp_run_id)
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -1,5 +1,5 @@
-"""Which image each compiled task runs in: the defaults (``components/IMAGE``, ``components/IMAGE_CUDA``) or
-what ``compile``, ``submit`` and ``schedule`` were given (``--image``, ``--image-cuda``, ``--registry``).
+"""Which image each compiled task runs in: the defaults (``src/polydistill_kfp/components/IMAGE`` and ``IMAGE_CUDA``)
+or what ``compile``, ``submit`` and ``schedule`` were given (``--image``, ``--image-cuda``, ``--registry``).
 
 The compiled YAML names a task's image in its executor (``deploymentSpec.executors.<name>.container.image``);
 the Kubeflow backend copies it into the pod through the driver's pod spec patch (``container.go`` at 2.15.0:

@@ -322,7 +322,7 @@ def _make_pipeline(variant: Variant) -> Callable[..., Any]:
     ) -> None:
         # Runs last, even after a failure, and closes the MLflow parent run FINISHED, FAILED or KILLED from the
         # run's own records: it takes no PipelineTaskFinalStatus, whose state stays RUNNING on backends before
-        # 2.17.0 around these sub-DAGs (components/end_run.py, polydistill.tracking.outcome).
+        # 2.17.0 around these sub-DAGs (src/polydistill_kfp/components/end_run.py, polydistill.tracking.outcome).
         finish = configure(comps[S.END_RUN](
             tracking_uri=tracking_uri, experiment=experiment, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER))
         finish.set_caching_options(False)

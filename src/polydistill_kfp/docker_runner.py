@@ -1,8 +1,8 @@
 """Every task of a local run in the project image (``polydistill run --runner docker``).
 
-kfp's ``DockerRunner`` starts one container per task from the image the component names (``components/IMAGE``, read
-by ``components/image.py``), so a local run exercises exactly what a cluster would pull. It is set up the way a
-pod runs the task:
+kfp's ``DockerRunner`` starts one container per task from the image the component names
+(``src/polydistill_kfp/components/IMAGE``, read by ``polydistill_kfp.components.image``), so a local run exercises
+exactly what a cluster would pull. It is set up the way a pod runs the task:
 
 - **as the image's own user** (its numeric ``USER``, 1000:1000), not root; the run directory is handed to that
   user (root callers) or must already be writable by it;

@@ -79,13 +79,12 @@ def start_run(
     import collections
     import logging
 
-    from polydistill_kfp.components import runtime as rt
-
     from polydistill import config as C
     from polydistill import retention
     from polydistill import warm_start as warm_starts_of
     from polydistill.envs import canonical_game
     from polydistill.tracking import TrackingError, champion_tags, resolve_tracking_uri, start_pipeline_run
+    from polydistill_kfp.components import runtime as rt
 
     rt.setup()
     params = {name: arguments[name] for name in C.PIPELINE_PARAMETERS}

@@ -444,9 +444,9 @@ def _pipeline_id(conn: Connection, name: str) -> str | None:
 
 def upload(conn: Connection, variant: str, pipeline_name: str | None = None,
            version_name: str | None = None, images: Images | None = None) -> Upload:
-    """Compile ``variant`` (its tasks in ``images``, default the tags in ``components/IMAGE[_CUDA]``) and
-    upload it as pipeline ``pipeline_name`` (default: the variant's name) in the connection's namespace, or as
-    a new version ``version_name`` of it when it exists."""
+    """Compile ``variant`` (its tasks in ``images``, default the tags in
+    ``src/polydistill_kfp/components/IMAGE[_CUDA]``) and upload it as pipeline ``pipeline_name`` (default: the
+    variant's name) in the connection's namespace, or as a new version ``version_name`` of it when it exists."""
     name = pipeline_name or variant
     version = version_name or default_version_name()
     host = conn.host

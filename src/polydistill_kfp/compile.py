@@ -1,4 +1,4 @@
-"""Compile the pipeline variants to KFP IR YAML (the committed files under ``pipelines/compiled/``).
+"""Compile the pipeline variants to KFP IR YAML (the committed files under ``src/polydistill_kfp/compiled/``).
 
 ``tests/test_pipeline.py`` recompiles into a temporary directory and fails when a committed file differs, so
 the YAML under version control always matches the code: after changing a component or the DAG, run
@@ -22,15 +22,15 @@ def compiled_name(variant: str) -> str:
 
 
 def default_out_dir() -> Path:
-    """Where ``polydistill compile`` writes without ``--out``: the committed ``pipelines/compiled/`` in a
+    """Where ``polydistill compile`` writes without ``--out``: the committed ``src/polydistill_kfp/compiled/`` in a
     source checkout, ``./compiled`` for an installed package (never into site-packages)."""
-    in_checkout = (COMPILED_DIR.parent.parent / "pyproject.toml").is_file()
+    in_checkout = (COMPILED_DIR.parents[2] / "pyproject.toml").is_file()
     return COMPILED_DIR if in_checkout else Path("compiled")
 
 
 def compile_pipeline(variant: str, path: str | Path, images: Images | None = None) -> Path:
     """Compile ``variant`` (a key of :data:`polydistill_kfp.pipeline.VARIANTS`) to ``path``, with every task
-    in ``images`` (default: the tags in ``components/IMAGE[_CUDA]``)."""
+    in ``images`` (default: the tags in ``src/polydistill_kfp/components/IMAGE[_CUDA]``)."""
     from kfp import compiler
 
     from .pipeline import PIPELINES

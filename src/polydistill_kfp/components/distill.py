@@ -28,10 +28,9 @@ def distill(
     ``game_records`` holds one record per game of ``games`` (``run_layout.game_record``: the teacher, buffer
     and latents by store URI and the datasets' manifest digests); a missing, extra or incomplete record, or
     a dataset whose manifest changed since it was recorded, fails the task before any training."""
-    from polydistill_kfp.components import runtime as rt
-
     from polydistill import stages as S
     from polydistill.distill import distill as run_distill
+    from polydistill_kfp.components import runtime as rt
 
     # in_loop: the students' loop, two students share the machine. The config is logged with the datasets.
     with rt.stage_task(S.DISTILL, source, {**config, "source": source}, run_root=run_root, log_config=False,

@@ -29,11 +29,10 @@ def encode_buffer(
     Returns the game's record for the students (``run_layout.game_record``: teacher, buffer and latents by
     store URI, with the datasets' manifest digests), a parameter because parameters cross DAG boundaries
     whole where list-typed artifacts do not (kubeflow/pipelines#13900)."""
-    from polydistill_kfp.components import runtime as rt
-
     from polydistill import config as C
     from polydistill import stages as S
     from polydistill.encode import encode_buffer as encode
+    from polydistill_kfp.components import runtime as rt
 
     cfg = C.pipeline_encode_config(autoencoder_config, export_config)
     dest = rt.data_uri(run_root, "latents", game)

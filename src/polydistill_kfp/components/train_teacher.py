@@ -38,14 +38,13 @@ def train_teacher(
     SB3 or CleanRL checkpoint is imported and records its states with this task's teacher config
     (``polydistill.teacher_import``, ``ImportConfig.recording_for``); the outputs are the same.
     """
-    from polydistill_kfp.components import runtime as rt
-
     from polydistill import config as C
     from polydistill import stages as S
     from polydistill.teacher import train_teacher as train
     from polydistill.teacher_import import import_teacher
     from polydistill.tracking import names as N
     from polydistill.warm_start import verify
+    from polydistill_kfp.components import runtime as rt
 
     imported = ((import_config or {}).get("teachers") or {}).get(game)
     with rt.stage_task(S.TRAIN_TEACHER, game, config, run_root=run_root, tracking_uri=tracking_uri,
