@@ -1,4 +1,11 @@
-"""Component ``start-run``: resolve every stage's config and open the MLflow parent run of a pipeline run."""
+"""Component ``start-run``: resolve every stage's config and open the MLflow parent run of a pipeline run.
+
+Its parameters are spelled out in the source, unlike the pipeline's (generated from
+``config.PIPELINE_PARAMETERS`` by ``pipeline.pipeline_signature``): in the container KFP runs this function's
+source alone and binds the executor input by ``inspect.getfullargspec(func).annotations``
+(kfp 2.17 ``kfp/dsl/executor.py``, ``Executor.execute``), so a generated ``__signature__`` would not reach it.
+``tests/test_pipeline.py`` keeps the two lists equal.
+"""
 
 from typing import NamedTuple
 
