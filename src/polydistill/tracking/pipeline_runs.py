@@ -23,6 +23,7 @@ from .names import (
     TAG_ERROR,
     TAG_FAILED_TASK,
     TAG_GAMES,
+    TAG_KFP_RUN_ID,
     TAG_KIND,
     TAG_PARENT,
     TAG_PROFILE,
@@ -115,7 +116,7 @@ def find_pipeline_run(tracking_uri: str, experiment: str, kfp_run_id: str) -> st
             return ""
         runs = client.search_runs(
             [exp.experiment_id],
-            filter_string=f"tags.`kfp.run_id` = '{kfp_run_id}' and tags.`{TAG_KIND}` = '{PIPELINE_KIND}'",
+            filter_string=f"tags.`{TAG_KFP_RUN_ID}` = '{kfp_run_id}' and tags.`{TAG_KIND}` = '{PIPELINE_KIND}'",
             max_results=1,
         )
         return runs[0].info.run_id if runs else ""
