@@ -55,3 +55,22 @@ def test_every_game_after_the_flag_is_checked() -> None:
     assert res.exit_code == 2, res.output
     assert "unexpected extra argument" not in res.output
     assert "polydistill: error:" in res.output and "Breakot" in res.output and "Breakout" in res.output
+
+
+def test_per_game_teacher_budgets_on_the_command_line(tmp_path) -> None:
+    """``--teacher-game-steps GAME=STEPS,...`` reaches the pipeline as the mapping its parameter holds; a bad
+    item is one line naming the flag, before the run directory exists."""
+    from polydistill import config as C
+    from polydistill_kfp.local import pipeline_arguments
+
+    value = C.pipeline_value("teacher_game_steps", "Pong=400_000,Breakout=200000")
+    assert value == {"Pong": 400_000, "Breakout": 200_000}
+    args = pipeline_arguments("cpu", ["Pong"], "file:///x", "sqlite:///x.db", {"teacher_game_steps": value})
+    assert args["teacher_game_steps"] == value
+    for bad, says in (("Pong", "is not GAME=STEPS"), ("../Pong=5", "not a game name"), ("Pong=0", "at least 1")):
+        run_dir = tmp_path / "run"
+        res = CliRunner().invoke(main, ["run", "--teacher-game-steps", bad, "--run-dir", str(run_dir)])
+        assert res.exit_code == 2, res.output
+        line = res.output.strip().splitlines()[-1]
+        assert "polydistill: error: --teacher-game-steps" in line and says in line
+        assert not run_dir.exists()

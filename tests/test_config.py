@@ -65,6 +65,40 @@ def test_pipeline_parameters_resolve_with_sentinels() -> None:
         assert key in C.STAGES[stage].model_fields
 
 
+def test_per_game_teacher_budgets() -> None:
+    """``game_steps`` gives the named games their own ``total_steps`` (every spelling of the game); a
+    ``total_steps`` that is set (flag, file, pipeline parameter) without it applies to every game."""
+    cpu = C.resolve("teacher", "cpu")
+    profile = C.PROFILE_OVERRIDES["cpu"]["teacher"]
+    assert cpu.game_steps == profile["game_steps"] and "Breakout" in cpu.game_steps
+    for spelling in ("Breakout", "ALE/Breakout-v5", "BreakoutNoFrameskip-v4", "breakout"):
+        assert cpu.for_game(spelling).total_steps == profile["game_steps"]["Breakout"]
+    pong = cpu.for_game("ALE/Pong-v5")
+    assert pong.total_steps == profile["total_steps"] and pong.game_steps == {}
+    assert C.resolve("teacher", "cpu", overrides={"total_steps": 1_000}).for_game("Breakout").total_steps == 1_000
+    assert C.resolve_pipeline("cpu", {"teacher_steps": 3_000})["teacher"]["game_steps"] == {}
+    kept = C.resolve_pipeline("cpu", {"teacher_steps": -1})["teacher"]  # the sentinel: the profile's budgets
+    assert kept["game_steps"] == profile["game_steps"]
+    given = C.resolve("teacher", "cpu", overrides={"game_steps": "Pong=400_000, Atlantis=1000"})
+    assert given.game_steps == {"Pong": 400_000, "Atlantis": 1_000}  # replaces the profile's whole
+    assert given.for_game("Breakout").total_steps == profile["total_steps"]
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        ("Pong", "is not GAME=STEPS"),
+        ("Pong=-5", "is not GAME=STEPS"),
+        ({"../Pong": 10}, "not a game name"),
+        ({"Pong": 0}, "at least 1"),
+        ({"Pong": "many"}, "whole number"),
+    ],
+)
+def test_bad_game_steps_name_the_setting(value, match) -> None:
+    with pytest.raises(C.ConfigError, match=f"game_steps: .*{match}"):
+        C.resolve("teacher", "cpu", overrides={"game_steps": value})
+
+
 def test_pipeline_encode_config_follows_the_export_and_autoencoder_configs() -> None:
     """The pipeline's encode-buffer shards like the buffer it encodes and stores the autoencoder's code
     precision; the command's own defaults are the export defaults (spelled once, in ExportConfig)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 import torch
 import yaml
 
+from polydistill import config as C
 from polydistill.buffer import ExperienceDataset
 from polydistill.teacher import (
     TeacherRunError,
@@ -161,6 +163,23 @@ def test_bad_inputs_fail_before_training(teacher_runs, tmp_path) -> None:
         train_teacher("Breakout", tiny_teacher_config(), teacher_runs["Pong"])
     with pytest.raises(TeacherRunError, match="record_steps"):
         train_teacher("Pong", tiny_teacher_config(record_steps=5_000), tmp_path / "c")
+
+
+def test_a_game_budget_is_the_run_it_trains(teacher_runs, tmp_path) -> None:
+    """A run trained with ``--steps N`` is the run that ``game_steps: {GAME: N}`` asks for (reused, not
+    retrained or refused): the identity holds the budget the game trains, not how it was spelt."""
+    out = tmp_path / "Pong"
+    shutil.copytree(teacher_runs["Pong"], out)
+    trained = json.loads((out / "run.json").read_text())["config"]
+    steps = trained["total_steps"]
+    def budget(game_steps: dict[str, int]) -> C.TeacherConfig:
+        return C.from_dict("teacher", {**trained, "total_steps": 100, "game_steps": game_steps})
+
+    res = train_teacher("Pong", budget({"Pong": steps}), out)
+    assert res.steps == steps
+    assert json.loads((out / "run.json").read_text())["config"]["total_steps"] == steps
+    with pytest.raises(TeacherRunError, match="total_steps"):  # another game's budget is not this one's
+        train_teacher("Pong", budget({"Breakout": steps}), out)
 
 
 def test_unreadable_resume_checkpoint(tmp_path) -> None:

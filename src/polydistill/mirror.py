@@ -275,3 +275,18 @@ def fetch_file(uri: str) -> Path:
     dest = Path(tempfile.mkdtemp(prefix="polydistill-fetch-")) / name
     open_store(parent, create=False).get_file(name, dest)
     return dest
+
+
+def fetch_source(uri: str) -> Path:
+    """A local copy of an imported teacher's source at ``uri``: a file (an SB3 ``.zip``, a CleanRL state_dict)
+    or a directory (a polydistill teacher). Paths and ``file://`` URIs are used in place; an ``s3://`` prefix
+    that holds a published directory (its index, as the pipeline publishes teachers) is downloaded whole,
+    anything else as one file."""
+    local = local_dir(uri)
+    if local is not None:
+        return local if local.is_dir() else fetch_file(uri)
+    from .store import open_store
+
+    if read_index(open_store(uri, create=False)):
+        return fetch_dir(uri)
+    return fetch_file(uri)

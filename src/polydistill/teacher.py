@@ -129,12 +129,18 @@ def _open_run_dir(out: Path, game: str, cfg: TeacherConfig) -> RunDir:
     """The run directory, checked for this run (:mod:`polydistill.rundir`: same game, same settings but the
     resume-free ones)."""
     rd = RunDir(out, "teacher", TeacherRunError)
-    rd.open({"game": game}, cfg.model_dump(mode="json"), cfg.resume_free, describe={"game": "for {old}, not {new}"})
+    rd.open({"game": game}, _identity(cfg), cfg.resume_free, describe={"game": "for {old}, not {new}"})
     return rd
 
 
+def _identity(cfg: TeacherConfig) -> dict[str, Any]:
+    """The settings a run is recorded and resumed by: ``game_steps`` is already folded into ``total_steps``
+    (:meth:`TeacherConfig.for_game`), and runs recorded before it existed keep resuming."""
+    return cfg.model_dump(mode="json", exclude={"game_steps"})
+
+
 def _run_record(game: str, cfg: TeacherConfig) -> dict[str, Any]:
-    return {"game": game, "config": cfg.model_dump(mode="json"), "package_version": __version__}
+    return {"game": game, "config": _identity(cfg), "package_version": __version__}
 
 
 def _save_resume(rd: RunDir, lr: _Learner) -> None:
@@ -185,7 +191,7 @@ def train_teacher(
 
     Args:
         game: any accepted spelling (``Pong``, ``ALE/Pong-v5``, ``pong``).
-        cfg: the resolved teacher config.
+        cfg: the resolved teacher config (its ``game_steps`` entry for ``game``, if any, is the budget).
         out_dir: run directory; an existing run of the same game there is resumed.
         on_metrics: called with ``(metrics, step)`` for episode returns, losses and throughput.
         stop_after: stop (as if killed) after this many agent steps of this call; for tests of resume.
@@ -193,6 +199,7 @@ def train_teacher(
             (a warm start, :mod:`polydistill.warm_start`); ignored once this run has a resume point.
     """
     game = canonical_game(game)  # fails fast on unknown names
+    cfg = cfg.for_game(game)
     out = Path(out_dir)
     if cfg.record_steps > cfg.buffer_size:
         raise TeacherRunError(

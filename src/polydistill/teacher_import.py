@@ -40,7 +40,7 @@ from .buffer import DatasetWriter, Manifest
 from .checkpoint import atomic_write_json, save_checkpoint, sha256_file
 from .config import TEACHER_SOURCES, ImportConfig
 from .envs import EpisodeStats, action_meanings, canonical_game, make_vector_env, observation_spec
-from .networks import FRAME_SIZE, DeviceError, NatureQNetwork, pick_device
+from .networks import FRAME_SIZE, DeviceError, NatureQNetwork, QNetwork, pick_device
 from .progress import progress
 from .replay import FrameReplay, StepRecorder
 from .store import open_store
@@ -65,7 +65,7 @@ CLEANRL_LAYERS = {
     "network.7": "heads.0.net.0",
     "network.9": "heads.0.net.2",
 }
-LIBRARY = {"sb3": "Stable-Baselines3", "cleanrl": "CleanRL"}
+LIBRARY = {"sb3": "Stable-Baselines3", "cleanrl": "CleanRL", "polydistill": "polydistill"}
 
 
 class TeacherImportError(PolydistillError, ValueError):
@@ -86,11 +86,19 @@ class SourceModel:
     frame_shape: tuple[int, int]
     #: What else the checkpoint says (SB3: version, policy module, timesteps), for the metadata.
     details: dict[str, Any] = field(default_factory=dict)
+    #: A polydistill teacher: its network as trained (Dueling or Nature), used as is instead of ``state``.
+    network: QNetwork | None = None
+    #: A polydistill teacher: the observation spec it was trained with (frame skip, no-ops, sticky actions),
+    #: which then stands for the ``source_*`` settings a library checkpoint does not record.
+    env: dict[str, Any] | None = None
 
 
 def detect_source(path: str | Path) -> str:
-    """``sb3`` for a zip archive holding ``data`` and ``policy.pth``, else ``cleanrl``."""
+    """``polydistill`` for a directory (a teacher run or its ``checkpoint/``), ``sb3`` for a zip archive holding
+    ``data`` and ``policy.pth``, else ``cleanrl``."""
     p = Path(path)
+    if p.is_dir():
+        return "polydistill"
     if zipfile.is_zipfile(p):
         with zipfile.ZipFile(p) as z:
             if {"data", "policy.pth"} <= set(z.namelist()):
@@ -194,6 +202,33 @@ def read_cleanrl(path: str | Path) -> SourceModel:
     )
 
 
+def read_polydistill(path: str | Path) -> SourceModel:
+    """Read a polydistill teacher: a ``train-teacher`` (or ``import-teacher``) directory or its ``checkpoint/``,
+    such as a teacher trained across sittings with the exact resume, or a pipeline run's published teacher.
+    Its weights are checked against their recorded sha256 and architecture (:func:`teacher.load_teacher`)."""
+    from .checkpoint import CheckpointError
+    from .teacher import load_teacher
+
+    p = Path(path)
+    if not p.is_dir():
+        raise TeacherImportError(f"{p} not found: pass a train-teacher directory (or its checkpoint/)")
+    ckpt = p / "checkpoint" if (p / "checkpoint").is_dir() else p
+    try:
+        net, meta = load_teacher(ckpt)
+    except (CheckpointError, OSError, ValueError) as e:
+        raise TeacherImportError(f"{p}: not a polydistill teacher ({str(e).splitlines()[0][:200]})") from None
+    obs = meta.get("observation") or {}
+    stack, shape = int(obs.get("frame_stack", 0) or 0), tuple(int(x) for x in obs.get("frame_shape", ()) or ())
+    return SourceModel(
+        source="polydistill", path=p, sha256=str(meta.get("sha256") or sha256_file(ckpt / "model.pt")), state={},
+        num_actions=len(meta["action_meanings"][0]), frame_stack=stack,
+        frame_shape=(shape[0], shape[1]) if len(shape) == 2 else (0, 0),
+        details={"game": meta.get("game"), "num_timesteps": meta.get("steps"),
+                 "package_version": meta.get("package_version")},
+        network=net, env=dict(obs),
+    )
+
+
 def _frame_side(cells: int) -> int:
     """The square input side whose Nature-DQN torso output has ``cells`` positions (7x7 for 84); 0 if none."""
     for side in range(36, 256):
@@ -206,10 +241,10 @@ def _frame_side(cells: int) -> int:
 def read_source(source: str, path: str | Path) -> SourceModel:
     """The checkpoint at ``path`` read as ``source`` (``sb3``, ``cleanrl`` or ``auto``)."""
     if source == "auto":
-        source = detect_source(path) if Path(path).is_file() else "sb3"
+        source = detect_source(path) if Path(path).exists() else "sb3"
     if source not in TEACHER_SOURCES:
         raise TeacherImportError(f"--from {source!r}: choose one of {', '.join(TEACHER_SOURCES)}")
-    return read_sb3(path) if source == "sb3" else read_cleanrl(path)
+    return {"sb3": read_sb3, "cleanrl": read_cleanrl, "polydistill": read_polydistill}[source](path)
 
 
 def preprocessing_differences(src: SourceModel, game: str, cfg: ImportConfig) -> list[str]:
@@ -226,11 +261,16 @@ def preprocessing_differences(src: SourceModel, game: str, cfg: ImportConfig) ->
     if src.num_actions != n:
         which = "full" if env.full_action_space else "minimal"
         out.append(f"{src.num_actions} actions ({game}'s {which} action set has {n})")
-    for name, theirs, ours in (("frame skip", cfg.source_frame_skip, env.frame_skip),
-                               ("no-op starts", cfg.source_noop_max, env.noop_max),
-                               ("sticky actions", cfg.source_sticky_actions, env.sticky_actions)):
+    told = src.env or {}  # a polydistill teacher says how it was trained; a library checkpoint does not
+    for name, key, theirs, ours in (("frame skip", "frame_skip", cfg.source_frame_skip, env.frame_skip),
+                                    ("no-op starts", "noop_max", cfg.source_noop_max, env.noop_max),
+                                    ("sticky actions", "sticky_actions", cfg.source_sticky_actions,
+                                     env.sticky_actions)):
+        theirs = told.get(key, theirs)
         if theirs != ours:
             out.append(f"{name} {theirs} (ours {ours})")
+    if src.source == "polydistill" and src.details.get("game") != game:
+        out.append(f"a teacher of {src.details.get('game')}, not of {game}")
     return out
 
 
@@ -244,8 +284,11 @@ def check_preprocessing(src: SourceModel, game: str, cfg: ImportConfig) -> None:
             f"(--frame-skip, --noop-max, --frame-stack, --sticky-actions) to match")
 
 
-def build_teacher(src: SourceModel) -> NatureQNetwork:
-    """The source's Q-network as a :class:`NatureQNetwork` with its weights (eval mode, on the CPU)."""
+def build_teacher(src: SourceModel) -> QNetwork:
+    """The source's Q-network with its weights (eval mode, on the CPU): a polydistill teacher's own network,
+    a library's as a :class:`NatureQNetwork`."""
+    if src.network is not None:
+        return src.network.cpu().eval().requires_grad_(False)
     net = NatureQNetwork(src.num_actions, frame_stack=src.frame_stack)
     try:
         net.load_state_dict(src.state)
@@ -255,7 +298,7 @@ def build_teacher(src: SourceModel) -> NatureQNetwork:
     return net.eval().requires_grad_(False)
 
 
-def _record(game: str, cfg: ImportConfig, net: NatureQNetwork, device: torch.device
+def _record(game: str, cfg: ImportConfig, net: QNetwork, device: torch.device
             ) -> tuple[FrameReplay, list[tuple[int, float, int, float]]]:
     """Play ``cfg.record_steps`` agent steps epsilon-greedily; the replay holding them and the episodes."""
     n = cfg.num_envs
@@ -287,7 +330,7 @@ def _record(game: str, cfg: ImportConfig, net: NatureQNetwork, device: torch.dev
     return replay, curve
 
 
-def _write(tmp: Path, game: str, cfg: ImportConfig, src: SourceModel, net: NatureQNetwork,
+def _write(tmp: Path, game: str, cfg: ImportConfig, src: SourceModel, net: QNetwork,
            replay: FrameReplay, curve: list[tuple[int, float, int, float]]) -> dict[str, Any]:
     """Everything of a teacher directory into ``tmp``; returns the import record."""
     from .plots import plot_learning_curve

@@ -1,4 +1,4 @@
-"""``polydistill import-teacher`` (SB3 / CleanRL DQN checkpoints in) and ``export-minari`` (Minari out)."""
+"""``polydistill import-teacher`` (SB3 / CleanRL / polydistill teachers in) and ``export-minari`` (Minari out)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,16 @@ from .options import config_options
 
 
 @main.command("import-teacher")
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("checkpoint", type=click.Path())
 @click.option("--from", "source", type=click.Choice([*TEACHER_SOURCES, "auto"]), required=True,
-              help="The library that trained it: sb3 (model.save()'s .zip) or cleanrl (dqn_atari.py's "
-                   "state_dict); auto tells them apart by content.")
+              help="What trained it: sb3 (model.save()'s .zip), cleanrl (dqn_atari.py's state_dict) or "
+                   "polydistill (a train-teacher directory); auto tells them apart by content.")
 @click.option("--game", required=True, help="The Atari game it plays: Pong, ALE/Pong-v5 or pong.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Teacher directory.")
 @config_options("import", skip=("teachers",))
 def import_teacher_cmd(checkpoint: str, source: str, game: str, out_dir: str, cfg: ImportConfig, profile: str) -> None:
-    """Import a Stable-Baselines3 or CleanRL DQN as a teacher, then record its states by playing.
+    """Import a Stable-Baselines3 or CleanRL DQN, or a polydistill teacher trained elsewhere (across
+    sittings, on another machine), as a teacher, then record its states by playing.
 
     The checkpoint's format and preprocessing are checked against ours first (one line naming every
     difference); --out then gets what train-teacher writes (checkpoint/, dataset/, curve.csv, curve.png), so

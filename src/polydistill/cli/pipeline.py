@@ -45,7 +45,8 @@ def pipeline_options(fn: Callable) -> Callable:
     hyperparameter (``config.PIPELINE_PARAMETERS``); the command receives them as ``params``."""
     names = [n for n in C.PIPELINE_PARAMETERS if n != "teachers"]  # a mapping: --teacher GAME=PATH below
     fn = click.option("--teacher", "teacher_items", multiple=True, metavar="GAME=PATH",
-                      help="Import GAME's teacher from an SB3 .zip or CleanRL state_dict (a path, file:// or "
+                      help="Import GAME's teacher from an SB3 .zip, a CleanRL state_dict or a train-teacher "
+                           "directory (a path, file:// or "
                            "s3:// URI; submit/schedule: a URI the cluster reads) instead of training it; "
                            "repeat per game [import.teachers].")(fn)
     for name in reversed(names):
@@ -67,7 +68,12 @@ def pipeline_options(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        params = {n: kwargs.pop(f"hp__{n}") for n in names}
+        params = {}
+        for n in names:
+            try:
+                params[n] = C.pipeline_value(n, kwargs.pop(f"hp__{n}"))
+            except C.ConfigError as e:
+                fail(f"--{n.replace('_', '-')}{str(e).removeprefix(n)}")
         params["teachers"] = _teacher_sources(kwargs.pop("teacher_items")) or None
         kwargs["games"] = list(kwargs["games"])
         return fn(*args, params={k: v for k, v in params.items() if v is not None}, **kwargs)
@@ -86,8 +92,9 @@ def _teacher_sources(items: tuple[str, ...]) -> dict[str, str]:
         if "://" in where:
             continue
         path = Path(where).expanduser()
-        if not path.is_file():
-            raise click.UsageError(f"--teacher {game}={where}: no such file; pass an SB3 .zip or CleanRL checkpoint")
+        if not path.exists():
+            raise click.UsageError(f"--teacher {game}={where}: no such file or directory; pass an SB3 .zip, a "
+                                   "CleanRL checkpoint or a train-teacher directory")
         sources[game] = str(path.resolve())
     return sources
 

@@ -24,8 +24,17 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from polydistill.mirror import INDEX_KEY, SYNC_SECONDS_ENV, WorkDir, fetch_dir, publish_dir, work_dir
-from polydistill.mirror import fetch_file as fetch_file  # re-exported: the train-teacher component calls rt.fetch_file
+# fetch_file, fetch_source: re-exported for train-teacher (rt.fetch_file in pipelines compiled before fetch_source)
+from polydistill.mirror import (
+    INDEX_KEY,
+    SYNC_SECONDS_ENV,
+    WorkDir,
+    fetch_dir,
+    publish_dir,
+    work_dir,
+)
+from polydistill.mirror import fetch_file as fetch_file
+from polydistill.mirror import fetch_source as fetch_source
 from polydistill.progress import MetricsCallback
 from polydistill.run_layout import (
     GAME_RECORD_FIELDS,

@@ -23,6 +23,7 @@ def start_run(
     experiment: str,
     kfp_run_id: str,
     teacher_steps: int,
+    teacher_game_steps: dict,
     teacher_num_envs: int,
     record_steps: int,
     teacher_learning_rate: float,

@@ -23,7 +23,8 @@ def train_teacher(
     warm_starts: dict = {},  # noqa: B006 - KFP reads the default from the signature; {} = no warm start
     import_config: dict = {},  # noqa: B006 - the resolved import config; {} or no entry for game = train
 ):
-    """Train a teacher on ``game`` with the resolved teacher ``config``.
+    """Train a teacher on ``game`` with the resolved teacher ``config`` (its ``game_steps`` entry for ``game``,
+    if any, as ``total_steps``: what the stage run logs).
 
     Outputs: ``teacher`` (checkpoint directory, also published to ``run_root/teachers/GAME`` for the students:
     ``metadata["store_uri"]``), ``experience`` (the recorded dataset directory, exported to
@@ -35,8 +36,9 @@ def train_teacher(
     The source is verified and tagged on the stage run (``polydistill.warm_start.*``).
 
     A game named in ``import_config["teachers"]`` (game -> checkpoint path or store URI) is not trained: its
-    SB3 or CleanRL checkpoint is imported and records its states with this task's teacher config
-    (``polydistill.teacher_import``, ``ImportConfig.recording_for``); the outputs are the same.
+    SB3 or CleanRL checkpoint, or polydistill teacher directory, is imported and records its states with this
+    task's teacher config (``polydistill.teacher_import``, ``ImportConfig.recording_for``); the outputs are the
+    same.
     """
     from polydistill import config as C
     from polydistill import stages as S
@@ -47,6 +49,7 @@ def train_teacher(
     from polydistill_kfp.components import runtime as rt
 
     imported = ((import_config or {}).get("teachers") or {}).get(game)
+    config = C.from_dict("teacher", config).for_game(game).model_dump(mode="json")  # the game's own budget
     with rt.stage_task(S.TRAIN_TEACHER, game, config, run_root=run_root, tracking_uri=tracking_uri,
                        parent_run_id=parent_run_id, experiment=experiment, minio_endpoint=minio_endpoint,
                        log_config=not imported) as task:
@@ -56,7 +59,7 @@ def train_teacher(
             icfg = C.from_dict("import", import_config).recording_for(task.cfg)
             task.run.log_config(icfg.model_dump(mode="json"))
             task.run.set_tags({N.TAG_IMPORTED_FROM: imported})
-            res = import_teacher("auto", rt.fetch_file(imported), game, icfg, task.path / "imported")
+            res = import_teacher("auto", rt.fetch_source(imported), game, icfg, task.path / "imported")
         else:
             init = verify(source, rt.fetch_dir(source["uri"])) if source else None
             if source:
