@@ -18,6 +18,7 @@ winner: the smallest bytes/state among the candidates whose decode keeps up with
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import os
 import platform
@@ -42,18 +43,34 @@ MIN_DECODE_MBS = 100.0
 MIN_ENCODE_MBS = 1.0
 
 
-def _zstd_pair(level: int, long: bool) -> tuple[Enc, Dec]:
+def _zstd_pair(level: int, long: bool, window_log: int = 27) -> tuple[Enc, Dec]:
     import zstandard as zs
 
-    params = zs.ZstdCompressionParameters.from_level(level, enable_ldm=long, window_log=27 if long else 0)
+    params = zs.ZstdCompressionParameters.from_level(level, enable_ldm=long, window_log=window_log if long else 0)
     enc = zs.ZstdCompressor(compression_params=params)
-    dec = zs.ZstdDecompressor(max_window_size=1 << 27)
+    dec = zs.ZstdDecompressor(max_window_size=1 << max(window_log, 27))
 
     def encode(frames: np.ndarray) -> bytes:
         return bytes(enc.compress(frames.tobytes()))
 
     def decode(blob: bytes, n: int) -> np.ndarray:
         return np.frombuffer(dec.decompress(blob, max_output_size=n * 7056), np.uint8).reshape(n, *FRAME)
+
+    return encode, decode
+
+
+def _xz_pair(preset: int) -> tuple[Enc, Dec]:
+    import lzma
+
+    # LZMA2 with a dictionary as large as a 100,000-step buffer (706 MB), so matches reach as far as zstd's.
+    filters = [{"id": lzma.FILTER_LZMA2, "preset": preset | lzma.PRESET_EXTREME, "dict_size": 1 << 30}]
+
+    def encode(frames: np.ndarray) -> bytes:
+        return lzma.compress(frames.tobytes(), format=lzma.FORMAT_RAW, filters=filters)
+
+    def decode(blob: bytes, n: int) -> np.ndarray:
+        return np.frombuffer(lzma.decompress(blob, format=lzma.FORMAT_RAW, filters=filters), np.uint8).reshape(
+            n, *FRAME)
 
     return encode, decode
 
@@ -92,14 +109,28 @@ def _jxl_pair() -> tuple[Enc, Dec]:
     return encode, decode
 
 
+def _window_log(shard: int) -> int:
+    """The smallest zstd window (log2 bytes, at least 2^27) holding a whole shard of ``shard`` frames."""
+    return max(27, (shard * FRAME[0] * FRAME[1] - 1).bit_length())
+
+
 def candidates(which: str) -> dict[str, tuple[int, Callable[[], tuple[Enc, Dec]]]]:
     """name -> (shard steps, codec factory). ``which``: ``quick`` (today's, and zstd-long at two levels),
-    ``default`` (adds zstd-19 without long matching, 5k-step shards, blosc2) or ``all`` (adds the slow ones)."""
+    ``windows`` (zstd-19 long over 10k, 25k, 50k and 100k-step shards, each one window, and xz over 100k),
+    ``default`` (quick, plus zstd-19 without long matching, 5k-step shards, blosc2) or ``all`` (adds the slow
+    ones)."""
     out: dict[str, tuple[int, Callable[[], tuple[Enc, Dec]]]] = {
         "zstd-3, 5k shards (today's zstd)": (5_000, lambda: _zstd_pair(3, False)),
         "zstd-9 long, 10k shards": (10_000, lambda: _zstd_pair(9, True)),
         "zstd-19 long, 10k (zstd-long)": (10_000, lambda: _zstd_pair(19, True)),
     }
+    if which == "windows":
+        out.pop("zstd-9 long, 10k shards")
+        for shard in (25_000, 50_000, 100_000):
+            factory = functools.partial(_zstd_pair, 19, True, _window_log(shard))
+            out[f"zstd-19 long, {shard // 1000}k shards"] = (shard, factory)
+        out["xz -9e, 100k shards"] = (100_000, lambda: _xz_pair(9))
+        return out
     if which == "quick":
         return out
     out["zstd-19, 5k shards"] = (5_000, lambda: _zstd_pair(19, False))
@@ -195,7 +226,8 @@ def export(run: Path, dest: Path, codec: str, shard_steps: int) -> tuple[str, fl
     return str(dest), time.perf_counter() - t0
 
 
-def measure_game(game: str, run: Path, work: Path, which: str) -> None:
+def measure_game(game: str, run: Path, work: Path, which: str,
+                 exports: tuple[tuple[str, int], ...] = (("zstd", 5_000), ("zstd-long", 10_000))) -> None:
     frames, _ = all_rows(str(run / "dataset"))
     print(f"\n{game}: {len(frames):,} frames of the teacher run {run} ({frames.nbytes / 1e6:.1f} MB raw)")
     results = measure_candidates(frames, candidates(which))
@@ -207,22 +239,25 @@ def measure_game(game: str, run: Path, work: Path, which: str) -> None:
           f"MB/s): {best}")
     print("  whole datasets (export-buffer, float16 Q, cpu profile), bytes per state:")
     uris, secs = {}, {}
-    for codec, shard in (("zstd", 5_000), ("zstd-long", 10_000)):
-        uris[codec], secs[codec] = export(run, work / f"buffers-{codec}" / game, codec, shard)
+    for codec, shard in exports:
+        key = f"{codec}:{shard}"
+        uris[key], secs[key] = export(run, work / f"buffers-{codec}-{shard}" / game, codec, shard)
     reads: dict[str, float] = {}
     for _ in range(2):  # in turns, each keeping its best
         for c, u in uris.items():
             reads[c] = max(reads.get(c, 0.0), read_rate(u))
     bps = {}
-    for codec, uri in uris.items():
+    for key, uri in uris.items():
         ds = ExperienceDataset(uri)
-        bps[codec], parts = ds.manifest.bytes_per_state, split(uri)
-        print(f"    {codec:<10} shards {ds.manifest.shards[0].stop:>6,}: {bps[codec]:6.1f} B/state = frames "
+        bps[key], parts = ds.manifest.bytes_per_state, split(uri)
+        print(f"    {key:<16}: {bps[key]:6.1f} B/state = frames "
               f"{parts['frames']:.1f} + Q and columns {parts['q'] + parts['columns']:.1f} + npz {parts['overhead']:.1f}"
-              f"; export {secs[codec]:5.1f} s ({len(frames) / secs[codec]:,.0f} steps/s); read+stack "
-              f"{reads[codec]:,.0f} states/s", flush=True)  # fmt: skip
-    print(f"    zstd-long / zstd: bytes {bps['zstd-long'] / bps['zstd']:.2f}, export time "
-          f"{secs['zstd-long'] / secs['zstd']:.2f}, read+stack states/s {reads['zstd-long'] / reads['zstd']:.2f}")
+              f"; export {secs[key]:5.1f} s ({len(frames) / secs[key]:,.0f} steps/s); read+stack "
+              f"{reads[key]:,.0f} states/s", flush=True)  # fmt: skip
+    base = next(iter(uris))
+    for key in list(uris)[1:]:
+        print(f"    {key} / {base}: bytes {bps[key] / bps[base]:.2f}, export time {secs[key] / secs[base]:.2f}, "
+              f"read+stack states/s {reads[key] / reads[base]:.2f}")
 
 
 def _teacher(game: str, root: Path, steps: int = 10_000) -> Path:
@@ -247,8 +282,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--teachers", type=Path, default=None, help="Directory of teacher runs, one per game.")
     ap.add_argument("--games", default="DemonAttack,UpNDown,Atlantis,Breakout,Pong")
-    ap.add_argument("--candidates", choices=("quick", "default", "all"), default="default",
-                    help="quick: 3 zstd settings; default: 6 candidates; all: also zstd-22 and JPEG XL (slow).")
+    ap.add_argument("--candidates", choices=("quick", "windows", "default", "all"), default="default",
+                    help="quick: 3 zstd settings; windows: zstd-19 long over 10k-100k shards and xz; default: 6 "
+                         "candidates; all: also zstd-22 and JPEG XL (slow).")
+    ap.add_argument("--exports", default="zstd:5000,zstd-long:10000",
+                    help="Whole exports to measure, CODEC:SHARD_STEPS,... (the first is the baseline of the ratios).")
     ap.add_argument("--work", type=Path, default=None,
                     help="Keep the exported buffers here (DIR/buffers-CODEC/GAME, what distill_throughput.py reads).")
     a = ap.parse_args()
@@ -261,7 +299,8 @@ def main() -> None:
             run = root / game
             if not (run / "checkpoint").is_dir():
                 run = _teacher(game, root)
-            measure_game(game, run, a.work or Path(d) / "exports", a.candidates)
+            exports = tuple((c, int(n)) for c, _, n in (item.partition(":") for item in a.exports.split(",")))
+            measure_game(game, run, a.work or Path(d) / "exports", a.candidates, exports)
 
 
 if __name__ == "__main__":

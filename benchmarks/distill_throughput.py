@@ -3,12 +3,13 @@ latent/full time ratio (the seed paper found latents slower because every batch 
 
     python benchmarks/distill_throughput.py [--work DIR] [--games Breakout,Pong] [--steps 40] [--rounds 2]
         [--batch-size 32] [--width 1.0] [--torch-threads N] [--device cpu] [--teacher-run DIR ...]
-    python benchmarks/distill_throughput.py --codecs zstd,zstd-long --teacher-run DIR ... [--rounds 2]
+    python benchmarks/distill_throughput.py --codecs zstd,zstd-long:100000 --teacher-run DIR ... [--rounds 2]
 
-``--codecs`` compares shard codecs instead: each teacher's buffer exported in every codec (zstd in 5,000-step
-shards, zstd-long in 10,000), then distillation on the ``cpu`` profile's settings per codec in turns, with
-the distiller's states/s, the whole distill() call's wall time (dataset open and shard decoding included)
-and a cold sampler's states/s (open, decode the pool, draw as many batches as the distiller's steps).
+``--codecs`` compares shard codecs instead: each teacher's buffer exported in every codec (``CODEC:STEPS``
+for shards of STEPS agent steps; zstd alone in 5,000-step shards, zstd-long alone in 10,000), then
+distillation on the ``cpu`` profile's settings per codec in turns, with the distiller's states/s, the whole
+distill() call's wall time (dataset open and shard decoding included) and a cold sampler's states/s (open,
+decode the pool, draw as many batches as the distiller's steps).
 
 What it builds (reused from --work on a second run): a short teacher per game (or --teacher-run), its buffer
 exported with the teacher's Q-values (what the pipeline's export-buffer writes), a smoke-sized autoencoder
@@ -52,7 +53,7 @@ def _teacher(game: str, root: Path) -> Path:
 
 
 def _exported(game: str, run: Path, root: Path, codec: str = "", shard_steps: int = 1_000) -> str:
-    dest = root / (f"buffers-{codec}" if codec else "buffers") / game
+    dest = root / (f"buffers-{codec}-{shard_steps}" if codec else "buffers") / game
     if not (dest / "manifest.json").is_file():
         over = {"q_dtype": "float16", "shard_steps": shard_steps, **({"codec": codec} if codec else {})}
         t0 = time.perf_counter()
@@ -99,14 +100,15 @@ def compare_feeds(buffers: dict[str, dict[str, str]], batch: int, pool: int, rou
     for c, uris in buffers.items():
         for g, u in uris.items():
             b = buffers[base][g]
-            print(f"  {c:<10} {g:<12} cold {cold[c + u]:>9,.0f} states/s ({cold[c + u] / cold[base + b]:.3f}x {base})"
+            print(f"  {c:<16} {g:<12} cold {cold[c + u]:>9,.0f} states/s ({cold[c + u] / cold[base + b]:.3f}x {base})"
                   f"   warm {warm[c + u]:>9,.0f} states/s ({warm[c + u] / warm[base + b]:.3f}x {base})")  # fmt: skip
 
 
 def compare_codecs(runs: dict[str, Path], work: Path, codecs: list[str], args: argparse.Namespace) -> None:
     """Distiller states/s (and a cold sampler's) on the same teachers' buffers in each codec, side by side:
     the codecs take turns for --rounds rounds and each keeps its best."""
-    buffers = {c: {g: _exported(g, r, work, c, CODEC_SHARDS.get(c, 5_000)) for g, r in runs.items()} for c in codecs}
+    specs = {c: (c.partition(":")[0], int(c.partition(":")[2] or CODEC_SHARDS.get(c, 5_000))) for c in codecs}
+    buffers = {c: {g: _exported(g, r, work, *specs[c]) for g, r in runs.items()} for c in codecs}
     cpu = C.resolve("distill", "cpu")
     compare_feeds(buffers, cpu.batch_size, cpu.cache_shards, max(args.rounds, 5))
     if args.steps == 0:
@@ -130,9 +132,9 @@ def compare_codecs(runs: dict[str, Path], work: Path, codecs: list[str], args: a
     cached = C.resolve("distill", "cpu").cache_shards
     print(f"\n{len(runs)} games ({', '.join(runs)}), cpu profile distill settings (batch 32 per game, {cached} "
           f"cached shards), {args.steps} steps, best of {args.rounds} rounds")  # fmt: skip
-    print(f"{'codec':<12}{'distill states/s':>18}{'distill() wall s':>18}{'cold sampler states/s':>24}   all rounds")
+    print(f"{'codec':<18}{'distill states/s':>18}{'distill() wall s':>18}{'cold sampler states/s':>24}   all rounds")
     for c in codecs:
-        print(f"{c:<12}{max(sps[c]):>18.1f}{min(wall[c]):>18.1f}{max(feed[c]):>24.0f}   "
+        print(f"{c:<18}{max(sps[c]):>18.1f}{min(wall[c]):>18.1f}{max(feed[c]):>24.0f}   "
               f"{', '.join(f'{x:.1f}' for x in sps[c])}")  # fmt: skip
     base = codecs[0]
     for c in codecs[1:]:
@@ -255,7 +257,8 @@ def main() -> None:
     ap.add_argument("--width", type=float, default=1.0, help="Student width multiplier.")
     ap.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads (0 = default).")
     ap.add_argument("--device", default="cpu", help="Training device.")
-    ap.add_argument("--codecs", default="", help="Compare these shard codecs instead (e.g. zstd,zstd-long).")
+    ap.add_argument("--codecs", default="",
+                    help="Compare these shard codecs instead, CODEC[:SHARD_STEPS],... (e.g. zstd,zstd-long:100000).")
     args = ap.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("no CUDA device on this machine; run with --device cpu (GPU figures: docs/PERFORMANCE.md)")

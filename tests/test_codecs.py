@@ -13,7 +13,7 @@ import pytest
 
 from polydistill import config as C
 from polydistill.buffer import DatasetError, DatasetWriter, ExperienceDataset, Manifest
-from polydistill.codecs import CODECS, DEFAULT_FRAME_CODEC, get_codec
+from polydistill.codecs import CODECS, DEFAULT_FRAME_CODEC, get_codec, window_log
 from polydistill.envs import action_meanings, make_vector_env, observation_spec
 from polydistill.replay import FrameReplay, StepRecorder
 from polydistill.store import open_store
@@ -58,6 +58,25 @@ def _write(where: Path, game: str, rows: dict, codec: str, q_dtype: str = "float
 def test_zstd_long_is_the_default_and_a_table_entry() -> None:
     assert C.ExportConfig().codec == DEFAULT_FRAME_CODEC == "zstd-long"
     assert get_codec("zstd-long") is CODECS["zstd-long"] and CODECS["zstd-long"].frames
+
+
+def test_the_zstd_long_window_covers_a_whole_shard() -> None:
+    frame = 84 * 84
+    assert [window_log(n * frame) for n in (1, 500, 10_000)] == [27, 27, 27]  # 10,000 steps: 70.6 MB < 2^27
+    assert [window_log(n * frame) for n in (25_000, 50_000, 100_000)] == [28, 29, 30]
+    assert window_log(10**12) == 31  # zstd's largest window
+    for n in (10_000, 25_000, 100_000):
+        assert n * frame <= 1 << window_log(n * frame)
+
+
+def test_a_shard_larger_than_the_default_window_round_trips(tmp_path) -> None:
+    """Shards of 25,000 steps get a 2^28-byte window, recorded in the manifest and used by the reader."""
+    rows, stacks = _play("Breakout", steps=60)
+    m = _write(tmp_path / "ds", "Breakout", rows, "zstd-long", shard_steps=25_000)
+    assert m.codec_params["window_log"] == 28 and len(m.shards) == 1
+    ds = ExperienceDataset(str(tmp_path / "ds"))
+    got = np.concatenate([shard.states(r) for shard, r in ds.iter_batches(64)])
+    np.testing.assert_array_equal(got, stacks[rows["valid"]])
 
 
 @pytest.mark.parametrize("game", SEED_GAMES)

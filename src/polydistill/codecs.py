@@ -11,7 +11,7 @@ codec             stores  shard arrays
 ``raw``           frames  ``frames`` uint8 (n, 84, 84): the newest frame of each step's state
 ``zstd``          frames  ``frames_zstd`` uint8 (bytes,): the frames array, zstd-compressed whole
 ``zstd-long``     frames  ``frames_zstd`` as ``zstd`` but long-distance matching over a window of
-                          ``2**window_log`` bytes (the whole shard); ``columns_zstd`` uint8 (bytes,):
+                          ``2**window_log`` bytes (the whole shard, at least 2**27); ``columns_zstd`` uint8 (bytes,):
                           every step column and the Q-values, byte-shuffled and zstd-compressed as one
 ``latent``        codes   ``latents`` float16/float32/int8 (n, D), with ``latent_scale`` float32 (n,) for int8
 ================  ======  =========================================================================
@@ -67,8 +67,8 @@ class Codec:
 
     ``encode(column, params)`` returns the arrays to save for the state column; ``decode(arrays, n,
     frame_shape, params)`` returns the column back (frames uint8 (n, *frame_shape) or codes float32 (n, D)).
-    ``params(level=, dtype=)`` gives the manifest's ``codec_params`` from the writer's settings (``level``
-    0: the codec's own default). ``pack_columns(columns, params)`` / ``unpack_columns(arrays, n, spec,
+    ``params(level=, dtype=, shard_bytes=)`` gives the manifest's ``codec_params`` from the writer's settings
+    (``level`` 0: the codec's own default; ``shard_bytes``: a full shard's raw frame bytes). ``pack_columns(columns, params)`` / ``unpack_columns(arrays, n, spec,
     params)``, when set, store the step columns and Q-values in the codec's form and give them back exactly.
     """
 
@@ -119,14 +119,22 @@ def _zstd_decode(
     return np.frombuffer(raw, dtype=np.uint8).reshape(n, *shape)
 
 
-#: ``zstd-long`` defaults: level 19 with long-distance matching over 128 MiB, so a 10,000-step shard's
+#: ``zstd-long`` defaults: level 19 with long-distance matching over at least 128 MiB, so a 10,000-step shard's
 #: 70.6 MB of frames is one window (docs/STORAGE.md has the measurements that chose them).
 LONG_LEVEL = 19
 LONG_WINDOW_LOG = 27
+#: zstd's largest window (2 GiB): a shard larger than that still encodes, its oldest frames out of reach.
+MAX_WINDOW_LOG = 31
 
 
-def _long_params(level: int = 0, **_: Any) -> dict[str, Any]:
-    return {"level": level or LONG_LEVEL, "window_log": LONG_WINDOW_LOG, "columns": "byte-shuffle+zstd"}
+def window_log(shard_bytes: int) -> int:
+    """The ``zstd-long`` window (log2 bytes) for shards of ``shard_bytes`` raw frame bytes: the whole shard,
+    at least :data:`LONG_WINDOW_LOG`, at most :data:`MAX_WINDOW_LOG`."""
+    return min(MAX_WINDOW_LOG, max(LONG_WINDOW_LOG, (max(shard_bytes, 1) - 1).bit_length()))
+
+
+def _long_params(level: int = 0, shard_bytes: int = 0, **_: Any) -> dict[str, Any]:
+    return {"level": level or LONG_LEVEL, "window_log": window_log(shard_bytes), "columns": "byte-shuffle+zstd"}
 
 
 def _zstd_long(data: bytes, params: Mapping[str, Any]) -> bytes:
