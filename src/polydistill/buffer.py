@@ -372,7 +372,9 @@ class DatasetWriter:
         self.workers = workers
         self.progress = progress
         frame_bytes = int(np.prod(manifest.observation.get("frame_shape") or (84, 84)))
-        manifest.codec_params = self.codec.params(level=level, dtype=latent_dtype, shard_bytes=shard_steps * frame_bytes)
+        manifest.codec_params = self.codec.params(
+            level=level, dtype=latent_dtype, shard_bytes=shard_steps * frame_bytes
+        )
         manifest.q_values = {"dtype": q_dtype} if q_dtype else None
         manifest.shards, manifest.num_steps, manifest.num_episodes, manifest.num_valid_states = [], 0, 0, 0
         self._pending: dict[str, list[np.ndarray]] = {}

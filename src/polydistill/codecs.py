@@ -68,8 +68,9 @@ class Codec:
     ``encode(column, params)`` returns the arrays to save for the state column; ``decode(arrays, n,
     frame_shape, params)`` returns the column back (frames uint8 (n, *frame_shape) or codes float32 (n, D)).
     ``params(level=, dtype=, shard_bytes=)`` gives the manifest's ``codec_params`` from the writer's settings
-    (``level`` 0: the codec's own default; ``shard_bytes``: a full shard's raw frame bytes). ``pack_columns(columns, params)`` / ``unpack_columns(arrays, n, spec,
-    params)``, when set, store the step columns and Q-values in the codec's form and give them back exactly.
+    (``level`` 0: the codec's own default; ``shard_bytes``: a full shard's raw frame bytes).
+    ``pack_columns(columns, params)`` / ``unpack_columns(arrays, n, spec, params)``, when set, store the step
+    columns and Q-values in the codec's form and give them back exactly.
     """
 
     name: str
