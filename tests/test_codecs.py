@@ -79,11 +79,19 @@ def test_a_shard_larger_than_the_default_window_round_trips(tmp_path) -> None:
     np.testing.assert_array_equal(got, stacks[rows["valid"]])
 
 
+PACKED_CODECS = {
+    "zstd-long": {"level": 19, "window_log": 27, "columns": "byte-shuffle+zstd"},
+    # 111-step shards: 783,216 bytes of frames, within a 2^20-byte dictionary (the smallest xz gets)
+    "xz": {"preset": 9, "extreme": True, "dict_log": 20, "columns": "byte-shuffle+xz"},
+}
+
+
+@pytest.mark.parametrize("codec", list(PACKED_CODECS))
 @pytest.mark.parametrize("game", SEED_GAMES)
-def test_zstd_long_round_trip_is_exact_on_real_frames(game, tmp_path) -> None:
+def test_packed_codecs_round_trip_exactly_on_real_frames(game, codec, tmp_path) -> None:
     rows, stacks = _play(game)
-    m = _write(tmp_path / "ds", game, rows, "zstd-long")
-    assert m.codec == "zstd-long" and m.codec_params == {"level": 19, "window_log": 27, "columns": "byte-shuffle+zstd"}
+    m = _write(tmp_path / "ds", game, rows, codec)
+    assert m.codec == codec and m.codec_params == PACKED_CODECS[codec]
     assert len(m.shards) >= 2  # context rows cross a shard boundary
     ds = ExperienceDataset(str(tmp_path / "ds"))
     got: dict[str, list[np.ndarray]] = {"states": [], "q": [], "actions": [], "rewards": [], "first": []}
@@ -140,17 +148,18 @@ def test_codec_zstd_writes_the_bytes_it_wrote_before(tmp_path) -> None:
     assert m.version == before["version"]
 
 
-def test_a_corrupt_column_blob_is_named(tmp_path) -> None:
+@pytest.mark.parametrize(("codec", "blob"), [("zstd-long", "columns_zstd"), ("xz", "columns_xz"), ("xz", "frames_xz")])
+def test_a_corrupt_blob_is_named(codec, blob, tmp_path) -> None:
     import io
 
     rows = compat_rows()
-    _write(tmp_path / "ds", "Pong", rows, "zstd-long", shard_steps=25)
+    _write(tmp_path / "ds", "Pong", rows, codec, shard_steps=25)
     ds = ExperienceDataset(str(tmp_path / "ds"), verify=False)  # past the checksum: the decoder must refuse
     info = ds.manifest.shards[1]
     path = tmp_path / "ds" / info.name
     with np.load(path) as z:
         arrays = {k: z[k] for k in z.files}
-    arrays["columns_zstd"] = arrays["columns_zstd"][:-7]
+    arrays[blob] = arrays[blob][:-7]
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     path.write_bytes(buf.getvalue())

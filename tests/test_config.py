@@ -35,6 +35,7 @@ def test_dotted_overrides_reach_nested_settings() -> None:
         ("teacher", {"learnin_rate": 1.0}, "learnin_rate"),
         ("distill", {"loss": "hinge"}, "loss"),
         ("teacher", {"start_e": 0.1, "end_e": 0.5}, "end_e"),
+        ("export", {"codec": "xz", "zstd_level": 19}, "no xz preset"),
     ],
 )
 def test_invalid_values_name_the_key(stage, overrides, match) -> None:

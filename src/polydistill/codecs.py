@@ -13,6 +13,9 @@ codec             stores  shard arrays
 ``zstd-long``     frames  ``frames_zstd`` as ``zstd`` but long-distance matching over a window of
                           ``2**window_log`` bytes (the whole shard, at least 2**27); ``columns_zstd`` uint8 (bytes,):
                           every step column and the Q-values, byte-shuffled and zstd-compressed as one
+``xz``            frames  ``frames_xz`` uint8 (bytes,): the frames array as one raw LZMA2 stream (preset 9
+                          extreme, a dictionary of ``2**dict_log`` bytes over the shard); ``columns_xz``
+                          as ``zstd-long``'s ``columns_zstd``, in LZMA2
 ``latent``        codes   ``latents`` float16/float32/int8 (n, D), with ``latent_scale`` float32 (n,) for int8
 ================  ======  =========================================================================
 
@@ -181,21 +184,83 @@ def _unshuffle(raw: bytes, dtype: str, n: int, width: int) -> np.ndarray:
     return np.ascontiguousarray(a.reshape(width, n).T) if width else a.copy()
 
 
-def _pack_columns(columns: Mapping[str, np.ndarray], params: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    blob = _zstd_long(b"".join(_shuffle(columns[k]) for k in columns), params)
-    return {"columns_zstd": np.frombuffer(blob, dtype=np.uint8)}
+Squeeze = Callable[[bytes, Mapping[str, Any]], bytes]
+Unsqueeze = Callable[[np.ndarray, int, Mapping[str, Any]], bytes]
 
 
-def _unpack_columns(
-    arrays: Mapping[str, np.ndarray], n: int, spec: ColumnSpec, params: Mapping[str, Any]
-) -> dict[str, np.ndarray]:
-    sizes = [n * max(1, width) * np.dtype(dtype).itemsize for dtype, width in spec.values()]
-    raw = _unzstd_long(arrays["columns_zstd"], sum(sizes), params)
-    out, at = {}, 0
-    for (name, (dtype, width)), size in zip(spec.items(), sizes, strict=True):
-        out[name] = _unshuffle(raw[at : at + size], dtype, n, width)
-        at += size
-    return out
+def _column_packer(key: str, squeeze: Squeeze, unsqueeze: Unsqueeze) -> tuple[PackColumns, UnpackColumns]:
+    """``pack_columns`` / ``unpack_columns`` storing every step column and Q, each byte-shuffled, as one blob
+    ``key`` compressed by ``squeeze`` (and read back by ``unsqueeze(blob, size, params)``)."""
+
+    def pack(columns: Mapping[str, np.ndarray], params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        blob = squeeze(b"".join(_shuffle(columns[k]) for k in columns), params)
+        return {key: np.frombuffer(blob, dtype=np.uint8)}
+
+    def unpack(arrays: Mapping[str, np.ndarray], n: int, spec: ColumnSpec, params: Mapping[str, Any]
+               ) -> dict[str, np.ndarray]:
+        sizes = [n * max(1, width) * np.dtype(dtype).itemsize for dtype, width in spec.values()]
+        raw = unsqueeze(arrays[key], sum(sizes), params)
+        out, at = {}, 0
+        for (name, (dtype, width)), size in zip(spec.items(), sizes, strict=True):
+            out[name] = _unshuffle(raw[at : at + size], dtype, n, width)
+            at += size
+        return out
+
+    return pack, unpack
+
+
+_pack_columns, _unpack_columns = _column_packer("columns_zstd", _zstd_long, _unzstd_long)
+
+#: ``xz`` defaults: LZMA2 preset 9 extreme, a dictionary covering a whole shard (2^27 bytes holds a 10,000-step
+#: shard), from 2^20 up to 2^28: the encoder needs about 11x its dictionary in memory, whatever the data's size.
+XZ_PRESET = 9
+XZ_MIN_DICT_LOG, XZ_MAX_DICT_LOG = 20, 28
+
+
+def _xz_params(level: int = 0, shard_bytes: int = 0, **_: Any) -> dict[str, Any]:
+    if level > 9:
+        raise CodecError(f"codec xz: level {level} is no xz preset; give --zstd-level 0-9 (0: the codec's own, 9)")
+    dict_log = min(XZ_MAX_DICT_LOG, max(XZ_MIN_DICT_LOG, (max(shard_bytes, 1) - 1).bit_length()))
+    return {"preset": level or XZ_PRESET, "extreme": True, "dict_log": dict_log, "columns": "byte-shuffle+xz"}
+
+
+def _xz_filters(params: Mapping[str, Any]) -> list[dict[str, Any]]:
+    import lzma
+
+    preset = int(params["preset"]) | (lzma.PRESET_EXTREME if params.get("extreme") else 0)
+    return [{"id": lzma.FILTER_LZMA2, "preset": preset, "dict_size": 1 << int(params["dict_log"])}]
+
+
+def _xz(data: bytes, params: Mapping[str, Any]) -> bytes:
+    import lzma
+
+    return lzma.compress(data, format=lzma.FORMAT_RAW, filters=_xz_filters(params))
+
+
+def _unxz(blob: np.ndarray, size: int, params: Mapping[str, Any]) -> bytes:
+    """Exactly ``size`` bytes from an ``xz`` blob (a blob that decodes to another size is corrupt)."""
+    import lzma
+
+    d = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_xz_filters(params))
+    raw = d.decompress(blob.tobytes(), max_length=size + 1)  # one byte more tells "too long" from exact
+    if len(raw) != size:
+        raise ValueError(f"decodes to {len(raw)}{'+' if len(raw) > size else ''} bytes, expected {size}")
+    return bytes(raw)
+
+
+def _xz_encode(frames: np.ndarray, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    blob = _xz(np.ascontiguousarray(frames, dtype=np.uint8).tobytes(), params)
+    return {"frames_xz": np.frombuffer(blob, dtype=np.uint8)}
+
+
+def _xz_decode(
+    arrays: Mapping[str, np.ndarray], n: int, shape: Sequence[int], params: Mapping[str, Any]
+) -> np.ndarray:
+    raw = _unxz(arrays["frames_xz"], n * int(np.prod(shape)), params)
+    return np.frombuffer(raw, dtype=np.uint8).reshape(n, *shape)
+
+
+_pack_xz_columns, _unpack_xz_columns = _column_packer("columns_xz", _xz, _unxz)
 
 
 def quantize_latents(z: np.ndarray, dtype: str) -> dict[str, np.ndarray]:
@@ -229,6 +294,10 @@ CODECS: dict[str, Codec] = {
             "zstd-long", "frames", "zstd frames with long-distance matching over the shard, packed step columns",
             _zstd_long_encode, _zstd_long_decode, _long_params, ("frames_zstd", "columns_zstd"),
             _pack_columns, _unpack_columns,
+        ),
+        Codec(
+            "xz", "frames", "LZMA2 (xz -9e) frames with a dictionary over the shard, packed step columns",
+            _xz_encode, _xz_decode, _xz_params, ("frames_xz", "columns_xz"), _pack_xz_columns, _unpack_xz_columns,
         ),
         Codec("raw", "frames", "uncompressed frames", _raw_encode, _raw_decode, lambda **_: {}, ("frames",)),
         Codec(

@@ -204,17 +204,24 @@ class ExportConfig(_Model):
 
     codec: FrameCodecName = Field(
         DEFAULT_FRAME_CODEC,
-        description="Shard codec (polydistill.codecs): zstd-long (long-distance zstd, packed columns) or zstd "
-        "(the earlier default, level 3) or raw.",
+        description="Shard codec (polydistill.codecs): zstd-long (long-distance zstd, packed columns), xz (LZMA2 "
+        "over the shard, packed columns), zstd (the earlier default, level 3) or raw.",
     )
     zstd_level: int = Field(
-        0, ge=0, le=22, description="zstd compression level; 0: the codec's own (zstd 3, zstd-long 19)."
+        0, ge=0, le=22,
+        description="Compression level (zstd 1-22, xz preset 1-9); 0: the codec's own (zstd 3, zstd-long 19, xz 9).",
     )
     shard_steps: int = Field(10_000, ge=1, description="Steps per shard.")
     q_dtype: Literal["float16", "float32", "none"] = Field(
         "float16", description="Store teacher Q-values per step at this precision, or none."
     )
     upload_workers: int = Field(4, ge=1, description="Parallel shard uploads.")
+
+    @model_validator(mode="after")
+    def _level_fits_the_codec(self) -> ExportConfig:
+        if self.codec == "xz" and self.zstd_level > 9:
+            raise ValueError(f"zstd_level={self.zstd_level} is no xz preset: give 1-9, or 0 for xz's own (9)")
+        return self
 
 
 class EncodeConfig(_Model):
