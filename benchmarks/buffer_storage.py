@@ -247,13 +247,14 @@ def measure_game(game: str, run: Path, work: Path, which: str,
                  exports: tuple[tuple[str, int], ...] = (("zstd", 5_000), ("zstd-long", 10_000))) -> None:
     frames, _ = all_rows(str(run / "dataset"))
     print(f"\n{game}: {len(frames):,} frames of the teacher run {run} ({frames.nbytes / 1e6:.1f} MB raw)")
-    results = measure_candidates(frames, candidates(which))
-    for name, r in results.items():
-        print(f"  {name:<34} {r['bytes']:7.1f} B/frame   encode {r['enc']:7.1f} MB/s   decode {r['dec']:7.1f} MB/s")
-    fast = {k: v for k, v in results.items() if v["dec"] >= MIN_DECODE_MBS and v["enc"] >= MIN_ENCODE_MBS}
-    best = min(fast, key=lambda k: fast[k]["bytes"])
-    print(f"  winner (fewest bytes among those decoding >= {MIN_DECODE_MBS} MB/s and encoding >= {MIN_ENCODE_MBS} "
-          f"MB/s): {best}")
+    if which != "none":
+        results = measure_candidates(frames, candidates(which))
+        for name, r in results.items():
+            print(f"  {name:<34} {r['bytes']:7.1f} B/frame   encode {r['enc']:7.1f} MB/s   decode {r['dec']:7.1f} MB/s")
+        fast = {k: v for k, v in results.items() if v["dec"] >= MIN_DECODE_MBS and v["enc"] >= MIN_ENCODE_MBS}
+        best = min(fast, key=lambda k: fast[k]["bytes"])
+        print(f"  winner (fewest bytes among those decoding >= {MIN_DECODE_MBS} MB/s and encoding >= "
+              f"{MIN_ENCODE_MBS} MB/s): {best}")
     print("  whole datasets (export-buffer, float16 Q, cpu profile), bytes per state:")
     uris, secs = {}, {}
     for codec, shard in exports:
@@ -299,13 +300,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--teachers", type=Path, default=None, help="Directory of teacher runs, one per game.")
     ap.add_argument("--games", default="DemonAttack,UpNDown,Atlantis,Breakout,Pong")
-    ap.add_argument("--candidates", choices=("quick", "windows", "default", "all"), default="default",
-                    help="quick: 3 zstd settings; windows: zstd-19 long over 10k-100k shards and xz; default: 6 "
-                         "candidates; all: also zstd-22 and JPEG XL (slow).")
+    ap.add_argument("--candidates", choices=("none", "quick", "windows", "default", "all"), default="default",
+                    help="none: the whole exports only; quick: 3 zstd settings; windows: zstd-19 long over 10k and "
+                         "100k shards, pixel-major, and xz; default: 6 candidates; all: also zstd-22 and JPEG XL.")
     ap.add_argument("--exports", default="zstd:5000,zstd-long:10000",
                     help="Whole exports to measure, CODEC:SHARD_STEPS,... (the first is the baseline of the ratios).")
     ap.add_argument("--work", type=Path, default=None,
-                    help="Keep the exported buffers here (DIR/buffers-CODEC/GAME, what distill_throughput.py reads).")
+                    help="Keep the exported buffers here (DIR/buffers-CODEC-SHARDS/GAME).")
     a = ap.parse_args()
     os.environ.setdefault("POLYDISTILL_PROGRESS", "off")
     load = os.getloadavg()[0]

@@ -51,8 +51,12 @@ def _bad_sources(teacher_runs: dict[str, Path], tmp: Path) -> list[tuple[list[st
     damaged = tmp / "damaged"
     shutil.copytree(teacher_runs["Pong"] / "checkpoint", damaged)
     (damaged / "model.pt").write_bytes(b"not weights")
+    unfinished = tmp / "unfinished"
+    unfinished.mkdir()
+    shutil.copy(teacher_runs["Pong"] / "run.json", unfinished / "run.json")
     pong = str(teacher_runs["Pong"])
     return [
+        (["--from", "polydistill", str(unfinished), "--game", "Pong"], "has not finished"),
         (["--from", "polydistill", pong, "--game", "Breakout"], "a teacher of Pong, not of Breakout"),
         (["--from", "polydistill", pong, "--game", "Pong", "--frame-skip", "3"], "frame skip 4 (ours 3)"),
         (["--from", "polydistill", str(empty), "--game", "Pong"], "not a polydistill teacher"),

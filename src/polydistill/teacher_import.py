@@ -212,6 +212,10 @@ def read_polydistill(path: str | Path) -> SourceModel:
     p = Path(path)
     if not p.is_dir():
         raise TeacherImportError(f"{p} not found: pass a train-teacher directory (or its checkpoint/)")
+    record = p / "run.json"
+    if record.is_file() and not (p / "checkpoint").is_dir():
+        raise TeacherImportError(f"{p}: a teacher run that has not finished (no checkpoint/ yet); run its "
+                                 "train-teacher command again to finish it, then import it")
     ckpt = p / "checkpoint" if (p / "checkpoint").is_dir() else p
     try:
         net, meta = load_teacher(ckpt)
