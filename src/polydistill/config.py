@@ -52,6 +52,9 @@ class _Model(BaseModel):
     #: Settings a training stage may change when it resumes a run (see :mod:`polydistill.rundir`): they cannot
     #: change what is trained. Every other setting must match the run being resumed.
     resume_free: ClassVar[frozenset[str]] = frozenset()
+    #: Settings folded into others before a run is recorded (``TeacherConfig.for_game``: ``game_steps`` becomes
+    #: ``total_steps``), so they are not part of a run's identity.
+    folded: ClassVar[frozenset[str]] = frozenset()
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
     @field_validator("device", check_fields=False)
@@ -112,6 +115,7 @@ class TeacherConfig(_Model):
     """
 
     resume_free: ClassVar[frozenset[str]] = frozenset({"device", "checkpoint_every"})
+    folded: ClassVar[frozenset[str]] = frozenset({"game_steps"})
 
     total_steps: int = Field(10_000_000, ge=1, description="Agent steps of training, summed over envs.")
     game_steps: dict[str, int] = Field(

@@ -136,7 +136,7 @@ def _open_run_dir(out: Path, game: str, cfg: TeacherConfig) -> RunDir:
 def _identity(cfg: TeacherConfig) -> dict[str, Any]:
     """The settings a run is recorded and resumed by: ``game_steps`` is already folded into ``total_steps``
     (:meth:`TeacherConfig.for_game`), and runs recorded before it existed keep resuming."""
-    return cfg.model_dump(mode="json", exclude={"game_steps"})
+    return cfg.model_dump(mode="json", exclude=set(cfg.folded))
 
 
 def _run_record(game: str, cfg: TeacherConfig) -> dict[str, Any]:
