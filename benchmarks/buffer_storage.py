@@ -32,6 +32,7 @@ import numpy as np
 
 from polydistill import config as C
 from polydistill.buffer import ExperienceDataset
+from polydistill.codecs import window_log
 from polydistill.export import export_buffer
 
 Enc = Callable[[np.ndarray], bytes]
@@ -123,11 +124,6 @@ def _jxl_pair() -> tuple[Enc, Dec]:
     return encode, decode
 
 
-def _window_log(shard: int) -> int:
-    """The smallest zstd window (log2 bytes, at least 2^27) holding a whole shard of ``shard`` frames."""
-    return max(27, (shard * FRAME[0] * FRAME[1] - 1).bit_length())
-
-
 def candidates(which: str) -> dict[str, tuple[int, Callable[[], tuple[Enc, Dec]]]]:
     """name -> (shard steps, codec factory). ``which``: ``quick`` (today's, and zstd-long at two levels),
     ``windows`` (zstd-19 long over 10k and 100k-step shards, each one window, also with the frames transposed
@@ -141,12 +137,11 @@ def candidates(which: str) -> dict[str, tuple[int, Callable[[], tuple[Enc, Dec]]
     }
     if which == "windows":
         out.pop("zstd-9 long, 10k shards")
-        for shard in (100_000,):
-            factory = functools.partial(_zstd_pair, 19, True, _window_log(shard))
-            out[f"zstd-19 long, {shard // 1000}k shards"] = (shard, factory)
+        whole = window_log(100_000 * FRAME[0] * FRAME[1])  # the codec's own window for a 100,000-step shard
+        out["zstd-19 long, 100k shards"] = (100_000, functools.partial(_zstd_pair, 19, True, whole))
         out["xz -9e, 10k shards"] = (10_000, lambda: _xz_pair(9))
         out["xz -9e, 25k shards"] = (25_000, lambda: _xz_pair(9, 28))
-        out["zstd-19 long, pixel-major, 100k"] = (100_000, lambda: _pixel_major(_zstd_pair(19, True, 30)))
+        out["zstd-19 long, pixel-major, 100k"] = (100_000, lambda: _pixel_major(_zstd_pair(19, True, whole)))
         return out
     if which == "quick":
         return out

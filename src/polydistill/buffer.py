@@ -170,6 +170,11 @@ class Manifest:
         return int(self.observation.get("frame_stack", 4))
 
     @property
+    def frame_shape(self) -> tuple[int, ...]:
+        """One frame's (height, width) in pixels."""
+        return tuple(self.observation.get("frame_shape") or (84, 84))
+
+    @property
     def total_bytes(self) -> int:
         return sum(s.bytes for s in self.shards)
 
@@ -371,9 +376,8 @@ class DatasetWriter:
         self.q_dtype = q_dtype
         self.workers = workers
         self.progress = progress
-        frame_bytes = int(np.prod(manifest.observation.get("frame_shape") or (84, 84)))
         manifest.codec_params = self.codec.params(
-            level=level, dtype=latent_dtype, shard_bytes=shard_steps * frame_bytes
+            level=level, dtype=latent_dtype, shard_bytes=shard_steps * int(np.prod(manifest.frame_shape))
         )
         manifest.q_values = {"dtype": q_dtype} if q_dtype else None
         manifest.shards, manifest.num_steps, manifest.num_episodes, manifest.num_valid_states = [], 0, 0, 0
@@ -736,7 +740,7 @@ class ExperienceDataset:
             raise DatasetError(f"dataset {self.uri}: shard {info.name} cannot be read ({e})") from e
         codec = CODECS[self.codec]
         n = info.stop - info.start + info.context  # rows in the shard, context rows included
-        shape = self.manifest.observation.get("frame_shape", (84, 84))
+        shape = self.manifest.frame_shape
         spec = self.column_spec() if codec.unpack_columns is not None else {}
         try:
             if codec.unpack_columns is not None:

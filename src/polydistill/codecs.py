@@ -131,10 +131,15 @@ LONG_WINDOW_LOG = 27
 MAX_WINDOW_LOG = 31
 
 
+def _covering_log(nbytes: int, low: int, high: int) -> int:
+    """The smallest power of two (its log2) holding ``nbytes``, clamped to ``[low, high]``."""
+    return min(high, max(low, (max(nbytes, 1) - 1).bit_length()))
+
+
 def window_log(shard_bytes: int) -> int:
     """The ``zstd-long`` window (log2 bytes) for shards of ``shard_bytes`` raw frame bytes: the whole shard,
     at least :data:`LONG_WINDOW_LOG`, at most :data:`MAX_WINDOW_LOG`."""
-    return min(MAX_WINDOW_LOG, max(LONG_WINDOW_LOG, (max(shard_bytes, 1) - 1).bit_length()))
+    return _covering_log(shard_bytes, LONG_WINDOW_LOG, MAX_WINDOW_LOG)
 
 
 def _long_params(level: int = 0, shard_bytes: int = 0, **_: Any) -> dict[str, Any]:
@@ -158,16 +163,27 @@ def _unzstd_long(blob: np.ndarray, size: int, params: Mapping[str, Any]) -> byte
     return bytes(raw)
 
 
-def _zstd_long_encode(frames: np.ndarray, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    blob = _zstd_long(np.ascontiguousarray(frames, dtype=np.uint8).tobytes(), params)
-    return {"frames_zstd": np.frombuffer(blob, dtype=np.uint8)}
+Squeeze = Callable[[bytes, Mapping[str, Any]], bytes]
+Unsqueeze = Callable[[np.ndarray, int, Mapping[str, Any]], bytes]
 
 
-def _zstd_long_decode(
-    arrays: Mapping[str, np.ndarray], n: int, shape: Sequence[int], params: Mapping[str, Any]
-) -> np.ndarray:
-    raw = _unzstd_long(arrays["frames_zstd"], n * int(np.prod(shape)), params)
-    return np.frombuffer(raw, dtype=np.uint8).reshape(n, *shape)
+def _frame_blob(key: str, squeeze: Squeeze, unsqueeze: Unsqueeze) -> tuple[Encode, Decode]:
+    """``encode`` / ``decode`` storing a shard's frames as one blob ``key`` compressed by ``squeeze`` (and read
+    back, exactly the frames' size, by ``unsqueeze(blob, size, params)``)."""
+
+    def encode(frames: np.ndarray, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        blob = squeeze(np.ascontiguousarray(frames, dtype=np.uint8).tobytes(), params)
+        return {key: np.frombuffer(blob, dtype=np.uint8)}
+
+    def decode(arrays: Mapping[str, np.ndarray], n: int, shape: Sequence[int], params: Mapping[str, Any]
+               ) -> np.ndarray:
+        raw = unsqueeze(arrays[key], n * int(np.prod(shape)), params)
+        return np.frombuffer(raw, dtype=np.uint8).reshape(n, *shape)
+
+    return encode, decode
+
+
+_zstd_long_encode, _zstd_long_decode = _frame_blob("frames_zstd", _zstd_long, _unzstd_long)
 
 
 def _shuffle(a: np.ndarray) -> bytes:
@@ -182,10 +198,6 @@ def _unshuffle(raw: bytes, dtype: str, n: int, width: int) -> np.ndarray:
     b = np.frombuffer(raw, dtype=np.uint8).reshape(dt.itemsize, -1).T
     a = np.ascontiguousarray(b).view(dt).reshape(-1)
     return np.ascontiguousarray(a.reshape(width, n).T) if width else a.copy()
-
-
-Squeeze = Callable[[bytes, Mapping[str, Any]], bytes]
-Unsqueeze = Callable[[np.ndarray, int, Mapping[str, Any]], bytes]
 
 
 def _column_packer(key: str, squeeze: Squeeze, unsqueeze: Unsqueeze) -> tuple[PackColumns, UnpackColumns]:
@@ -220,7 +232,7 @@ XZ_MIN_DICT_LOG, XZ_MAX_DICT_LOG = 20, 28
 def _xz_params(level: int = 0, shard_bytes: int = 0, **_: Any) -> dict[str, Any]:
     if level > 9:
         raise CodecError(f"codec xz: level {level} is no xz preset; give --zstd-level 0-9 (0: the codec's own, 9)")
-    dict_log = min(XZ_MAX_DICT_LOG, max(XZ_MIN_DICT_LOG, (max(shard_bytes, 1) - 1).bit_length()))
+    dict_log = _covering_log(shard_bytes, XZ_MIN_DICT_LOG, XZ_MAX_DICT_LOG)
     return {"preset": level or XZ_PRESET, "extreme": True, "dict_log": dict_log, "columns": "byte-shuffle+xz"}
 
 
@@ -248,18 +260,7 @@ def _unxz(blob: np.ndarray, size: int, params: Mapping[str, Any]) -> bytes:
     return bytes(raw)
 
 
-def _xz_encode(frames: np.ndarray, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    blob = _xz(np.ascontiguousarray(frames, dtype=np.uint8).tobytes(), params)
-    return {"frames_xz": np.frombuffer(blob, dtype=np.uint8)}
-
-
-def _xz_decode(
-    arrays: Mapping[str, np.ndarray], n: int, shape: Sequence[int], params: Mapping[str, Any]
-) -> np.ndarray:
-    raw = _unxz(arrays["frames_xz"], n * int(np.prod(shape)), params)
-    return np.frombuffer(raw, dtype=np.uint8).reshape(n, *shape)
-
-
+_xz_encode, _xz_decode = _frame_blob("frames_xz", _xz, _unxz)
 _pack_xz_columns, _unpack_xz_columns = _column_packer("columns_xz", _xz, _unxz)
 
 

@@ -55,6 +55,9 @@ class _Model(BaseModel):
     #: Settings folded into others before a run is recorded (``TeacherConfig.for_game``: ``game_steps`` becomes
     #: ``total_steps``), so they are not part of a run's identity.
     folded: ClassVar[frozenset[str]] = frozenset()
+    #: setting -> the given settings (file, flags, parameters) that drop the profile's value of it, so that it
+    #: is not merged into what they ask for (:func:`resolve`).
+    profile_dropped_by: ClassVar[Mapping[str, frozenset[str]]] = {}
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
     @field_validator("device", check_fields=False)
@@ -69,14 +72,8 @@ class _Model(BaseModel):
 
 #: Accepted spellings of a torch device setting.
 DEVICE_RE = re.compile(r"auto|cpu|cuda|cuda:\d{1,3}|mps")
-#: A game's short name as ``game_steps`` keys spell it (``Breakout``; ALE ids are matched by :func:`_short_game`).
+#: A game's short name as ``game_steps`` keys spell it (``Breakout``; matched by ``envs.game_key``).
 GAME_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9]{0,63}")
-
-
-def _short_game(game: str) -> str:
-    """``ALE/Pong-v5``, ``PongNoFrameskip-v4``, ``pong`` -> ``pong``."""
-    name = game.rsplit("/", 1)[-1].split("-v", 1)[0]
-    return name.removesuffix("NoFrameskip").removesuffix("Deterministic").lower()
 
 
 def _parse_game_steps(text: str) -> dict[str, Any]:
@@ -116,6 +113,10 @@ class TeacherConfig(_Model):
 
     resume_free: ClassVar[frozenset[str]] = frozenset({"device", "checkpoint_every"})
     folded: ClassVar[frozenset[str]] = frozenset({"game_steps"})
+    # `--steps N` means N for every game, not N for the games the profile has no budget for; a given
+    # game_steps replaces the profile's whole.
+    profile_dropped_by: ClassVar[Mapping[str, frozenset[str]]] = {
+        "game_steps": frozenset({"total_steps", "game_steps"})}
 
     total_steps: int = Field(10_000_000, ge=1, description="Agent steps of training, summed over envs.")
     game_steps: dict[str, int] = Field(
@@ -179,8 +180,10 @@ class TeacherConfig(_Model):
         """This config as trained on ``game`` (any spelling: ``Pong``, ``ALE/Pong-v5``): ``total_steps`` from
         ``game_steps`` where it names the game, and ``game_steps`` emptied, so a run's identity is the budget
         it trains, however it was given."""
-        short = _short_game(game)
-        steps = next((n for g, n in self.game_steps.items() if g.lower() == short), self.total_steps)
+        from .envs import game_key
+
+        key = game_key(game)
+        steps = next((n for g, n in self.game_steps.items() if game_key(g) == key), self.total_steps)
         return self.model_copy(update={"total_steps": steps, "game_steps": {}})
 
     @field_validator("end_e")
@@ -665,10 +668,9 @@ def resolve(
         given = _merge(given, read_config_file(file))
     if overrides:
         given = _merge(given, {k: v for k, v in overrides.items() if v is not None})
-    if stage == "teacher" and {"total_steps", "game_steps"} & set(given):
-        # `--steps N` means N for every game, not N for the games the profile has no budget for; a given
-        # game_steps replaces the profile's whole.
-        data.pop("game_steps", None)
+    for key, triggers in model.profile_dropped_by.items():
+        if triggers & set(given):
+            data.pop(key, None)
     data = _merge(data, given)
     try:
         return model.model_validate(data)
@@ -755,13 +757,23 @@ def _is_unset(v: Any) -> bool:
     return v is None or v == "" or (isinstance(v, int | float) and v == -1) or (isinstance(v, Mapping) and not v)
 
 
+def pipeline_field(name: str) -> Any:
+    """The config field (pydantic ``FieldInfo``) a ``PIPELINE_PARAMETERS`` name sets, dotted keys followed into
+    nested models: its annotation and description give the parameter's type, sentinel and help."""
+    stage, key = PIPELINE_PARAMETERS[name]
+    model: Any = STAGES[stage]
+    *parents, leaf = key.split(".")
+    for p in parents:
+        model = model.model_fields[p].annotation
+    return model.model_fields[leaf]
+
+
 def pipeline_value(name: str, value: Any) -> Any:
     """A pipeline parameter as typed on a command line, as the pipeline takes it: the text of a mapping
     parameter (``--teacher-game-steps Breakout=200000,Pong=400000``) parsed and validated by its setting into
     the mapping; anything else unchanged (validated later, with the rest, by :func:`resolve_pipeline`)."""
     stage, key = PIPELINE_PARAMETERS[name]
-    field = STAGES[stage].model_fields.get(key)
-    if field is None or typing.get_origin(field.annotation) is not dict or not isinstance(value, str) or not value:
+    if typing.get_origin(pipeline_field(name).annotation) is not dict or not isinstance(value, str) or not value:
         return value
     try:
         return getattr(STAGES[stage].model_validate({key: value}), key)

@@ -56,14 +56,23 @@ def all_games() -> list[str]:
     return [_camel(r) for r in _rom_ids()]
 
 
+def _stem(name: str) -> str:
+    """``ALE/Pong-v5``, ``PongNoFrameskip-v4``, ``PongDeterministic-v4`` -> ``Pong``."""
+    stem = name.strip().split("/")[-1]
+    stem = re.sub(r"(NoFrameskip)?-v\d+$", "", stem)
+    return re.sub(r"Deterministic$", "", stem)
+
+
+def game_key(name: str) -> str:
+    """A game name with its spelling taken out (``ALE/UpNDown-v5``, ``up_n_down`` -> ``upndown``): two names
+    of one game have the same key. Needs no ROM (config compares ``game_steps`` keys with it)."""
+    return re.sub(r"[^a-z0-9]", "", _stem(name).lower())
+
+
 def rom_id(name: str) -> str:
     """The ALE ROM id (snake_case, e.g. ``up_n_down``) for a game given as ``Pong``, ``ALE/Pong-v5`` or
     ``pong``; unknown names raise :class:`UnknownGameError` with the closest valid names."""
-    raw = name.strip()
-    stem = raw.split("/")[-1]
-    stem = re.sub(r"(NoFrameskip)?-v\d+$", "", stem)
-    stem = re.sub(r"Deterministic$", "", stem)
-    key = re.sub(r"[^a-z0-9]", "", stem.lower())
+    stem, key = _stem(name), game_key(name)
     table = _lookup()
     if key in table:
         return table[key]

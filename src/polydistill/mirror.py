@@ -253,10 +253,10 @@ def fetch_dir(uri: str) -> Path:
     from .store import open_store
 
     store = open_store(uri)
-    dest = Path(tempfile.mkdtemp(prefix="polydistill-fetch-"))
     keys = read_index(store)
     if not keys:
         raise NotPublishedError(f"nothing published at {uri} (no {INDEX_KEY}); publish the directory first")
+    dest = Path(tempfile.mkdtemp(prefix="polydistill-fetch-"))  # after the index: a refusal leaves nothing
     _download(store, keys, dest)
     return dest
 
@@ -285,8 +285,7 @@ def fetch_source(uri: str) -> Path:
     local = local_dir(uri)
     if local is not None:
         return local if local.is_dir() else fetch_file(uri)
-    from .store import open_store
-
-    if read_index(open_store(uri, create=False)):
-        return fetch_dir(uri)
-    return fetch_file(uri)
+    try:
+        return fetch_dir(uri)  # reads the index once: a published directory, or NotPublishedError
+    except NotPublishedError:
+        return fetch_file(uri)

@@ -166,11 +166,7 @@ def parameter_sentinel(name: str) -> tuple[type, Any]:
     derived from the config field it sets: -1 for ints, -1.0 for floats, "" for strings and choices, {} for
     mappings (``teachers``: no imported teacher)."""
     stage, key = C.PIPELINE_PARAMETERS[name]
-    model: Any = C.STAGES[stage]
-    *parents, leaf = key.split(".")
-    for p in parents:
-        model = model.model_fields[p].annotation
-    ann = model.model_fields[leaf].annotation
+    ann = C.pipeline_field(name).annotation
     if ann is int:
         return int, -1
     if ann is float:

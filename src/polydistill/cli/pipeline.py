@@ -25,11 +25,7 @@ _ERRORS_HINT = "install the pipeline extra: pip install 'polydistill[kfp]'"
 def _param_type(name: str) -> tuple[Any, str]:
     """Click type and help text of a pipeline hyperparameter, from the config field it sets."""
     stage, key = C.PIPELINE_PARAMETERS[name]
-    model: Any = C.STAGES[stage]
-    *parents, leaf = key.split(".")
-    for p in parents:
-        model = model.model_fields[p].annotation
-    field = model.model_fields[leaf]
+    field = C.pipeline_field(name)
     ann = field.annotation
     if typing.get_origin(ann) is typing.Literal:
         kind: Any = click.Choice([str(a) for a in typing.get_args(ann)])
