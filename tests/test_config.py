@@ -85,6 +85,23 @@ def test_per_game_teacher_budgets() -> None:
     assert given.for_game("Breakout").total_steps == profile["total_steps"]
 
 
+def test_game_steps_survive_kfps_parameter_transport() -> None:
+    """A dict pipeline parameter reaches a component as a protobuf Struct, whose numbers are doubles: the cpu
+    profile's budgets must read back as the ints they were (a run once died here at its first teacher)."""
+    struct_pb2 = pytest.importorskip("google.protobuf.struct_pb2")
+    from google.protobuf import json_format
+
+    teacher = C.resolve_pipeline("cpu", {})["teacher"]
+    carried = struct_pb2.Struct()
+    carried.update(teacher)
+    received = json_format.MessageToDict(carried)
+    assert received["game_steps"]["Breakout"] == 200_000.0 and isinstance(received["game_steps"]["Breakout"], float)
+    cfg = C.from_dict("teacher", received)
+    assert cfg.game_steps == C.PROFILE_OVERRIDES["cpu"]["teacher"]["game_steps"]
+    assert all(type(n) is int for n in cfg.game_steps.values())
+    assert cfg.for_game("Atlantis").total_steps == 200_000 and type(cfg.for_game("Atlantis").total_steps) is int
+
+
 @pytest.mark.parametrize(
     ("value", "match"),
     [
@@ -93,6 +110,7 @@ def test_per_game_teacher_budgets() -> None:
         ({"../Pong": 10}, "not a game name"),
         ({"Pong": 0}, "at least 1"),
         ({"Pong": "many"}, "whole number"),
+        ({"Pong": 1.5}, "whole number"),
     ],
 )
 def test_bad_game_steps_name_the_setting(value, match) -> None:

@@ -169,11 +169,18 @@ class TeacherConfig(_Model):
         if isinstance(v, str):
             v = _parse_game_steps(v)
         if isinstance(v, Mapping):
+            out: dict[Any, Any] = {}
             for game, steps in v.items():
                 if not isinstance(game, str) or not GAME_NAME_RE.fullmatch(game):
                     raise ValueError(f"game {game!r} is not a game name (letters and digits, e.g. Breakout)")
+                # A dict parameter reaches a KFP component as a protobuf Struct, whose numbers are all doubles
+                # (200000 arrives as 200000.0); a whole-valued double is the int it was, as for total_steps.
+                if isinstance(steps, float) and steps.is_integer():
+                    steps = int(steps)
                 if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
                     raise ValueError(f"{game}={steps!r}: steps must be a whole number of agent steps, at least 1")
+                out[game] = steps
+            return out
         return v
 
     def for_game(self, game: str) -> TeacherConfig:
