@@ -38,8 +38,13 @@ def test_blocks_per_pair_with_the_seed_beside_ours_and_normalised_percentages() 
     assert breakout["seed_student_latent_pct"] == pytest.approx(100 * (8.4 - 1.7) / (212 - 1.7))  # published random
     assert table["blocks"][1]["rows"][0]["seed_teacher"] == SEED_TABLE1[("DemonAttack", "UpNDown")]["DemonAttack"][0]
     # Cells under the 80% bar are named, others not.
-    assert table["below_bar"] == ["Atlantis + Breakout: Breakout student on latents 10.0%",
-                                  "DemonAttack + UpNDown: DemonAttack student on latents 50.0%"]
+    assert table["below_bar"] == ["Atlantis + Breakout (4 episodes, epsilon ?): Breakout student on latents 10.0%",
+                                  "DemonAttack + UpNDown (4 episodes, epsilon ?): DemonAttack student on latents 50.0%"]
+    # A teacher that does not beat random play leaves its students' percentages undefined, and says why.
+    weak = build_table1([_run({"Atlantis": (10_000, 9_000, 9_000, 8_000), "Breakout": (2, 22, 20, 18)})])
+    assert weak["blocks"][0]["rows"][0]["student_subset_pct"] is None
+    assert weak["below_bar"][0] == ("Atlantis + Breakout (4 episodes, epsilon ?): Atlantis student on part of the "
+                                    "buffer n/a (its teacher does not beat random play)")
     assert table["blocks"][0]["cost"] == {"steps": 8000.0, "seconds": 240.0}
     md = render_table1_markdown(table)
     assert "Seed's teacher" in md and "8.4 (3.2%)" in md and "90.0%" in md and "Below the 80% bar" in md

@@ -503,9 +503,9 @@ PROFILE_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
         # number's reason and the runs that chose it.
         "teacher": {
             "total_steps": 150_000,
-            # Breakout takes off only after 100,000 steps and is on its bar's edge at 150,000; Atlantis is still
-            # climbing back to random play at 100,000 and trains beside Breakout, so its 200,000 cost no wall time
-            # (docs/EXPERIMENTS.md).
+            # Breakout takes off only after 100,000 steps and is on its bar's edge at 150,000; Atlantis trains
+            # beside Breakout, so its 200,000 cost no wall time (still not past random play there:
+            # docs/EXPERIMENTS.md).
             "game_steps": {"Atlantis": 200_000, "Breakout": 200_000},
             "num_envs": 4,
             "buffer_size": 100_000,

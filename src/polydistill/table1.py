@@ -132,10 +132,12 @@ def build_table1(reports: Sequence[str | Path | Mapping[str, Any]]) -> dict[str,
                               "pass one run per pair and protocol")
         seen[key] = where
         blocks.append(block)
-    cells = [(b["pair"], r["game"], lab, r[f"{lab}_pct"]) for b in blocks for r in b["rows"] for lab in STUDENTS
-             if r.get(lab) is not None]
-    missed = [f"{pair}: {game} {STUDENTS[lab].lower()} {'n/a' if p is None else f'{p:.1f}%'}"
-              for pair, game, lab, p in cells if p is None or p < BAR_PCT]
+    # A pair may appear under two protocols, so a missed cell names its block's protocol too.
+    cells = [(f"{b['pair']} ({b['protocol']})", r["game"], lab, r[f"{lab}_pct"]) for b in blocks
+             for r in b["rows"] for lab in STUDENTS if r.get(lab) is not None]
+    missed = [f"{block}: {game} {STUDENTS[lab].lower()} "
+              f"{'n/a (its teacher does not beat random play)' if p is None else f'{p:.1f}%'}"
+              for block, game, lab, p in cells if p is None or p < BAR_PCT]
     return {"schema": TABLE1_SCHEMA, "title": TITLE, "bar_pct": BAR_PCT, "blocks": blocks,
             "below_bar": missed}
 
@@ -195,19 +197,21 @@ def render_table1_markdown(table: Mapping[str, Any]) -> str:
 
 
 def _chart(table: Mapping[str, Any], path: Path) -> Path:
-    """Every student cell's normalised % of its teacher, grouped by pair and game; 100% dashed."""
+    """Every student cell's normalised % of its teacher, one group per block and game; the bar dashed."""
     from .plots import bar_chart
 
     labels: list[str] = []
     groups: dict[str, list[float]] = {STUDENTS[lab]: [] for lab in STUDENTS}
     for b in table["blocks"]:
+        kind = "cycles" if "cycles" in b["protocol"] else "episodes"
         for r in b["rows"]:
-            labels.append(f"{r['game']}\n({b['pair']}, {b['protocol'].split(' ')[0]})")
+            undefined = all(r[f"{lab}_pct"] is None for lab in STUDENTS)
+            labels.append(f"{r['game']}\n{kind}" + ("\nn/a: teacher\n<= random" if undefined else ""))
             for lab in STUDENTS:
                 p = r[f"{lab}_pct"]
                 groups[STUDENTS[lab]].append(float("nan") if p is None else p)
-    return bar_chart(labels, groups, path, "Students against their teachers (normalised %)",
-                     "% of teacher, normalised by random play", 100.0)
+    return bar_chart(labels, groups, path, f"Students against their teachers (dashed: the {table['bar_pct']:g}% bar)",
+                     "% of teacher, normalised by random play", table["bar_pct"])
 
 
 def write_table1(reports: Sequence[str | Path | Mapping[str, Any]], out_dir: str | Path) -> dict[str, Path]:
