@@ -45,6 +45,11 @@ def test_blocks_per_pair_with_the_seed_beside_ours_and_normalised_percentages() 
     assert weak["blocks"][0]["rows"][0]["student_subset_pct"] is None
     assert weak["below_bar"][0] == ("Atlantis + Breakout (4 episodes, epsilon ?): Atlantis student on part of the "
                                     "buffer n/a (its teacher does not beat random play)")
+    # A run without random play has no percentages either, for that reason.
+    no_random = build_table([_result(lab, {"Pong": m, "UpNDown": m}) for lab, m in
+                             (("teacher", 10.0), ("student_subset", 9.0), ("student_latent", 8.0))])
+    assert build_table1([no_random])["below_bar"][0].endswith("Pong student on part of the buffer n/a (the run "
+                                                              "has no random play)")
     assert table["blocks"][0]["cost"] == {"steps": 8000.0, "seconds": 240.0}
     md = render_table1_markdown(table)
     assert "Seed's teacher" in md and "8.4 (3.2%)" in md and "90.0%" in md and "Below the 80% bar" in md

@@ -15,6 +15,8 @@ with what its evaluation cost (agent steps and minutes of play over all agents o
 from __future__ import annotations
 
 import json
+import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -117,6 +119,19 @@ def _block(report: Mapping[str, Any], where: str) -> dict[str, Any]:
             "cost": _cost(report), "rows": rows}
 
 
+def why_undefined(row: Mapping[str, Any]) -> str:
+    """Why a Table 1 row's normalised percentages are undefined: the cases in which
+    :func:`~polydistill.report.normalised_percent` gives None."""
+    rand, teacher = ((row.get(k) or {}).get("mean") for k in ("random", "teacher"))
+    if teacher is None:
+        return "the run has no teacher score"
+    if rand is None:
+        return "the run has no random play"
+    if math.isfinite(teacher) and math.isfinite(rand) and teacher <= rand:
+        return "its teacher does not beat random play"
+    return "a score is not a finite number"
+
+
 def build_table1(reports: Sequence[str | Path | Mapping[str, Any]]) -> dict[str, Any]:
     """Table 1 from run reports, one block per run in the order given; every number in the result."""
     if not reports:
@@ -133,11 +148,11 @@ def build_table1(reports: Sequence[str | Path | Mapping[str, Any]]) -> dict[str,
         seen[key] = where
         blocks.append(block)
     # A pair may appear under two protocols, so a missed cell names its block's protocol too.
-    cells = [(f"{b['pair']} ({b['protocol']})", r["game"], lab, r[f"{lab}_pct"]) for b in blocks
+    cells = [(f"{b['pair']} ({b['protocol']})", r, lab, r[f"{lab}_pct"]) for b in blocks
              for r in b["rows"] for lab in STUDENTS if r.get(lab) is not None]
-    missed = [f"{block}: {game} {STUDENTS[lab].lower()} "
-              f"{'n/a (its teacher does not beat random play)' if p is None else f'{p:.1f}%'}"
-              for block, game, lab, p in cells if p is None or p < BAR_PCT]
+    missed = [f"{block}: {r['game']} {STUDENTS[lab].lower()} "
+              f"{f'n/a ({why_undefined(r)})' if p is None else f'{p:.1f}%'}"
+              for block, r, lab, p in cells if p is None or p < BAR_PCT]
     return {"schema": TABLE1_SCHEMA, "title": TITLE, "bar_pct": BAR_PCT, "blocks": blocks,
             "below_bar": missed}
 
@@ -206,7 +221,8 @@ def _chart(table: Mapping[str, Any], path: Path) -> Path:
         kind = "cycles" if "cycles" in b["protocol"] else "episodes"
         for r in b["rows"]:
             undefined = all(r[f"{lab}_pct"] is None for lab in STUDENTS)
-            labels.append(f"{r['game']}\n{kind}" + ("\nn/a: teacher\n<= random" if undefined else ""))
+            labels.append(f"{r['game']}\n{kind}" + ("\n" + textwrap.fill(f"n/a: {why_undefined(r)}", 16)
+                                                    if undefined else ""))
             for lab in STUDENTS:
                 p = r[f"{lab}_pct"]
                 groups[STUDENTS[lab]].append(float("nan") if p is None else p)
