@@ -67,7 +67,7 @@ PICTURE_STATES = 6
 
 
 def option_configs(profile_ae: dict, args: argparse.Namespace) -> dict[str, dict]:
-    """The autoencoder settings of each option, on one budget (epochs, training states, batch)."""
+    """The autoencoder settings of each option, on one budget (epochs, training states per epoch, device)."""
     budget = {"epochs": args.epochs, "max_train_states": args.train_states, "device": args.device}
     return {
         "seed": {**profile_ae, **budget, "loss": "mse", "latent_dim": 64, "code_dtype": "float32",
