@@ -36,6 +36,7 @@ from polydistill.autoencoder import (
 from polydistill.buffer import DatasetError, DatasetWriter, Manifest, open_dataset
 from polydistill.checkpoint import CheckpointError, load_state_dict, save_checkpoint
 from polydistill.encode import LatentDecoder, encode_buffer
+from polydistill.latent_input import stored_codes
 from polydistill.networks import ConvAutoencoder, DuelingQNetwork, NatureTorso, scheduled_lr
 from polydistill.rundir import RunDir
 from polydistill.sampling import iter_split
@@ -473,6 +474,8 @@ def test_quantisation_error_is_bounded(ae_run, teacher_runs):
     step = z.abs().amax(dim=1, keepdim=True) / 127.0
     assert bool(((q8 - z).abs() <= step / 2 + 1e-6).all())
     assert float((q8 - z).abs().max()) > 0  # int8 really rounds
+    for dtype in ("float32", "float16", "int8"):  # a latent student's play-time quantiser is the dataset's
+        assert torch.equal(stored_codes(z, dtype), roundtrip_codes(z, dtype)), dtype
     full = evaluate_reconstruction(model, [states], "float32")
     for dtype, max_loss_db in (("float16", 0.05), ("int8", 1.0)):
         got = evaluate_reconstruction(model, [states], dtype)

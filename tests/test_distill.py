@@ -496,3 +496,81 @@ def test_validation_states_are_held_out_and_spread_over_the_trained_range(pairs,
         first = round(ds.manifest.num_steps * (1 - fraction))
         span = ds.manifest.num_steps - first
         assert steps.min() >= first and steps.max() - steps.min() > span / 2, (fraction, steps)
+
+
+@pytest.fixture(scope="module")
+def latent_student(pairs, breakout_latent, tmp_path_factory) -> Path:
+    teachers, _ = pairs
+    res = distill({"Breakout": teachers["Breakout"]}, {"Breakout": breakout_latent},
+                  dcfg(source="latent", steps=40, eval_every=20), tmp_path_factory.mktemp("latent-student") / "d")
+    return res.checkpoint_dir
+
+
+def _aligned_holdout(frames_uri: str, latent_uri: str) -> tuple[torch.Tensor, np.ndarray]:
+    """Held-out frames and the latent dataset's stored codes of the same steps (the split is a hash of the step)."""
+    frames = {int(s): st for b in iter_split(open_dataset(frames_uri), "holdout", 0.1, 256, limit=64)
+              for s, st in zip(b.steps, b.states, strict=True)}
+    codes = {int(s): z for b in iter_split(open_dataset(latent_uri), "holdout", 0.1, 256, limit=256)
+             for s, z in zip(b.steps, b.latents, strict=True)}
+    common = sorted(set(frames) & set(codes))[:16]
+    assert len(common) >= 8, "the two datasets' held-out steps should coincide"
+    return torch.from_numpy(np.stack([frames[s] for s in common])), np.stack([codes[s] for s in common])
+
+
+def test_latent_student_plays_through_the_autoencoder_its_codes_came_from(pairs, breakout_latent, latent_student):
+    """Issue #30's Breakout cell: the latent student learnt on decoded codes, so at play it must see frames the
+    same way (frames -> encoder -> stored precision -> the distiller's decoder), not raw frames."""
+    from polydistill.encode import LatentDecoder
+
+    _, datasets = pairs
+    meta = read_metadata(latent_student)
+    entry = meta["input_autoencoders"]["Breakout"]
+    latent_manifest = open_dataset(breakout_latent).manifest
+    assert entry["path"] == "autoencoders/0" and entry["code_dtype"] == latent_manifest.source["code_dtype"]
+    assert read_metadata(latent_student / entry["path"])["sha256"] == entry["sha256"]
+
+    states, codes = _aligned_holdout(datasets["Breakout"], breakout_latent)
+    agent = load_agent(latent_student)
+    assert agent.input_kind == "autoencoder"
+    trained_on = LatentDecoder.from_dataset(open_dataset(breakout_latent)).decode(codes)
+    model, _ = load_checkpoint(latent_student)
+    with torch.no_grad():
+        want = model(trained_on)
+    got = agent.q_values(states, "Breakout")
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    raw = load_agent(latent_student, raw_frames=True)
+    assert raw.input_kind == "frames"
+    with torch.no_grad():
+        torch.testing.assert_close(raw.q_values(states, "Breakout"), model(states))
+    assert not torch.allclose(raw.q_values(states, "Breakout"), got, atol=1e-3)  # the input path matters
+
+    # The registry's module plays the same: one block of columns per game.
+    module, columns = agent.export_module()
+    assert columns == {"Breakout": [0, 4]}
+    with torch.no_grad():
+        torch.testing.assert_close(module(states)[:, 0:4], got)
+
+
+def test_a_latent_students_autoencoder_is_refused_unless_it_is_the_one_it_names(latent_student, tmp_path):
+    import shutil
+
+    from polydistill.checkpoint import CheckpointError
+
+    d = tmp_path / "student"
+    shutil.copytree(latent_student, d)
+    meta = json.loads((d / "metadata.json").read_text())
+    for path in ("../../escape", "/etc", "autoencoders/0/../1"):
+        bad = {**meta, "input_autoencoders": {"Breakout": {**meta["input_autoencoders"]["Breakout"], "path": path}}}
+        (d / "metadata.json").write_text(json.dumps(bad))
+        with pytest.raises(CheckpointError, match=r"autoencoders/<index> inside the checkpoint"):
+            load_agent(d)
+    other = {**meta, "input_autoencoders": {"Breakout": {**meta["input_autoencoders"]["Breakout"], "sha256": "0" * 64}}}
+    (d / "metadata.json").write_text(json.dumps(other))
+    with pytest.raises(CheckpointError, match=r"not the one student .* was distilled through"):
+        load_agent(d)
+    (d / "metadata.json").write_text(json.dumps(meta))
+    load_agent(d)  # restored: loads again
+    ae_weights = d / "autoencoders" / "0" / "model.pt"
+    ae_weights.write_bytes(ae_weights.read_bytes()[:-7] + b"garbage")
+    with pytest.raises(CheckpointError, match="does not match the sha256"):
+        load_agent(d)

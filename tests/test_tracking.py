@@ -320,6 +320,45 @@ def test_teacher_model_single_head_roundtrip(mlflow_sqlite_uri: str, mlflow_expe
         torch.testing.assert_close(loaded(x), teacher(x), rtol=0, atol=0)
 
 
+def test_latent_student_is_logged_as_it_plays_through_its_autoencoders(
+    mlflow_sqlite_uri: str, mlflow_experiment: str, tmp_path: Path
+) -> None:
+    """The registry's latent student takes frames, as the evaluated one does: each game's block of columns is
+    computed through that game's autoencoder (agents.StudentAgent.export_module), not on raw frames."""
+    from polydistill.agents import load_agent
+    from polydistill.checkpoint import save_checkpoint
+    from polydistill.envs import action_meanings
+    from polydistill.latent_input import save_input_autoencoders
+    from polydistill.networks import ConvAutoencoder
+    from polydistill_kfp.components.runtime import log_checkpoint
+
+    torch.manual_seed(2)
+    games = ["Breakout", "Pong"]
+    ckpt = tmp_path / "checkpoint"
+    aes = {g: (ConvAutoencoder(16, width=0.25).eval(), {"kind": "autoencoder", "game": g}, dtype, f"file:///{g}")
+           for g, dtype in zip(games, ("int8", "float16"), strict=True)}
+    meta = {"kind": "student", "games": games, "actions": "per-game", "head_for_game": {"Breakout": 0, "Pong": 1},
+            "action_meanings": {g: action_meanings(g) for g in games}, "source": "latent",
+            "observation": {"frame_stack": 4, "frame_shape": [84, 84]},
+            "input_autoencoders": save_input_autoencoders(ckpt, aes, games)}
+    save_checkpoint(ckpt, DuelingQNetwork([4, 6], width=0.25).eval(), meta)
+    agent = load_agent(ckpt)
+    with T.StageRun(mlflow_sqlite_uri, None, "distill", "latent", mlflow_experiment) as run:
+        uri = log_checkpoint(run, ckpt, "student")
+    assert uri
+    with _global_uri(mlflow_sqlite_uri):
+        loaded = mlflow.pytorch.load_model(uri)
+        local = Path(mlflow.artifacts.download_artifacts(uri))
+    assert json.loads((local / "metadata.json").read_text())["game_columns"] == {"Breakout": [0, 4], "Pong": [4, 10]}
+    x = torch.from_numpy(_states(3, seed=5))
+    with torch.no_grad():
+        out = loaded(x)
+        torch.testing.assert_close(out[:, 0:4], agent.q_values(x, "Breakout"), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out[:, 4:10], agent.q_values(x, "Pong"), rtol=1e-5, atol=1e-5)
+        raw = load_agent(ckpt, raw_frames=True)
+        assert not torch.allclose(out[:, 0:4], raw.q_values(x, "Breakout"), atol=1e-4)
+
+
 def test_registry_aliases(logged_student: SimpleNamespace) -> None:
     uri, run_id = logged_student.uri, logged_student.run_id
     name = f"student-{uuid.uuid4().hex[:8]}"

@@ -6,7 +6,9 @@ One interface for evaluation and reports (see docs/CONTRACTS.md):
   ``model.pt`` and ``metadata.json``) or a run directory holding ``checkpoint/``.
 - ``Agent.games`` (games it plays; empty for random, which plays any game), ``Agent.kind`` ("teacher",
   "student", "random"), ``Agent.label`` ("teacher", "student_subset", "student_latent", "student_full",
-  "random"), ``Agent.num_actions(game)``, ``Agent.action_meanings(game)``.
+  "random"), ``Agent.num_actions(game)``, ``Agent.action_meanings(game)``; a student's ``input_kind`` (``frames``, or
+  ``autoencoder`` for a latent student, which sees each game's states through the autoencoder it carries:
+  :mod:`polydistill.latent_input`).
 - ``Agent.q_values(states, game) -> (B, num_actions(game))`` float32 on the agent's device, in the game's
   own (minimal) action order: a teacher's single head; a student's head for the game (``per-game``), its
   one head (``shared``), or the game's columns of its 18-action head (``union``).
@@ -25,11 +27,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from polydistill.errors import PolydistillError
 
 from .checkpoint import CheckpointError, load_checkpoint, read_metadata
 from .envs import action_meanings, canonical_game
+from .latent_input import load_input_autoencoders
 from .networks import QNetwork, pick_device
 
 KINDS = ("teacher", "student", "random")
@@ -197,10 +201,17 @@ class StudentAgent(Agent):
 
     kind = "student"
 
-    def __init__(self, model: QNetwork, meta: dict[str, Any], device: torch.device, path: str) -> None:
+    def __init__(
+        self, model: QNetwork, meta: dict[str, Any], device: torch.device, path: str, raw_frames: bool = False
+    ) -> None:
         games = [canonical_game(g) for g in meta["games"]]
         super().__init__(games, device, path, meta)
         self.model = model
+        #: A latent student's per-game input autoencoders (polydistill.latent_input); empty on frames.
+        self.inputs = {} if raw_frames else {
+            canonical_game(g): m for g, m in load_input_autoencoders(path, meta, device).items()}
+        #: What the network sees: ``frames``, or ``autoencoder`` (each game's states through its autoencoder).
+        self.input_kind = "autoencoder" if self.inputs else "frames"
         self.actions: str = meta["actions"]
         self.label = f"student_{meta.get('source', 'full')}"
         self._head = {canonical_game(g): int(h) for g, h in meta["head_for_game"].items()}
@@ -221,8 +232,41 @@ class StudentAgent(Agent):
     def q_values(self, states: np.ndarray | torch.Tensor, game: str) -> torch.Tensor:
         g = self._game(game)
         with torch.inference_mode():
-            q = self.model(_as_tensor(states, self.device), head=self._head[g]).float()
+            x = _as_tensor(states, self.device)
+            if g in self.inputs:
+                x = self.inputs[g](x)
+            q = self.model(x, head=self._head[g]).float()
         return q.index_select(1, self._columns[g]) if self.actions == "union" else q
+
+    def export_module(self) -> tuple[nn.Module, dict[str, list[int]]]:
+        """One traceable module that plays like :meth:`q_values` on every game at once, for a model registry:
+        uint8 states (B, frame_stack, 84, 84) -> each game's Q-values concatenated along dim 1 in ``games``
+        order, each game's block computed on that game's own input (its autoencoder's reconstruction for a
+        latent student). Returns the module and ``{game: [start, end)}``, the columns of each block."""
+        games = list(self.games)
+        bounds = np.cumsum([0, *[self.num_actions(g) for g in games]]).tolist()
+        module = _GamesQ(self.model, [self.inputs.get(g) for g in games], [self._head[g] for g in games],
+                         [self._columns.get(g) for g in games]).eval()
+        return module, {g: [int(bounds[i]), int(bounds[i + 1])] for i, g in enumerate(games)}
+
+
+class _GamesQ(nn.Module):
+    """See :meth:`StudentAgent.export_module`."""
+
+    def __init__(self, student: nn.Module, inputs: list[nn.Module | None], heads: list[int],
+                 columns: list[torch.Tensor | None]) -> None:
+        super().__init__()
+        self.student = student
+        self.inputs = nn.ModuleList([m if m is not None else nn.Identity() for m in inputs])
+        self.heads = heads
+        self.columns = [c.cpu() if c is not None else None for c in columns]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = []
+        for through, head, cols in zip(self.inputs, self.heads, self.columns, strict=True):
+            q = self.student(through(x), head=head)
+            out.append(q.index_select(1, cols.to(q.device)) if cols is not None else q)
+        return torch.cat(out, dim=1)
 
 
 def _checkpoint_dir(path: str | Path) -> Path:
@@ -232,12 +276,14 @@ def _checkpoint_dir(path: str | Path) -> Path:
     return d
 
 
-def load_agent(path: str | Path, device: str | torch.device = "cpu") -> Agent:
+def load_agent(path: str | Path, device: str | torch.device = "cpu", raw_frames: bool = False) -> Agent:
     """Load a teacher or student checkpoint (or a run directory holding ``checkpoint/``), or ``"random"``.
 
     Args:
         path: checkpoint directory, run directory, or the string ``"random"``.
         device: torch device for the network (``auto`` picks CUDA when available).
+        raw_frames: play a latent student on the frames themselves instead of through the autoencoders it
+            carries (a diagnostic: ``benchmarks/latent_student_play.py``); no effect on other agents.
     """
     dev = pick_device(device) if isinstance(device, str) else device
     if str(path) == "random":
@@ -254,7 +300,7 @@ def load_agent(path: str | Path, device: str | torch.device = "cpu") -> Agent:
         return (
             TeacherAgent(model, meta, dev, str(d))
             if kind == "teacher"
-            else StudentAgent(model, meta, dev, str(d))
+            else StudentAgent(model, meta, dev, str(d), raw_frames=raw_frames)
         )
     except (KeyError, TypeError, AttributeError, IndexError) as e:  # a renamed or mangled metadata field
         raise CheckpointError(f"{d / 'metadata.json'}: a {kind} checkpoint's field is missing or mangled "

@@ -484,7 +484,7 @@ def evaluate(
             each forward pass starve the emulator threads (``benchmarks/evaluation_throughput.py``).
 
     Returns:
-        ``{"agent": {path, kind, label, source, games}, "protocol", "config", "env", "package_version",
+        ``{"agent": {path, kind, label, source, input, games}, "protocol", "config", "env", "package_version",
         "games": {GAME: {mean, std, scores, episodes, steps, ...}}}`` (docs/CONTRACTS.md). ``scores`` are the
         per-cycle scores (``cycles``) or per-episode returns (``episodes``), in raw game points.
 
@@ -533,6 +533,8 @@ def evaluate(
             "kind": loaded.kind,
             "label": label,
             "source": _agent_source(loaded),
+            # frames, or autoencoder: a latent student plays through the autoencoders it carries
+            "input": getattr(loaded, "input_kind", "frames"),
             "games": _agent_games(loaded),
         },
         "protocol": cfg.protocol,

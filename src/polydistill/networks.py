@@ -264,7 +264,7 @@ def subpixel_decoder(model: ConvAutoencoder) -> Callable[[torch.Tensor], torch.T
     head = list(model.decoder)[:-2]
 
     def decode(z: torch.Tensor) -> torch.Tensor:
-        h = model.from_latent(z.float()).view(len(z), model._c3, 7, 7)
+        h = model.from_latent(z.float()).view(-1, model._c3, 7, 7)
         for layer in head:
             h = layer(h)
         return torch.sigmoid(nn.functional.pixel_shuffle(nn.functional.conv2d(h, kern, bias, padding=1), s))

@@ -29,6 +29,7 @@ from ..checkpoint import (
     save_checkpoint,
 )
 from ..config import DistillConfig
+from ..latent_input import METADATA_KEY, save_input_autoencoders
 from ..networks import DuelingQNetwork, QNetwork, count_parameters, make_adam, pick_device, scheduled_lr, set_lr
 from ..progress import MetricsCallback, progress
 from ..rundir import RunDir
@@ -356,6 +357,11 @@ def _finish(
     }
     if layout.actions == "union":
         meta["union_action_map"] = layout.union_action_map
+    if cfg.source == "latent":
+        # The student plays through the autoencoders its codes came from (polydistill.latent_input).
+        meta[METADATA_KEY] = save_input_autoencoders(out / "checkpoint", {
+            g.game: (g.decoder.model, g.decoder.metadata, str(g.dataset.manifest.source.get("code_dtype")),
+                     g.dataset_uri) for g in games}, names)
     save_checkpoint(out / "checkpoint", student, meta)
     if len(regressors):
         atomic_torch_save({k: v.detach().cpu() for k, v in regressors.state_dict().items()}, out / REGRESSORS_FILE)

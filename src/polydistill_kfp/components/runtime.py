@@ -218,15 +218,27 @@ def log_scalars(metrics_artifact: Any, values: dict[str, Any]) -> None:
 def log_checkpoint(run: Any, checkpoint_dir: str | Path, name: str) -> str | None:
     """Log the network saved in ``checkpoint_dir`` to the MLflow stage ``run`` as model ``name``.
 
-    MLflow's pt2 format traces the network, so it gets an input example: two blank uint8 states.
+    MLflow's pt2 format traces the network, so it gets an input example: two blank uint8 states. A latent
+    student is logged as it plays, through the autoencoders it carries (``StudentAgent.export_module``):
+    one block of Q-values per game, whose columns ``metadata["game_columns"]`` gives.
     """
     if not run.active:  # tracking is off (MLflow unreachable): do not load the network for nothing
         return None
     import numpy as np
 
     from polydistill.checkpoint import load_checkpoint
+    from polydistill.latent_input import METADATA_KEY
 
     model, meta = load_checkpoint(checkpoint_dir)
+    if meta.get(METADATA_KEY):
+        from polydistill.agents import StudentAgent, load_agent
+
+        agent = load_agent(checkpoint_dir)
+        assert isinstance(agent, StudentAgent)
+        model, columns = agent.export_module()
+        meta = {**meta, "game_columns": columns,
+                "output": "each game's Q-values (on its autoencoder's reconstruction) concatenated along dim 1; "
+                          "game_columns[GAME] = [start, end)"}
     obs = meta.get("observation") or {}
     shape = (2, int(obs.get("frame_stack", 4)), *[int(x) for x in obs.get("frame_shape", (84, 84))])
     return run.log_model(model, name, meta, np.zeros(shape, dtype=np.uint8))
