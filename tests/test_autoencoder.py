@@ -226,6 +226,36 @@ def test_teacher_metrics_and_the_teacher_term(teacher_runs, tmp_path, monkeypatc
     assert again.metrics["teacher_feature_error"] == pytest.approx(guided.metrics["teacher_feature_error"])
 
 
+def test_the_teacher_policy_term(teacher_runs, tmp_path, monkeypatch):
+    """``teacher_policy_weight > 0`` adds the KL between the teacher's policies on original and reconstruction
+    to every training step; it is zero on the original itself, positive elsewhere, and its gradient reaches
+    the reconstruction, not the frozen teacher."""
+    data, teacher_dir = _dataset(teacher_runs), teacher_runs["Breakout"]
+    teacher, _ = load_teacher(teacher_dir)
+    states = iter_split(open_dataset(data), "holdout", 0.1, 16)[0].states
+    target = torch.from_numpy(states).float().div(255.0)
+    assert float(A.teacher_policy_kl(teacher, target, target)) == pytest.approx(0.0, abs=1e-6)
+    recon = (target * 0.5).requires_grad_(True)
+    kl = A.teacher_policy_kl(teacher, recon, target)
+    kl.backward()
+    assert float(kl) > 0 and recon.grad is not None and float(recon.grad.abs().sum()) > 0
+    terms: list[float] = []
+    real = A.teacher_policy_kl
+
+    def spy(net, recon, target):
+        out = real(net, recon, target)
+        terms.append(float(out.detach()))
+        return out
+
+    monkeypatch.setattr(A, "teacher_policy_kl", spy)
+    res = train_autoencoder(data, ae_config(teacher_policy_weight=2.0), tmp_path / "policy", teacher=teacher_dir)
+    assert len(terms) == res.steps > 0
+    assert load_autoencoder(res.out_dir)[1]["config"]["teacher_policy_weight"] == 2.0
+    with pytest.raises(AutoencoderError, match=r"teacher_policy_weight=1\.0 needs the game.s teacher"):
+        train_autoencoder(data, ae_config(teacher_policy_weight=1.0), tmp_path / "none")
+    assert not (tmp_path / "none").exists()
+
+
 def test_the_teacher_term_refuses_a_missing_or_wrong_teacher(teacher_runs, tmp_path):
     data = _dataset(teacher_runs)
     with pytest.raises(AutoencoderError, match=r"teacher_weight=1\.0 needs the game.s teacher"):

@@ -305,6 +305,8 @@ def test_evaluate_every_agent(setup: SimpleNamespace, scores: dict[str, Any]) ->
     for label, artifact in scores.items():
         results = json.loads(Path(artifact.path).read_text())
         assert results["agent"]["label"] == label
+        # the pipeline's latent student plays through the autoencoders it was distilled through
+        assert results["agent"]["input"] == ("autoencoder" if label == "student_latent" else "frames"), label
         assert results["protocol"] == "cycles" and len(results["games"][GAME]["scores"]) == 2
     assert json.loads(Path(scores["random"].path).read_text())["agent"]["kind"] == "random"
     runs = _child_runs(setup.tracking, setup.out.parent_run_id)

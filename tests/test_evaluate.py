@@ -199,6 +199,7 @@ def test_student_plays_each_game_with_its_own_head(tmp_path, recorded):
     )
     res = evaluate(tmp_path / "student", games, cfg(protocol="cycles", cycles=1, cycle_steps=40, epsilon=0.0))
     assert res["agent"]["label"] == "student_subset" and res["agent"]["source"] == "subset"
+    assert res["agent"]["input"] == "frames"
     assert res["agent"]["games"] == ["Breakout", "Pong"]
     breakout, pong = (np.concatenate(e.actions) for e in recorded)
     assert len(breakout) == 40 and set(breakout.tolist()) == {2}

@@ -18,6 +18,10 @@ and offers the remedies compared in ``benchmarks/autoencoder.py``:
   original (:func:`teacher_feature_error`). Pixel losses spend the code on what is large on screen; a policy
   depends on small things (shots, the player's cannon); docs/EXPERIMENTS.md has what the term did on the ``cpu``
   profile's games (the held-out ``teacher_agreement`` metric, measured whenever the teacher is given);
+- ``teacher_policy_weight``: a term on the teacher's *action*: the KL from its policy on the original to its
+  policy on the reconstruction, ``softmax(Q / 0.01)`` each (:func:`teacher_policy_kl`). Features can stay
+  close while the greedy action flips where the teacher's Q-values are close (the ball a few pixels from
+  the paddle); this term weighs those states as sharply as the distiller's targets do;
 - a larger ``latent_dim``;
 - codes stored as float32, float16 or int8 (per-state max-abs scale) to trade bytes for fidelity.
 
@@ -219,6 +223,22 @@ def teacher_feature_error(teacher: QNetwork, recon: torch.Tensor, target: torch.
     return (f_r - f_t).square().mean() / f_t.square().mean().clamp_min(1e-8)
 
 
+#: The teacher's softmax temperature in the policy term: the distiller's default ``tau`` (Policy Distillation's).
+POLICY_TAU = 0.01
+
+
+def teacher_policy_kl(teacher: QNetwork, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """KL(pi(target) || pi(recon)) in nats, mean over the batch, with pi = softmax(Q_teacher / POLICY_TAU): how
+    far the teacher's policy on the reconstruction is from its policy on the original. Differentiable in
+    ``recon``. Features can be close while the greedy action flips where the Q-values are close; this term
+    weighs the action itself, as sharply as the distiller's targets do."""
+    from .losses import kl_loss
+
+    with torch.no_grad():
+        q_t = teacher(target)
+    return kl_loss(q_t, teacher(recon).float() / POLICY_TAU, POLICY_TAU)
+
+
 def evaluate_reconstruction(
     model: ConvAutoencoder,
     batches: Iterable[np.ndarray],
@@ -338,7 +358,7 @@ def _open_run_dir(
     """The run directory, checked for this run (:mod:`polydistill.rundir`): the same dataset version, the same
     settings but the resume-free ones, and, when the teacher term trains it, the same teacher."""
     identity: dict[str, Any] = {"dataset_sha256": manifest_sha}
-    if cfg.teacher_weight > 0:
+    if cfg.teacher_weight > 0 or cfg.teacher_policy_weight > 0:
         identity["teacher_sha256"] = teacher_sha
     rd = RunDir(out, "autoencoder", AutoencoderError)
     rd.open(identity, cfg.model_dump(mode="json"), cfg.resume_free, describe={
@@ -490,11 +510,12 @@ def _load_matching_teacher(
     """The frozen teacher for the teacher-feature term and metrics and its sha256, checked against the dataset
     first."""
     if teacher is None:
-        if cfg.teacher_weight > 0:
-            raise AutoencoderError(
-                f"teacher_weight={cfg.teacher_weight} needs the game's teacher: pass --teacher DIR (the teacher "
-                f"run that computed {ds.game}'s Q-values) or set teacher_weight to 0"
-            )
+        for name in ("teacher_weight", "teacher_policy_weight"):
+            if getattr(cfg, name) > 0:
+                raise AutoencoderError(
+                    f"{name}={getattr(cfg, name)} needs the game's teacher: pass --teacher DIR (the teacher "
+                    f"run that computed {ds.game}'s Q-values) or set {name} to 0"
+                )
         return None, None
     from .teacher import load_teacher
 
@@ -640,6 +661,10 @@ def train_autoencoder(
                     assert teacher_net is not None  # _load_matching_teacher requires one for this term
                     image = torch.sigmoid(recon) if kind == "bce" else recon
                     loss = loss + cfg.teacher_weight * teacher_feature_error(teacher_net, image, target)
+                if cfg.teacher_policy_weight > 0:
+                    assert teacher_net is not None
+                    image = torch.sigmoid(recon) if kind == "bce" else recon
+                    loss = loss + cfg.teacher_policy_weight * teacher_policy_kl(teacher_net, image, target)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 set_lr(opt, scheduled_lr(cfg.learning_rate, cfg.lr_schedule, step, total_steps))
