@@ -258,12 +258,12 @@ class _GamesQ(nn.Module):
         super().__init__()
         self.student = student
         self.inputs = nn.ModuleList([m if m is not None else nn.Identity() for m in inputs])
-        self.heads = heads
+        self.head_index = heads  # not `heads`: MLflow logging reads that name as a ModuleList of heads
         self.columns = [c.cpu() if c is not None else None for c in columns]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = []
-        for through, head, cols in zip(self.inputs, self.heads, self.columns, strict=True):
+        for through, head, cols in zip(self.inputs, self.head_index, self.columns, strict=True):
             q = self.student(through(x), head=head)
             out.append(q.index_select(1, cols.to(q.device)) if cols is not None else q)
         return torch.cat(out, dim=1)
