@@ -657,14 +657,13 @@ def train_autoencoder(
                 loss = reconstruction_loss(
                     recon, target, changed_mask(x) if weighted else None, cfg.changed_weight, kind
                 )
-                if cfg.teacher_weight > 0:
-                    assert teacher_net is not None  # _load_matching_teacher requires one for this term
+                if cfg.teacher_weight > 0 or cfg.teacher_policy_weight > 0:
+                    assert teacher_net is not None  # _load_matching_teacher requires one for these terms
                     image = torch.sigmoid(recon) if kind == "bce" else recon
-                    loss = loss + cfg.teacher_weight * teacher_feature_error(teacher_net, image, target)
-                if cfg.teacher_policy_weight > 0:
-                    assert teacher_net is not None
-                    image = torch.sigmoid(recon) if kind == "bce" else recon
-                    loss = loss + cfg.teacher_policy_weight * teacher_policy_kl(teacher_net, image, target)
+                    if cfg.teacher_weight > 0:
+                        loss = loss + cfg.teacher_weight * teacher_feature_error(teacher_net, image, target)
+                    if cfg.teacher_policy_weight > 0:
+                        loss = loss + cfg.teacher_policy_weight * teacher_policy_kl(teacher_net, image, target)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 set_lr(opt, scheduled_lr(cfg.learning_rate, cfg.lr_schedule, step, total_steps))

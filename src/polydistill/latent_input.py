@@ -24,11 +24,11 @@ import torch
 from torch import nn
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .codecs import LATENT_DTYPES as CODE_DTYPES
 from .networks import ConvAutoencoder, subpixel_decoder
 
 AUTOENCODERS_DIR = "autoencoders"
 METADATA_KEY = "input_autoencoders"
-CODE_DTYPES = ("float32", "float16", "int8")
 _PATH = re.compile(rf"{AUTOENCODERS_DIR}/[0-9]+")
 
 

@@ -226,19 +226,20 @@ def log_checkpoint(run: Any, checkpoint_dir: str | Path, name: str) -> str | Non
         return None
     import numpy as np
 
-    from polydistill.checkpoint import load_checkpoint
+    from polydistill.checkpoint import load_checkpoint, read_metadata
     from polydistill.latent_input import METADATA_KEY
 
-    model, meta = load_checkpoint(checkpoint_dir)
-    if meta.get(METADATA_KEY):
+    if read_metadata(checkpoint_dir).get(METADATA_KEY):
         from polydistill.agents import StudentAgent, load_agent
 
-        agent = load_agent(checkpoint_dir)
+        agent = load_agent(checkpoint_dir)  # loads the student once, with the autoencoders it carries
         assert isinstance(agent, StudentAgent)
         model, columns = agent.export_module()
-        meta = {**meta, "game_columns": columns,
+        meta = {**agent.metadata, "game_columns": columns,
                 "output": "each game's Q-values (on its autoencoder's reconstruction) concatenated along dim 1; "
                           "game_columns[GAME] = [start, end)"}
+    else:
+        model, meta = load_checkpoint(checkpoint_dir)
     obs = meta.get("observation") or {}
     shape = (2, int(obs.get("frame_stack", 4)), *[int(x) for x in obs.get("frame_shape", (84, 84))])
     return run.log_model(model, name, meta, np.zeros(shape, dtype=np.uint8))
